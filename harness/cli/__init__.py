@@ -1,0 +1,1 @@
+"""Command-line interface: a thin typer shell; each command parses options and calls the library."""

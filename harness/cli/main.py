@@ -1,0 +1,79 @@
+"""The `harness` typer app: wires the command modules and maps library errors to exit codes.
+
+Command modules expose ``register(app)``; add a module to ``COMMAND_MODULES`` to add commands.
+Heavy libraries (torch, duckdb, open_clip) are imported inside command bodies, never here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+import typer
+from rich.console import Console
+
+from harness import __version__
+from harness.errors import HarnessError
+
+COMMAND_MODULES = [
+    "harness.cli.demo",
+]
+
+app = typer.Typer(
+    name="harness",
+    help="Evaluation harness for EHR + chest X-ray fusion: synth -> cohort -> encode -> evaluate.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err_console = Console(stderr=True)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"harness {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version_callback, is_eager=True, help="Print the version."
+    ),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details."),
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+for _module in COMMAND_MODULES:
+    importlib.import_module(_module).register(app)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; user errors print one clear message and exit with a non-zero code."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except HarnessError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        return exc.exit_code
+    except typer.Exit as exc:
+        return exc.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        err_console.print("aborted")
+        return 130
+    except Exception as exc:  # click usage errors and the like
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            return exc.exit_code
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
