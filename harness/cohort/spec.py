@@ -20,7 +20,7 @@ from harness.config import tasks_dir
 from harness.errors import SpecError, UnknownNameError
 
 #: Files in ``tasks/`` that are not tasks.
-NON_TASK_FILES = ("cohort.yaml", "variables.yaml", "phenotypes.yaml")
+NON_TASK_FILES = ("cohort.yaml", "variables.yaml", "phenotypes.yaml", "clif_mapping.yaml")
 TASK_KINDS = ("binary", "multilabel", "multiclass")
 VARIABLE_SOURCES = ("chartevents", "labevents", "outputevents")
 AGGREGATES = ("mean", "sum", "onehot_last")
