@@ -1,4 +1,4 @@
-"""Load and validate the declarative definitions in ``tasks/``: cohort rules, tasks, variables, phenotypes.
+"""Load and validate the definitions in ``tasks/``: cohort rules, tasks, variables, phenotypes.
 
 Every file is read with ``yaml.safe_load``; unknown or missing keys raise :class:`SpecError` naming
 the file and the key. Each spec carries a content hash (of the parsed data, so comments do not
@@ -35,7 +35,9 @@ def spec_hash(data: Any) -> str:
 
 def _read_yaml(path: Path) -> Any:
     if not path.is_file():
-        raise SpecError("definition file not found", path=path, fix="restore it from the repository")
+        raise SpecError(
+            "definition file not found", path=path, fix="restore it from the repository"
+        )
     try:
         return yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
@@ -113,7 +115,9 @@ def load_variables(path: Path | None = None) -> list[VariableSpec]:
 
 def _load_variables_with_hash(path: Path | None = None) -> tuple[list[VariableSpec], str]:
     path = path or tasks_dir() / "variables.yaml"
-    data = _check_mapping(_read_yaml(path), path, where="the file", required={"version", "variables"})
+    data = _check_mapping(
+        _read_yaml(path), path, where="the file", required={"version", "variables"}
+    )
     out: list[VariableSpec] = []
     seen: set[str] = set()
     for i, raw in enumerate(data["variables"] or []):
@@ -290,7 +294,9 @@ def load_cohort_spec(path: Path | None = None) -> CohortSpec:
         cxr_view_positions=tuple(str(v).upper() for v in cxr["view_positions"]),
         cxr_lookback_hours=float(cxr["lookback_hours"]),
         age_groups=tuple(edges),
-        race_groups={str(k): tuple(str(p).upper() for p in v) for k, v in data["race_groups"].items()},
+        race_groups={
+            str(k): tuple(str(p).upper() for p in v) for k, v in data["race_groups"].items()
+        },
         cohorts={str(k): str(v) for k, v in data["cohorts"].items()},
         n_folds=int(data["n_folds"]),
         sha256=spec_hash(data),
@@ -354,9 +360,7 @@ def load_task(name: str) -> TaskSpec:
     if data["name"] != name:
         raise SpecError(f"name {data['name']!r} does not match the file name", path=path)
     if data["kind"] not in TASK_KINDS:
-        raise SpecError(
-            f"kind {data['kind']!r} is not one of {', '.join(TASK_KINDS)}", path=path
-        )
+        raise SpecError(f"kind {data['kind']!r} is not one of {', '.join(TASK_KINDS)}", path=path)
     hashes = [spec_hash(data)]
     class_names = edges = None
     if "labels_from" in data:

@@ -1,0 +1,561 @@
+"""Build the ``base`` and ``matched`` cohorts from MIMIC-IV + MIMIC-CXR-JPG with DuckDB.
+
+Reads the source tables where they lie (out of core, bounded memory), applies the rules of
+``tasks/cohort.yaml``, computes labels, the CXR link, folds and the 48-hour hourly series, and
+writes each cohort as a content-addressed directory (see DESIGN.md §4.1).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from harness import __version__, config
+from harness.cohort import hourly as hourly_sql
+from harness.cohort.fingerprint import combine, fingerprint_parts, hourly_digest
+from harness.cohort.folds import assign_folds
+from harness.cohort.sources import (
+    CXR_METADATA_COLUMNS,
+    open_mimic_cxr,
+    open_mimic_iv,
+    version_guess,
+)
+from harness.cohort.spec import (
+    CohortSpec,
+    feature_names,
+    load_cohort_spec,
+    load_phenotypes,
+    load_task,
+    load_variables,
+    spec_hashes,
+)
+from harness.errors import InputError
+from harness.io import atomic_directory, atomic_write_json, atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+COHORTS = ("base", "matched")
+
+
+def _dataset_name(mimic_iv: Path) -> str:
+    name = mimic_iv.name
+    if re.fullmatch(r"v?\d+(\.\d+)+", name):  # .../mimiciv/2.2 -> mimiciv-2.2
+        name = f"{mimic_iv.parent.name}-{name}"
+    if name in ("mimic-iv", "mimiciv") and mimic_iv.parent.name:
+        name = mimic_iv.parent.name  # <dataset>/mimic-iv -> <dataset>
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "mimic"
+
+
+def _latest_pointer(dataset: str, cohort: str) -> Path:
+    return config.cohorts_dir() / dataset / f"{cohort}.latest"
+
+
+def _sql_label_columns(spec: CohortSpec, los_edges: list[float]) -> str:
+    first, *rest = los_edges
+    los_class = " + ".join(f"CAST(los_days >= {e} AS INTEGER)" for e in rest) or "0"
+    return f"""
+        CAST(adm_death IS NOT NULL AS TINYINT) AS mortality_in_hospital,
+        CAST(CASE WHEN deathtime IS NOT NULL THEN deathtime BETWEEN intime AND outtime
+                  ELSE coalesce(dod BETWEEN CAST(intime AS DATE) AND CAST(outtime AS DATE), false)
+             END AS TINYINT) AS mortality_icu,
+        los_days,
+        CAST(CASE WHEN los_days < {first} THEN NULL ELSE {los_class} END AS TINYINT) AS los_class
+    """
+
+
+def _funnel(con: Any, spec: CohortSpec) -> list[dict[str, Any]]:
+    steps = [
+        ("icu_stays", "true"),
+        ("linked_patient_and_admission", "has_patient AND has_admission AND outtime IS NOT NULL"),
+        (f"age_at_least_{spec.min_age:g}", f"age >= {spec.min_age}"),
+        (f"icu_stay_at_least_{spec.min_icu_hours:g}h", f"icu_hours >= {spec.min_icu_hours}"),
+        ("alive_at_prediction", "alive_at_prediction"),
+    ]
+    out, cond = [], []
+    for name, c in steps:
+        cond.append(f"({c})")
+        n, s = con.execute(
+            f"SELECT count(*), count(DISTINCT subject_id) FROM stays_all WHERE {' AND '.join(cond)}"
+        ).fetchone()
+        out.append({"step": name, "n_stays": int(n), "n_subjects": int(s)})
+    return out, " AND ".join(cond)
+
+
+def _input_key(tables: dict[str, Any], cxr_table: Any, hashes: dict[str, str]) -> str:
+    parts = {
+        "tables": {k: t.stat() for k, t in sorted(tables.items())},
+        "cxr": cxr_table.stat() if cxr_table else None,
+        "specs": hashes,
+        "harness": __version__,
+        "schema": SCHEMA_VERSION,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def _existing_build(dataset: str, input_key: str) -> dict[str, Path] | None:
+    out = {}
+    for cohort in COHORTS:
+        pointer = _latest_pointer(dataset, cohort)
+        if not pointer.is_file():
+            return None
+        path = pointer.parent / pointer.read_text().strip()
+        manifest = path / "manifest.json"
+        if not manifest.is_file():
+            return None
+        if json.loads(manifest.read_text()).get("input_key") != input_key:
+            return None
+        out[cohort] = path
+    return out
+
+
+def build_cohorts(
+    mimic_iv: Path | None = None,
+    mimic_cxr: Path | None = None,
+    *,
+    dataset: str | None = None,
+    memory_limit: str = "2GB",
+    threads: int | None = None,
+    overwrite: bool = False,
+) -> dict[str, Path]:
+    """Build the ``base`` and ``matched`` cohorts and return their directories.
+
+    Without sources, builds from the default synthetic dataset (generated when absent). An
+    unchanged rebuild (same source files, definitions and harness version) returns the existing
+    directories without recomputing; ``overwrite`` forces a rebuild and replaces them.
+    """
+    if mimic_iv is None:
+        from harness.data.synthetic import ensure_default_dataset
+
+        root = Path(ensure_default_dataset())
+        mimic_iv = root / "mimic-iv"
+        mimic_cxr = mimic_cxr or root / "mimic-cxr-jpg"
+        dataset = dataset or config.DEFAULT_DATASET
+    mimic_iv = Path(mimic_iv).expanduser().resolve()
+    mimic_cxr = Path(mimic_cxr).expanduser().resolve() if mimic_cxr else None
+    dataset = dataset or _dataset_name(mimic_iv)
+
+    tables = open_mimic_iv(mimic_iv)
+    cxr_table = open_mimic_cxr(mimic_cxr) if mimic_cxr else None
+    if cxr_table is None:
+        logger.warning("no MIMIC-CXR-JPG source given: no stay has a linked image")
+    hashes = spec_hashes()
+    input_key = _input_key(tables, cxr_table, hashes)
+    if not overwrite and (existing := _existing_build(dataset, input_key)):
+        logger.info("cohorts of %s are up to date: %s", dataset, existing)
+        return existing
+
+    import duckdb
+
+    t0 = time.perf_counter()
+    spec = load_cohort_spec()
+    variables = load_variables()
+    phenotypes = load_phenotypes()
+    los = load_task("los")
+    cache_tmp = config.cache_root() / "tmp"
+    cache_tmp.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache_tmp, prefix="cohort-build-") as work:
+        work = Path(work)
+        con = duckdb.connect(str(work / "build.duckdb"))
+        try:
+            con.execute(f"SET memory_limit = '{memory_limit}'")
+            con.execute(f"SET temp_directory = '{work / 'spill'}'")
+            con.execute("SET preserve_insertion_order = false")
+            if threads:
+                con.execute(f"SET threads = {int(threads)}")
+            for name, table in tables.items():
+                con.execute(f"CREATE VIEW {name.split('/')[1]} AS {table.relation_sql()}")
+            if cxr_table is not None:
+                con.execute(f"CREATE VIEW cxr_metadata AS {cxr_table.relation_sql()}")
+            else:
+                cols = ", ".join(f'NULL::{t} AS "{c}"' for c, t in CXR_METADATA_COLUMNS.items())
+                con.execute(f"CREATE VIEW cxr_metadata AS SELECT {cols} WHERE false")
+            stays, hourly_path, dropped, missing = _run_sql(
+                con, work, spec, variables, phenotypes, los.bin_edges_days
+            )
+            funnel = stays.attrs.pop("funnel")
+        except duckdb.Error as exc:
+            raise InputError(
+                f"could not read the source tables: {exc}",
+                path=mimic_iv,
+                fix="check that the files are complete, unmodified MIMIC-IV / MIMIC-CXR-JPG CSVs",
+            ) from None
+        finally:
+            con.close()
+
+        stays["fold"] = assign_folds(stays["subject_id"].to_numpy(), spec.n_folds)
+        source = {
+            "kind": "mimic",
+            "mimic_iv": str(mimic_iv),
+            "mimic_cxr": str(mimic_cxr) if mimic_cxr else None,
+            "version_guess": version_guess(mimic_iv, tables),
+            "files": {k: t.stat() for k, t in tables.items()}
+            | ({"mimic-cxr-metadata": cxr_table.stat()} if cxr_table else {}),
+        }
+        common = {
+            "schema_version": SCHEMA_VERSION,
+            "dataset": dataset,
+            "source": source,
+            "spec_hashes": hashes,
+            "rules": {
+                "version": spec.version,
+                "min_age": spec.min_age,
+                "min_icu_hours": spec.min_icu_hours,
+                "prediction_hours": spec.prediction_hours,
+                "cxr_view_positions": list(spec.cxr_view_positions),
+                "cxr_lookback_hours": spec.cxr_lookback_hours,
+            },
+            "variables": feature_names(variables),
+            "variable_info": {
+                name: {"group": v.group, "unit": v.unit, "source": v.source}
+                for v in variables
+                for name in v.output_names
+            },
+            "dropped_values": dropped,
+            "missing_itemids": missing,
+            "input_key": input_key,
+            "harness_version": __version__,
+            "build": {"memory_limit": memory_limit, "threads": threads},
+        }
+        out = {}
+        label_cols = _label_columns(phenotypes)
+        for cohort in COHORTS:
+            sub = stays if cohort == "base" else stays[stays["has_cxr"] == 1]
+            sub = sub.reset_index(drop=True)
+            funnel_c = list(funnel)
+            if cohort == "matched":
+                funnel_c.append(
+                    {
+                        "step": "linked_cxr",
+                        "n_stays": len(sub),
+                        "n_subjects": int(sub["subject_id"].nunique()),
+                    }
+                )
+            out[cohort] = _write_cohort(
+                con_path=work,
+                cohort=cohort,
+                stays=sub,
+                hourly_path=hourly_path,
+                common=common,
+                funnel=funnel_c,
+                label_cols=label_cols,
+                overwrite=overwrite,
+                t0=t0,
+            )
+    return out
+
+
+def _label_columns(phenotypes: list[Any]) -> list[str]:
+    return [
+        "mortality_in_hospital",
+        "mortality_icu",
+        "los_days",
+        "los_class",
+        *(p.id for p in phenotypes),
+    ]
+
+
+def _run_sql(
+    con: Any,
+    work: Path,
+    spec: CohortSpec,
+    variables: list[Any],
+    phenotypes: list[Any],
+    los_edges: list[float],
+) -> tuple[pd.DataFrame, Path, dict[str, int], dict[str, list[int]]]:
+    pred_us = int(round(spec.prediction_hours * 3600e6))
+    look_us = int(round(spec.cxr_lookback_hours * 3600e6))
+    con.execute(
+        f"""
+        CREATE TABLE stays_all AS
+        SELECT i.stay_id, i.subject_id, i.hadm_id, i.intime, i.outtime, i.first_careunit,
+               p.gender, a.race, a.insurance, a.admission_type, a.deathtime,
+               TRY_CAST(left(p.dod, 10) AS DATE) AS dod,
+               p.subject_id IS NOT NULL AS has_patient, a.hadm_id IS NOT NULL AS has_admission,
+               CAST(p.anchor_age + year(i.intime) - p.anchor_year AS DOUBLE) AS age,
+               epoch(i.outtime - i.intime) / 3600.0 AS icu_hours,
+               epoch(i.outtime - i.intime) / 86400.0 AS los_days,
+               i.intime + to_microseconds({pred_us}) AS prediction_time,
+               coalesce(a.deathtime, CASE WHEN a.hospital_expire_flag = 1 THEN a.dischtime END)
+                 AS adm_death
+        FROM icustays i
+        LEFT JOIN (SELECT * FROM patients QUALIFY row_number() OVER (PARTITION BY subject_id) = 1)
+             p ON p.subject_id = i.subject_id
+        LEFT JOIN admissions a ON a.hadm_id = i.hadm_id
+        """
+    )
+    con.execute(
+        """
+        ALTER TABLE stays_all ADD COLUMN alive_at_prediction BOOLEAN;
+        UPDATE stays_all SET alive_at_prediction =
+            (adm_death IS NULL OR adm_death >= prediction_time)
+            AND (dod IS NULL OR dod >= CAST(prediction_time AS DATE));
+        """
+    )
+    funnel, where = _funnel(con, spec)
+    con.execute(f"CREATE TABLE cohort AS SELECT * FROM stays_all WHERE {where}")
+    con.execute(
+        "CREATE TABLE win AS SELECT stay_id, subject_id, intime, prediction_time FROM cohort"
+    )
+
+    # Phenotypes: any diagnosis of the stay's admission whose code is listed for its version.
+    codes = pd.DataFrame(
+        [(p.id, 9, c) for p in phenotypes for c in p.icd9]
+        + [(p.id, 10, c) for p in phenotypes for c in p.icd10],
+        columns=["pid", "icd_version", "code"],
+    ).drop_duplicates()
+    con.register("pheno_codes_df", codes)
+    con.execute("CREATE TABLE pheno_codes AS SELECT * FROM pheno_codes_df")
+    con.execute(
+        """
+        CREATE TABLE pheno AS
+        SELECT DISTINCT d.hadm_id, c.pid
+        FROM diagnoses_icd d
+        JOIN pheno_codes c ON c.icd_version = d.icd_version
+             AND c.code = upper(replace(trim(d.icd_code), '.', ''))
+        WHERE d.hadm_id IN (SELECT hadm_id FROM cohort)
+        """
+    )
+    pheno_cols = ",\n".join(
+        f"CAST(EXISTS (SELECT 1 FROM pheno x WHERE x.hadm_id = c.hadm_id AND x.pid = '{p.id}')"
+        f' AS TINYINT) AS "{p.id}"'
+        for p in phenotypes
+    )
+
+    # CXR link: latest image with an allowed view whose study time is in the window.
+    views = ", ".join(f"'{v}'" for v in spec.cxr_view_positions)
+    con.execute(
+        f"""
+        CREATE TABLE cxr_cand AS
+        SELECT c.stay_id, x.dicom_id, x.study_id, x.subject_id, x.view, x.study_time,
+               count(*) OVER (PARTITION BY c.stay_id) AS n_cand,
+               row_number() OVER (PARTITION BY c.stay_id
+                                  ORDER BY x.study_time DESC, x.dicom_id ASC) AS rk
+        FROM cohort c
+        JOIN (
+            SELECT dicom_id, subject_id, study_id, upper(trim(ViewPosition)) AS view,
+                   strptime(CAST(StudyDate AS VARCHAR), '%Y%m%d')
+                   + to_microseconds(CAST(round(
+                       (floor(StudyTime / 10000) * 3600 + floor(StudyTime / 100) % 100 * 60
+                        + StudyTime % 100) * 1e6) AS BIGINT)) AS study_time
+            FROM cxr_metadata
+            WHERE upper(trim(ViewPosition)) IN ({views})
+        ) x ON x.subject_id = c.subject_id
+           AND x.study_time >= c.intime - to_microseconds({look_us})
+           AND x.study_time < c.prediction_time
+        """
+    )
+    stays = con.execute(
+        f"""
+        SELECT c.stay_id, c.subject_id, c.hadm_id, c.intime, c.outtime, c.prediction_time,
+               c.age, c.gender, c.race, c.insurance, c.admission_type, c.first_careunit,
+               {_sql_label_columns(spec, los_edges)},
+               {pheno_cols},
+               x.dicom_id, x.study_id,
+               CASE WHEN x.dicom_id IS NULL THEN NULL ELSE
+                 'files/p' || left(CAST(x.subject_id AS VARCHAR), 2) || '/p' || x.subject_id
+                 || '/s' || x.study_id || '/' || x.dicom_id || '.jpg' END AS cxr_path,
+               epoch(x.study_time - c.intime) / 3600.0 AS cxr_time_hours,
+               x.view AS cxr_view,
+               coalesce(x.n_cand, 0) AS n_cxr_candidates,
+               CAST(x.dicom_id IS NOT NULL AS TINYINT) AS has_cxr
+        FROM cohort c
+        LEFT JOIN (SELECT * FROM cxr_cand WHERE rk = 1) x ON x.stay_id = c.stay_id
+        ORDER BY c.stay_id
+        """
+    ).df()
+    stays = _finish_stays(stays, spec)
+    stays.attrs["funnel"] = funnel
+
+    # Hourly series over the base cohort.
+    con.register("item_map_df", hourly_sql.item_map(variables))
+    con.execute("CREATE TABLE item_map AS SELECT * FROM item_map_df")
+    parts = [hourly_sql.numeric_sql("chartevents"), hourly_sql.numeric_sql("labevents")]
+    con.execute(
+        "CREATE TABLE hourly_raw AS "
+        + " UNION ALL ".join(
+            f"SELECT stay_id, hour, variable, value, n_dropped FROM ({p})" for p in parts
+        )
+    )
+    con.execute(f"CREATE TABLE hourly_out AS {hourly_sql.output_sql()}")
+    onehots = [hourly_sql.onehot_sql(v) for v in variables if v.aggregate == "onehot_last"]
+    dropped_rows = con.execute(
+        """
+        SELECT variable, sum(n_dropped) FROM (
+            SELECT variable, n_dropped FROM hourly_raw
+            UNION ALL SELECT variable, n_dropped FROM hourly_out
+            UNION ALL SELECT variable, 1 FROM hourly_out WHERE n_kept > 0 AND value < 0
+        ) GROUP BY variable
+        """
+    ).fetchall()
+    dropped = {v.name: 0 for v in variables if v.aggregate != "onehot_last"}
+    dropped.update({str(k): int(n) for k, n in dropped_rows})
+    hourly_path = work / "hourly.parquet"
+    union = [
+        "SELECT stay_id, hour, variable, value FROM hourly_raw WHERE value IS NOT NULL",
+        "SELECT stay_id, hour, variable, value FROM hourly_out WHERE n_kept > 0 AND value >= 0",
+        *(f"SELECT stay_id, hour, variable, value FROM ({q})" for q in onehots),
+    ]
+    con.execute(
+        f"""
+        COPY (
+            SELECT CAST(stay_id AS BIGINT) AS stay_id, CAST(hour AS SMALLINT) AS hour,
+                   CAST(variable AS VARCHAR) AS variable, CAST(value AS FLOAT) AS value
+            FROM ({" UNION ALL ".join(union)})
+            ORDER BY stay_id, hour, variable
+        ) TO '{hourly_path}' (FORMAT parquet, COMPRESSION zstd)
+        """
+    )
+    missing = _missing_itemids(con, variables)
+    return stays, hourly_path, dropped, missing
+
+
+def _missing_itemids(con: Any, variables: list[Any]) -> dict[str, list[int]]:
+    """Item ids of the variables spec that the dictionary tables do not list."""
+    known_icu = {r[0] for r in con.execute("SELECT DISTINCT itemid FROM d_items").fetchall()}
+    known_lab = {r[0] for r in con.execute("SELECT DISTINCT itemid FROM d_labitems").fetchall()}
+    out: dict[str, list[int]] = {}
+    for v in variables:
+        known = known_lab if v.source == "labevents" else known_icu
+        absent = [i for i in v.all_itemids if i not in known]
+        if absent:
+            logger.warning("variable %s: item ids %s are not in the dictionary", v.name, absent)
+            out[v.name] = absent
+    return out
+
+
+def _finish_stays(stays: pd.DataFrame, spec: CohortSpec) -> pd.DataFrame:
+    for col in ("stay_id", "subject_id", "hadm_id"):
+        stays[col] = stays[col].astype("int64")
+    edges = [*spec.age_groups, np.inf]
+    stays["age_group"] = pd.cut(
+        stays["age"], bins=edges, right=False, labels=spec.age_group_labels
+    ).astype("string")
+    race = stays["race"].fillna("").str.upper().str.strip()
+    group = pd.Series("OTHER", index=stays.index, dtype="string")
+    for name, prefixes in reversed(list(spec.race_groups.items())):
+        group[race.str.startswith(tuple(prefixes))] = name
+    stays["race_group"] = group
+    stays["study_id"] = stays["study_id"].astype("Int64")
+    stays["n_cxr_candidates"] = stays["n_cxr_candidates"].astype("int64")
+    if stays["los_class"].isna().any():
+        stays["los_class"] = stays["los_class"].astype("Int8")
+    else:
+        stays["los_class"] = stays["los_class"].astype("int8")
+    for col in ("dicom_id", "cxr_path", "cxr_view", "gender", "race", "insurance"):
+        stays[col] = stays[col].astype("string")
+    for col in ("admission_type", "first_careunit"):
+        stays[col] = stays[col].astype("string")
+    front = [
+        "stay_id",
+        "subject_id",
+        "hadm_id",
+        "intime",
+        "outtime",
+        "prediction_time",
+        "age",
+        "age_group",
+        "gender",
+        "race",
+        "race_group",
+        "insurance",
+        "admission_type",
+        "first_careunit",
+    ]
+    return stays[front + [c for c in stays.columns if c not in front]]
+
+
+def _summaries(stays: pd.DataFrame, label_cols: list[str]) -> tuple[dict, dict]:
+    binary = [c for c in label_cols if c not in ("los_days", "los_class")]
+    prevalence = {c: (float(stays[c].mean()) if len(stays) else None) for c in binary}
+    counts = stays["los_class"].value_counts().sort_index()
+    prevalence["los_class"] = {str(int(k)): int(v) for k, v in counts.items()}
+    has = stays["has_cxr"] == 1
+    views = stays.loc[has, "cxr_view"].value_counts()
+    availability = {
+        "n_stays": len(stays),
+        "n_with_cxr": int(has.sum()),
+        "fraction_with_cxr": float(has.mean()) if len(stays) else None,
+        "mean_candidates": float(stays["n_cxr_candidates"].mean()) if len(stays) else None,
+        "views": {str(k): int(v) for k, v in views.items()},
+        "median_cxr_time_hours": float(stays.loc[has, "cxr_time_hours"].median())
+        if has.any()
+        else None,
+    }
+    return prevalence, availability
+
+
+def _write_cohort(
+    *,
+    con_path: Path,
+    cohort: str,
+    stays: pd.DataFrame,
+    hourly_path: Path,
+    common: dict[str, Any],
+    funnel: list[dict[str, Any]],
+    label_cols: list[str],
+    overwrite: bool,
+    t0: float,
+) -> Path:
+    import duckdb
+
+    dataset = common["dataset"]
+    tmp_hourly = con_path / f"hourly-{cohort}.parquet"
+    if cohort == "base":
+        tmp_hourly = hourly_path
+    else:
+        con = duckdb.connect()
+        con.register("keep", stays[["stay_id"]])
+        con.execute(
+            f"COPY (SELECT h.* FROM read_parquet('{hourly_path}') h SEMI JOIN keep k "
+            f"ON h.stay_id = k.stay_id ORDER BY h.stay_id, h.hour, h.variable) "
+            f"TO '{tmp_hourly}' (FORMAT parquet, COMPRESSION zstd)"
+        )
+        con.close()
+    parts = fingerprint_parts(stays, label_cols, hourly_digest(tmp_hourly), common["spec_hashes"])
+    fingerprint = combine(parts)
+    prevalence, availability = _summaries(stays, label_cols)
+    manifest = {
+        **common,
+        "cohort": cohort,
+        "funnel": funnel,
+        "n_stays": len(stays),
+        "n_subjects": int(stays["subject_id"].nunique()),
+        "label_prevalence": prevalence,
+        "cxr_availability": availability,
+        "fingerprint": fingerprint,
+        "fingerprint_parts": parts,
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    manifest["build"] = {**common["build"], "wall_s": round(time.perf_counter() - t0, 2)}
+    final = config.cohorts_dir() / dataset / f"{cohort}-{fingerprint[:12]}"
+    if final.exists() and not overwrite:
+        logger.info("cohort %s is unchanged (%s): keeping %s", cohort, fingerprint[:12], final)
+        old = json.loads((final / "manifest.json").read_text())
+        if old.get("input_key") != common["input_key"]:  # same content from new source files
+            atomic_write_json(final / "manifest.json", {**old, "input_key": common["input_key"]})
+    else:
+        with atomic_directory(final, overwrite=overwrite) as tmp:
+            stays.to_parquet(tmp / "stays.parquet", index=False)
+            # the base series is also the source of the matched one: copy it, move the other
+            if cohort == "base":
+                shutil.copyfile(tmp_hourly, tmp / "hourly.parquet")
+            else:
+                os.replace(tmp_hourly, tmp / "hourly.parquet")
+            stays[["stay_id", "subject_id", "fold"]].to_csv(tmp / "splits.csv", index=False)
+            atomic_write_json(tmp / "manifest.json", manifest)
+        logger.info("wrote cohort %s (%d stays) to %s", cohort, len(stays), final)
+    atomic_write_text(_latest_pointer(dataset, cohort), final.name + "\n")
+    return final
