@@ -1,0 +1,216 @@
+"""Write stays and hourly frames read from a non-MIMIC source (CLIF, CareBench) as harness cohorts.
+
+The readers produce the same columns the MIMIC builder computes in SQL; this module fills the
+derived ones (LoS class, phenotype flags, CXR columns, folds, age and race groups) and hands the
+frames to the cohort builder's own writer, so the directory layout, manifest, fingerprint, splits
+file and ``.latest`` pointers are exactly those of ``harness cohort build``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from harness import __version__, config
+
+log = logging.getLogger(__name__)
+
+#: CXR linkage columns of stays.parquet with their empty values (sources without images).
+CXR_COLUMNS: dict[str, Any] = {
+    "dicom_id": pd.NA,
+    "study_id": pd.NA,
+    "cxr_path": pd.NA,
+    "cxr_time_hours": np.nan,
+    "cxr_view": pd.NA,
+    "n_cxr_candidates": 0,
+    "has_cxr": 0,
+}
+
+
+def los_class(los_days: pd.Series) -> pd.Series:
+    """LoS class with the edges of ``tasks/los.yaml`` (left-closed; null below the first edge)."""
+    from harness.cohort.spec import load_task
+
+    first, *rest = load_task("los").bin_edges_days
+    days = los_days.astype("float64")
+    cls = sum((days >= e).astype("int64") for e in rest) if rest else days * 0
+    out = pd.Series(cls, index=los_days.index).astype("Int8")
+    out[days < first] = pd.NA
+    return out
+
+
+def phenotype_flags(hadm_ids: pd.Series, diagnoses: pd.DataFrame) -> pd.DataFrame:
+    """0/1 phenotype columns (tasks/phenotypes.yaml order) for each hadm_id.
+
+    ``diagnoses`` has hadm_id, icd_code (upper case, no dots) and icd_version (9 or 10); a code
+    matches when it equals a listed code of its own version.
+    """
+    from harness.cohort.spec import load_phenotypes
+
+    phenotypes = load_phenotypes()
+    codes = pd.DataFrame(
+        [(p.id, 9, c) for p in phenotypes for c in p.icd9]
+        + [(p.id, 10, c) for p in phenotypes for c in p.icd10],
+        columns=["pid", "icd_version", "icd_code"],
+    ).drop_duplicates()
+    dx = diagnoses.astype({"icd_version": "int64", "icd_code": "string"})
+    codes = codes.astype({"icd_version": "int64", "icd_code": "string"})
+    hits = dx.merge(codes, on=["icd_version", "icd_code"])[["hadm_id", "pid"]].drop_duplicates()
+    hits["flag"] = 1
+    table = hits.pivot_table(index="hadm_id", columns="pid", values="flag", fill_value=0)
+    table = table.reindex(columns=[p.id for p in phenotypes], fill_value=0)
+    out = table.reindex(hadm_ids.to_numpy(), fill_value=0).astype("int8")
+    out.index = hadm_ids.index
+    return out
+
+
+def file_stats(paths: list[Path]) -> dict[str, list[int]]:
+    """(size, mtime_ns) of source files: part of the input key that makes rebuilds no-ops."""
+    out = {}
+    for p in sorted(paths):
+        st = p.stat()
+        out[str(p)] = [st.st_size, st.st_mtime_ns]
+    return out
+
+
+def write_cohorts(
+    stays: pd.DataFrame,
+    hourly: pd.DataFrame,
+    *,
+    dataset: str,
+    source: dict[str, Any],
+    funnel: list[dict[str, Any]],
+    variables: list[str],
+    variable_info: dict[str, dict[str, Any]],
+    input_parts: dict[str, Any],
+    dropped_values: dict[str, int] | None = None,
+    extra_manifest: dict[str, Any] | None = None,
+    unavailable_labels: tuple[str, ...] = (),
+    extra_files: Callable[[Path, pd.DataFrame], None] | None = None,
+    overwrite: bool = False,
+) -> dict[str, Path]:
+    """Write ``base`` and ``matched`` cohorts (DESIGN.md §4.1) through the builder's writer.
+
+    ``stays`` needs the identity, time, demographic and label columns of stays.parquet; CXR
+    columns default to "no image"; ``fold`` defaults to the subject-hash folds. Labels listed in
+    ``unavailable_labels`` are left out of stays.parquet and named in the manifest.
+    ``extra_files(dir, stays)`` may add source-specific files to each cohort directory.
+    Returns ``{"base": dir, "matched": dir}``; an unchanged rebuild returns the existing ones.
+    """
+    from harness.cohort import build
+    from harness.cohort.folds import assign_folds
+    from harness.cohort.spec import load_cohort_spec, load_phenotypes, spec_hashes
+
+    t0 = time.perf_counter()
+    spec = load_cohort_spec()
+    hashes = spec_hashes()
+    input_key = hashlib.sha256(
+        json.dumps(
+            {
+                "source": input_parts,
+                "specs": hashes,
+                "harness": __version__,
+                "schema": build.SCHEMA_VERSION,
+            },
+            sort_keys=True,
+            default=str,
+        ).encode()
+    ).hexdigest()
+    if not overwrite and (existing := build._existing_build(dataset, input_key)):
+        log.info("cohorts of %s are up to date: %s", dataset, existing)
+        if extra_files is not None:
+            for path in existing.values():
+                extra_files(path, pd.read_parquet(path / "stays.parquet"))
+        return existing
+
+    stays = stays.copy()
+    for col, empty in CXR_COLUMNS.items():
+        if col not in stays:
+            stays[col] = empty
+    if "fold" not in stays:
+        stays["fold"] = assign_folds(stays["subject_id"].to_numpy(), spec.n_folds)
+    stays["fold"] = stays["fold"].astype("int8")
+    stays["has_cxr"] = stays["has_cxr"].astype("int8")
+    for col in ("insurance", "first_careunit", "admission_type"):
+        if col not in stays:
+            stays[col] = pd.Series(pd.NA, index=stays.index, dtype="string")
+    # The builder's finishing step casts hadm_id to int64; a source without admission ids keeps
+    # them null (nullable Int64) instead of inventing values.
+    hadm = stays["hadm_id"].astype("Int64")
+    stays["hadm_id"] = hadm.fillna(0)
+    stays = build._finish_stays(stays, spec)
+    stays["hadm_id"] = hadm.to_numpy()
+    label_cols = [c for c in build._label_columns(load_phenotypes()) if c not in unavailable_labels]
+    stays = stays.drop(columns=[c for c in unavailable_labels if c in stays])
+    stays = stays.sort_values("stay_id").reset_index(drop=True)
+
+    common = {
+        "schema_version": build.SCHEMA_VERSION,
+        "dataset": dataset,
+        "source": source,
+        "spec_hashes": hashes,
+        "rules": {
+            "version": spec.version,
+            "min_age": spec.min_age,
+            "min_icu_hours": spec.min_icu_hours,
+            "prediction_hours": spec.prediction_hours,
+        },
+        "variables": list(variables),
+        "variable_info": variable_info,
+        "dropped_values": dropped_values or {},
+        "missing_itemids": {},
+        "labels_unavailable": list(unavailable_labels),
+        **(extra_manifest or {}),
+        "input_key": input_key,
+        "harness_version": __version__,
+        "build": {"memory_limit": None, "threads": None},
+    }
+    tmp_root = config.cache_root() / "tmp"
+    tmp_root.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Path] = {}
+    with tempfile.TemporaryDirectory(dir=tmp_root, prefix="cohort-external-") as work:
+        work = Path(work)
+        hourly_path = work / "hourly.parquet"
+        h = hourly[hourly["stay_id"].isin(stays["stay_id"])]
+        h = h.astype(
+            {"stay_id": "int64", "hour": "int16", "variable": "string", "value": "float32"}
+        )
+        h = h.sort_values(["stay_id", "hour", "variable"]).reset_index(drop=True)
+        h[["stay_id", "hour", "variable", "value"]].to_parquet(
+            hourly_path, index=False, compression="zstd"
+        )
+        for cohort in build.COHORTS:
+            sub = stays if cohort == "base" else stays[stays["has_cxr"] == 1]
+            sub = sub.reset_index(drop=True)
+            funnel_c = list(funnel)
+            if cohort == "matched":
+                funnel_c.append(
+                    {
+                        "step": "linked_cxr",
+                        "n_stays": len(sub),
+                        "n_subjects": int(sub["subject_id"].nunique()),
+                    }
+                )
+            out[cohort] = build._write_cohort(
+                con_path=work,
+                cohort=cohort,
+                stays=sub,
+                hourly_path=hourly_path,
+                common=common,
+                funnel=funnel_c,
+                label_cols=label_cols,
+                overwrite=overwrite,
+                t0=t0,
+            )
+            if extra_files is not None:
+                extra_files(out[cohort], sub)
+    return out
