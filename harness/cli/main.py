@@ -18,6 +18,7 @@ from harness.errors import HarnessError
 
 COMMAND_MODULES = [
     "harness.cli.demo",
+    "harness.cli.cohort",
 ]
 
 app = typer.Typer(
