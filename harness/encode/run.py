@@ -1,0 +1,437 @@
+"""The encode stage: encode every distinct linked image of a cohort into the CXR store and the
+cohort's hourly EHR frame into the EHR store, resuming and reusing whatever is already committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from harness.errors import InputError
+from harness.store import (
+    CXR_CHUNK_ROWS,
+    STATUS_OK,
+    CXRStoreWriter,
+    ehr_store_exists,
+    ehr_store_key,
+    read_cxr,
+    write_ehr,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EncodeReport:
+    """What one ``encode`` call did. ``forward_calls == 0`` means nothing was recomputed."""
+
+    cxr_key: str
+    ehr_key: str
+    n_images: int
+    n_encoded: int
+    n_reused: int
+    n_failed: int
+    failures_by_reason: dict[str, int]
+    seconds: float
+    images_per_s: float
+    forward_calls: int
+    ehr_reused: bool = False
+    n_pending_elsewhere: int = 0
+    device: str = "cpu"
+    encoder: str = ""
+    failures: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+@dataclass
+class ImageRunStats:
+    n_images: int
+    n_encoded: int
+    n_reused: int
+    forward_calls: int
+    seconds: float
+    n_pending_elsewhere: int
+
+
+def default_num_workers() -> int:
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
+
+
+def resolve_device(device: str | None) -> str:
+    import torch
+
+    if device:
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class _ImageDataset:
+    """Rows to encode: decode (reduced-size JPEG), gray -> RGB, transform; failures as data."""
+
+    def __init__(self, items: list[tuple[int, Path | None]], transform: Any, min_size: int):
+        self.items = items
+        self.transform = transform
+        self.min_size = min_size
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[int, Any, str, str]:
+        from harness.data.images import (
+            DECODE_ERROR,
+            MISSING_FILE,
+            ImageReadError,
+            load_image,
+            to_rgb,
+        )
+
+        row, path = self.items[i]
+        if path is None:
+            return row, None, MISSING_FILE, "no image path (cohort has no cxr_root)"
+        try:
+            img = to_rgb(load_image(path, min_size=self.min_size))
+            return row, self.transform(img), STATUS_OK, ""
+        except ImageReadError as exc:
+            return row, None, exc.reason, str(exc).splitlines()[0]
+        except Exception as exc:  # a transform failing on a degenerate image
+            return row, None, DECODE_ERROR, f"{path}: {type(exc).__name__}: {exc}"
+
+
+def _collate(items: list[tuple[int, Any, str, str]]) -> tuple[list[tuple[int, str, str]], Any]:
+    import torch
+
+    meta = [(row, status, reason) for row, _, status, reason in items]
+    tensors = [x for _, x, _, _ in items if x is not None]
+    return meta, (torch.stack(tensors) if tensors else None)
+
+
+def _batches(
+    loader: Any, encoder: Any, device: str
+) -> Iterator[tuple[list[tuple[int, str, str]], np.ndarray | None]]:
+    import torch
+
+    cuda = device.startswith("cuda")
+    for meta, x in loader:
+        if x is None:
+            yield meta, None
+            continue
+        x = x.to(device, non_blocking=cuda)
+        if cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            out = encoder.forward(x)
+        out = out.float().flatten(1).cpu().numpy()
+        if out.shape[1] != encoder.dim:
+            raise RuntimeError(
+                f"encoder {encoder.name} returned dim {out.shape[1]} != {encoder.dim}"
+            )
+        yield meta, out
+
+
+def encode_images(
+    images: Mapping[str, Path | None],
+    encoder: Any,
+    *,
+    key: str,
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    device: str | None = None,
+    progress: bool = False,
+    chunk_rows: int = CXR_CHUNK_ROWS,
+    source: dict[str, Any] | None = None,
+) -> ImageRunStats:
+    """Encode the images (``dicom_id -> path``) not yet committed in store ``key``."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    t0 = time.perf_counter()
+    device = resolve_device(device)
+    workers = default_num_workers() if num_workers is None else int(num_workers)
+    attrs = {
+        "encoder": encoder.name,
+        "weights_digest": encoder.weights_digest,
+        "preprocess_config": encoder.preprocess_config,
+        "encoder_key": key,
+    }
+    forward_before = encoder.forward_calls
+    with CXRStoreWriter(key, dim=encoder.dim, attrs=attrs, chunk_rows=chunk_rows) as store:
+        committed_before = _committed_ids(store)
+        n_reused = sum(1 for d in images if d in committed_before)
+        store.plan(list(images), source=source)
+        c = store.chunk_rows
+        runnable: list[tuple[int, list[str]]] = []
+        n_elsewhere = 0
+        for k, ids in store.pending_chunks():
+            if all(d == "" or d in images for d in ids):
+                runnable.append((k, ids))
+            else:  # planned by an interrupted run of another cohort; its paths are unknown here
+                n_elsewhere += sum(1 for d in ids if d)
+        if n_elsewhere:
+            log.warning(
+                "%d images planned by an interrupted run of another cohort remain pending; "
+                "rerun `harness encode` for that cohort to finish them",
+                n_elsewhere,
+            )
+        items = [
+            (k * c + j, images[d]) for k, ids in runnable for j, d in enumerate(ids) if d != ""
+        ]
+        n_todo = len(items)
+        if n_todo:
+            log.info("encoding %d images with %s on %s", n_todo, encoder.name, device)
+            encoder.to(device)
+            encoder.module.eval()
+            if device.startswith("cuda"):
+                encoder.module.to(memory_format=torch.channels_last)
+            ds = _ImageDataset(items, encoder.transform, encoder.input_size)
+            loader = DataLoader(
+                ds,  # type: ignore[arg-type]
+                batch_size=batch_size,
+                shuffle=False,
+                num_workers=workers,
+                collate_fn=_collate,
+                pin_memory=device.startswith("cuda"),
+                persistent_workers=False,
+                prefetch_factor=4 if workers else None,
+            )
+            remaining = {k: sum(1 for d in ids if d) for k, ids in runnable}
+            buffers: dict[int, tuple[np.ndarray, list[str], list[str]]] = {}
+            for k, _ in runnable:
+                if remaining[k] == 0:
+                    store.write_chunk(k, np.zeros((c, encoder.dim), np.float32), [""] * c, [""] * c)
+            with _progress(progress, n_todo, encoder.name) as advance:
+                for meta, out in _batches(loader, encoder, device):
+                    j = 0
+                    for row, status, reason in meta:
+                        k, r = divmod(row, c)
+                        emb, st, rs = buffers.setdefault(
+                            k, (np.zeros((c, encoder.dim), np.float32), [""] * c, [""] * c)
+                        )
+                        if status == STATUS_OK:
+                            assert out is not None
+                            emb[r] = out[j]
+                            j += 1
+                        st[r], rs[r] = status, reason
+                        remaining[k] -= 1
+                        if remaining[k] == 0:
+                            store.write_chunk(k, *buffers.pop(k))
+                    advance(len(meta))
+        store.finish()
+    return ImageRunStats(
+        n_images=len(images),
+        n_encoded=sum(1 for _, ids in runnable for d in ids if d in images),
+        n_reused=n_reused,
+        forward_calls=encoder.forward_calls - forward_before,
+        seconds=time.perf_counter() - t0,
+        n_pending_elsewhere=n_elsewhere,
+    )
+
+
+def _committed_ids(store: CXRStoreWriter) -> set[str]:
+    ids = store.dicom_ids()
+    if not len(ids):
+        return set()
+    done = np.repeat(store.committed(), store.chunk_rows)[: len(ids)]
+    return {str(d) for d in ids[done] if d}
+
+
+class _progress:
+    """A rich progress bar with images/s on stderr when enabled; a no-op otherwise."""
+
+    def __init__(self, enabled: bool, total: int, label: str):
+        self.enabled, self.total, self.label = enabled, total, label
+        self._bar: Any = None
+
+    def __enter__(self) -> Any:
+        if not self.enabled:
+            return lambda n: None
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        self._bar = Progress(
+            TextColumn("[bold]encode[/] {task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[rate]} img/s"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=False,
+        )
+        self._bar.__enter__()
+        task = self._bar.add_task(self.label, total=self.total, rate="-")
+        t0 = time.perf_counter()
+
+        def advance(n: int) -> None:
+            done = self._bar.tasks[0].completed + n
+            rate = done / max(time.perf_counter() - t0, 1e-9)
+            self._bar.update(task, advance=n, rate=f"{rate:,.0f}")
+
+        return advance
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+
+def cohort_images(cohort: Any) -> dict[str, Path | None]:
+    """Distinct linked images of a cohort: ``dicom_id -> absolute path`` (None without cxr_root)."""
+    stays: pd.DataFrame = cohort.stays
+    if "dicom_id" not in stays.columns:
+        raise InputError(
+            "stays table has no 'dicom_id' column",
+            path=getattr(cohort, "path", None),
+            fix="rebuild the cohort with `harness cohort build`",
+        )
+    linked = stays[stays["dicom_id"].notna() & (stays["dicom_id"].astype(str) != "")]
+    if linked.empty:
+        return {}
+    if "cxr_path" not in linked.columns:
+        raise InputError(
+            "stays table has linked images but no 'cxr_path' column",
+            path=getattr(cohort, "path", None),
+            fix="rebuild the cohort with `harness cohort build`",
+        )
+    root = cohort.cxr_root
+    out: dict[str, Path | None] = {}
+    for d, rel in zip(linked["dicom_id"].astype(str), linked["cxr_path"], strict=True):
+        if d in out:
+            continue
+        out[d] = (Path(root) / str(rel)) if root is not None and isinstance(rel, str) else None
+    return out
+
+
+def encode_ehr(cohort: Any) -> tuple[str, bool]:
+    """Write the cohort's EHR store unless it exists; returns (key, reused)."""
+    from harness.encode.ehr import build_ehr_tensors
+
+    key = ehr_store_key(cohort)
+    if ehr_store_exists(cohort):
+        return key, True
+    feats = build_ehr_tensors(
+        cohort.hourly(),
+        cohort.stays["stay_id"].to_numpy(np.int64),
+        cohort.variables,
+        source=str(getattr(cohort, "path", "") or ""),
+    )
+    write_ehr(
+        cohort,
+        feats,
+        {
+            "cohort": getattr(cohort, "name", ""),
+            "dataset": getattr(cohort, "dataset", ""),
+            "cohort_fingerprint": str(cohort.fingerprint),
+            "n_stays": int(len(feats.stay_id)),
+        },
+    )
+    return key, False
+
+
+def encode_cohort(
+    cohort: Any,
+    encoder: Any,
+    *,
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    device: str | None = None,
+    progress: bool = False,
+    chunk_rows: int = CXR_CHUNK_ROWS,
+) -> EncodeReport:
+    """Encode a loaded cohort with a built encoder (images, then EHR)."""
+    from harness.encode.registry import encoder_key
+
+    t0 = time.perf_counter()
+    key = encoder_key(encoder)
+    images = cohort_images(cohort)
+    source = {
+        "cohort": getattr(cohort, "name", ""),
+        "dataset": getattr(cohort, "dataset", ""),
+        "cohort_fingerprint": str(cohort.fingerprint),
+    }
+    stats = encode_images(
+        images,
+        encoder,
+        key=key,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        device=device,
+        progress=progress,
+        chunk_rows=chunk_rows,
+        source=source,
+    )
+    ehr_key, ehr_reused = encode_ehr(cohort)
+    ids = sorted(images)
+    feats = read_cxr(key, ids) if ids else None
+    failures: list[tuple[str, str, str]] = []
+    counts: Counter[str] = Counter()
+    if feats is not None:
+        bad = np.flatnonzero(~feats.ok)
+        counts.update(str(feats.status[i]) for i in bad)
+        failures = [(ids[i], str(feats.status[i]), str(images[ids[i]])) for i in bad[:20]]
+    seconds = time.perf_counter() - t0
+    if stats.forward_calls == 0:
+        log.info("all %d images already encoded under %s: no forward pass run", len(ids), key)
+    return EncodeReport(
+        cxr_key=key,
+        ehr_key=ehr_key,
+        n_images=len(ids),
+        n_encoded=stats.n_encoded,
+        n_reused=stats.n_reused,
+        n_failed=sum(counts.values()),
+        failures_by_reason=dict(counts),
+        seconds=seconds,
+        images_per_s=stats.n_encoded / stats.seconds if stats.n_encoded else 0.0,
+        forward_calls=stats.forward_calls,
+        ehr_reused=ehr_reused,
+        n_pending_elsewhere=stats.n_pending_elsewhere,
+        device=resolve_device(device),
+        encoder=encoder.name,
+        failures=failures,
+    )
+
+
+def encode(
+    cohort: str = "base",
+    dataset: str | None = None,
+    encoder: str = "default",
+    *,
+    cohort_path: Path | None = None,
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    device: str | None = None,
+    progress: bool = False,
+    chunk_rows: int = CXR_CHUNK_ROWS,
+) -> EncodeReport:
+    """Encode every distinct linked image of a cohort (CXR store) and its EHR store.
+
+    Idempotent: images already committed under the encoder's key are reused without any forward
+    pass; an interrupted run resumes at the first uncommitted chunk.
+    """
+    from harness.cohort import load_cohort
+    from harness.encode.registry import get_encoder
+
+    coh = load_cohort(cohort=cohort, dataset=dataset, path=cohort_path)
+    enc = get_encoder(encoder)
+    return encode_cohort(
+        coh,
+        enc,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        device=device,
+        progress=progress,
+        chunk_rows=chunk_rows,
+    )
