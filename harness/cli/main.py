@@ -19,6 +19,7 @@ from harness.errors import HarnessError
 COMMAND_MODULES = [
     "harness.cli.demo",
     "harness.cli.cohort",
+    "harness.cli.encode",
 ]
 
 app = typer.Typer(

@@ -1,0 +1,80 @@
+"""`harness encode`: encode a cohort's images and EHR series into the feature store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def encode(
+        cohort: str = typer.Option("base", "--cohort", "-c", help="Cohort name (base, matched)."),
+        dataset: str = typer.Option(None, "--dataset", "-d", help="Dataset (default: synthetic)."),
+        encoder: str = typer.Option("default", "--encoder", "-e", help="Encoder name; see --list."),
+        cohort_path: Path = typer.Option(None, "--cohort-path", help="A built cohort directory."),
+        batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per forward pass."),
+        num_workers: int = typer.Option(None, "--workers", min=0, help="DataLoader workers."),
+        device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: auto)."),
+        list_: bool = typer.Option(False, "--list", help="List encoder families and exit."),
+    ) -> None:
+        """Encode every linked CXR image (once per encoder) and the cohort's hourly EHR tensors."""
+        if list_:
+            _print_list()
+            return
+        from harness.encode.run import encode as run_encode
+
+        report = run_encode(
+            cohort,
+            dataset,
+            encoder,
+            cohort_path=cohort_path,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            device=device,
+            progress=True,
+        )
+        if report.forward_calls == 0:
+            console.print(
+                f"[green]nothing to encode[/]: all {report.n_images} images already in the store "
+                "(no forward pass run)"
+            )
+        else:
+            console.print(
+                f"encoded {report.n_encoded} images in {report.seconds:.1f}s "
+                f"({report.images_per_s:,.1f} img/s on {report.device}); "
+                f"reused {report.n_reused}"
+            )
+        console.print(f"CXR features: [bold]{report.cxr_key}[/] ({report.encoder})")
+        ehr_note = "reused" if report.ehr_reused else "written"
+        console.print(f"EHR features: [bold]{report.ehr_key}[/] ({ehr_note})")
+        if report.n_failed:
+            console.print(
+                f"[yellow]{report.n_failed} of {report.n_images} images unusable[/] "
+                f"(counted as missing CXR): "
+                + ", ".join(f"{k}={v}" for k, v in sorted(report.failures_by_reason.items()))
+            )
+            for dicom_id, status, path in report.failures[:5]:
+                console.print(f"  {status}: {dicom_id} ({path})", highlight=False)
+        if report.n_pending_elsewhere:
+            console.print(
+                f"[yellow]{report.n_pending_elsewhere} images of an interrupted run for another "
+                "cohort are still pending[/]"
+            )
+
+
+def _print_list() -> None:
+    from harness.encode.registry import ENCODERS
+
+    table = Table(title="encoders")
+    table.add_column("name")
+    table.add_column("what it is")
+    table.add_column("example")
+    for name, fam in ENCODERS.items():
+        table.add_row(name + (":<model>" if fam.takes_model else ""), fam.description, fam.example)
+    console.print(table)
