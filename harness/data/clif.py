@@ -377,7 +377,7 @@ def hourly_from_clif(
         for v in variables:
             rows = df["variable"] == v.name
             if v.units is not None:
-                factor = df.loc[rows, "unit"].map(v.units)
+                factor = df.loc[rows, "unit"].map(v.units).astype("float64")
                 unknown = factor.isna()
                 if unknown.any():
                     unit_mismatch[v.name] = int(unknown.sum())
@@ -393,8 +393,10 @@ def hourly_from_clif(
                 frac = rows & (df["v"] <= 1)
                 df.loc[frac, "v"] = df.loc[frac, "v"] * 100
         df = df.dropna(subset=["v"])
-        lo = df["variable"].map(lambda n: ranges[n][0])
-        hi = df["variable"].map(lambda n: ranges[n][1])
+        if df.empty:
+            continue
+        lo = df["variable"].map(lambda n: ranges[n][0]).astype("float64")
+        hi = df["variable"].map(lambda n: ranges[n][1]).astype("float64")
         ok = df["v"].between(lo, hi)
         for name, n in df.loc[~ok, "variable"].value_counts().items():
             dropped[name] = dropped.get(name, 0) + int(n)
