@@ -1,0 +1,344 @@
+"""Submission folders: parse and check ``submission.yaml``, import ``model.py`` by path."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import sys
+import traceback
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.errors import SpecError, SubmissionError
+from harness.models.protocol import ESTIMATOR_INPUTS, INPUTS
+
+log = logging.getLogger(__name__)
+
+SUBMISSION_FILE = "submission.yaml"
+KINDS = ("torch", "estimator")
+TOP_KEYS = {
+    "name": "short identifier (letters, digits, _ and -)",
+    "version": "version of this submission (string or number)",
+    "description": "one paragraph: what the model does",
+    "authors": "list of names",
+    "kind": "torch | estimator",
+    "entry": "module:ClassName inside the folder, e.g. model:MyModel",
+    "inputs": f"list, a subset of {list(INPUTS)}",
+    "params": "mapping of constructor arguments",
+    "train": "mapping of training settings",
+    "tasks": "all, or a list of task names",
+    "backbone": "image encoder name used when the model runs in the end-to-end (pixels) track",
+    "citation": "the paper the method comes from",
+}
+REQUIRED = ("name", "version", "kind", "entry", "inputs")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training settings a submission may choose; the loop itself belongs to the harness."""
+
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    batch_size: int = 64
+    max_epochs: int = 30
+    patience: int = 5
+    cxr_dropout: float = 0.0
+    class_weights: str = "none"
+    grad_clip: float | None = None
+
+
+TRAIN_KEYS = {
+    "optimizer": (str, "adamw"),
+    "lr": (float, "a positive number, e.g. 0.001"),
+    "weight_decay": (float, "a number >= 0"),
+    "batch_size": (int, "a positive integer"),
+    "max_epochs": (int, "a positive integer"),
+    "patience": (int, "a positive integer"),
+    "cxr_dropout": (float, "a number in [0, 1)"),
+    "class_weights": (str, "none | balanced"),
+    "grad_clip": (float, "a positive number (max gradient norm)"),
+}
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A parsed, checked submission folder."""
+
+    path: Path
+    name: str
+    version: str
+    kind: str
+    entry_module: str
+    entry_class: str
+    inputs: tuple[str, ...]
+    params: dict[str, Any] = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tasks: tuple[str, ...] | None = None  # None = all tasks
+    description: str = ""
+    authors: tuple[str, ...] = ()
+    backbone: str | None = None
+    citation: str | None = None
+
+    @property
+    def yaml_path(self) -> Path:
+        return self.path / SUBMISSION_FILE
+
+    @property
+    def module_path(self) -> Path:
+        return self.path / f"{self.entry_module}.py"
+
+    @property
+    def end_to_end(self) -> bool:
+        return "cxr_pixels" in self.inputs
+
+    def supports(self, task_name: str) -> bool:
+        return self.tasks is None or task_name in self.tasks
+
+    def with_pixels(self, backbone: str | None = None) -> Submission:
+        """The same model in the end-to-end track: ``cxr`` replaced by ``cxr_pixels``."""
+        if self.kind != "torch":
+            raise SubmissionError(f"{self.yaml_path}: estimators cannot train an image backbone")
+        if "cxr" not in self.inputs and "cxr_pixels" not in self.inputs:
+            raise SubmissionError(f"{self.yaml_path}: inputs has no cxr, nothing to run end to end")
+        chosen = backbone or self.backbone
+        if not chosen:
+            raise SubmissionError(
+                f"{self.yaml_path}: no image backbone for the end-to-end track. "
+                "Fix: set `backbone:` in submission.yaml or pass one explicitly."
+            )
+        inputs = tuple("cxr_pixels" if i == "cxr" else i for i in self.inputs)
+        return replace(self, inputs=inputs, backbone=chosen)
+
+    def load_class(self) -> type:
+        """Import ``model.py`` by path (under a unique module name) and return the entry class."""
+        module = import_by_path(self.module_path, self.yaml_path)
+        obj = getattr(module, self.entry_class, None)
+        if obj is None or not isinstance(obj, type):
+            found = sorted(n for n, v in vars(module).items() if isinstance(v, type))
+            raise SubmissionError(
+                f"{self.module_path}: entry class {self.entry_class!r} (field `entry` in "
+                f"{self.yaml_path.name}) is not defined. Classes found: {found or 'none'}. "
+                "Fix: correct `entry: module:ClassName`."
+            )
+        return obj
+
+
+def _spec_error(path: Path, message: str, fix: str) -> SpecError:
+    return SpecError(message, path=path, fix=fix)
+
+
+def _as_float(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _parse_train(raw: Any, path: Path) -> TrainConfig:
+    if raw is None:
+        return TrainConfig()
+    if not isinstance(raw, dict):
+        raise _spec_error(path, "field `train` must be a mapping", "e.g. `train: {lr: 0.001}`")
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in TRAIN_KEYS:
+            raise _spec_error(
+                path,
+                f"unknown key `train.{key}`",
+                f"remove it; valid keys under `train` are {sorted(TRAIN_KEYS)}",
+            )
+        typ, expected = TRAIN_KEYS[key]
+        if typ is float:
+            if key == "grad_clip" and value is None:
+                values[key] = None
+                continue
+            conv = _as_float(value)
+        elif typ is int:
+            conv = value if isinstance(value, int) and not isinstance(value, bool) else None
+        else:
+            conv = value if isinstance(value, str) else None
+        ok = conv is not None
+        if ok and key in ("lr", "batch_size", "max_epochs", "patience", "grad_clip"):
+            ok = conv > 0
+        if ok and key == "weight_decay":
+            ok = conv >= 0
+        if ok and key == "cxr_dropout":
+            ok = 0 <= conv < 1
+        if ok and key == "optimizer":
+            ok = conv.lower() == "adamw"
+        if ok and key == "class_weights":
+            ok = conv in ("none", "balanced")
+        if not ok:
+            raise _spec_error(path, f"`train.{key}` is {value!r}", f"use {expected}")
+        values[key] = conv.lower() if key == "optimizer" else conv
+    return TrainConfig(**values)
+
+
+def parse_submission(data: Any, path: Path) -> Submission:
+    """Check a loaded ``submission.yaml`` mapping; ``path`` is the YAML file (for messages)."""
+    if not isinstance(data, dict):
+        raise _spec_error(path, "the file must be a YAML mapping", "see the template")
+    for key in data:
+        if key not in TOP_KEYS:
+            raise _spec_error(
+                path,
+                f"unknown key `{key}`",
+                f"remove or rename it; valid keys are {sorted(TOP_KEYS)}",
+            )
+    for key in REQUIRED:
+        if data.get(key) in (None, ""):
+            raise _spec_error(path, f"required field `{key}` is missing", TOP_KEYS[key])
+    name = str(data["name"])
+    if not name.replace("_", "").replace("-", "").isalnum():
+        raise _spec_error(
+            path,
+            f"`name` {name!r} has characters other than letters, digits, _ -",
+            "use a short identifier such as my_model",
+        )
+    kind = data["kind"]
+    if kind not in KINDS:
+        raise _spec_error(path, f"`kind` is {kind!r}", f"use one of {list(KINDS)}")
+    entry = data["entry"]
+    if not isinstance(entry, str) or entry.count(":") != 1 or not all(entry.split(":")):
+        raise _spec_error(
+            path, f"`entry` is {entry!r}", "write module:ClassName, e.g. model:MyModel"
+        )
+    module, cls = entry.split(":")
+    if not module.isidentifier() or not cls.isidentifier():
+        raise _spec_error(path, f"`entry` {entry!r} is not module:ClassName", "e.g. model:MyModel")
+    inputs = data["inputs"]
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    if not isinstance(inputs, list) or not inputs:
+        raise _spec_error(path, "`inputs` must be a non-empty list", f"choose from {list(INPUTS)}")
+    for item in inputs:
+        if item not in INPUTS:
+            raise _spec_error(
+                path, f"`inputs` has unknown input {item!r}", f"choose from {list(INPUTS)}"
+            )
+    if "cxr" in inputs and "cxr_pixels" in inputs:
+        raise _spec_error(
+            path,
+            "`inputs` lists both cxr and cxr_pixels",
+            "a model uses cached embeddings (cxr) or images (cxr_pixels), not both",
+        )
+    if kind == "estimator":
+        bad = [i for i in inputs if i not in ESTIMATOR_INPUTS]
+        if bad:
+            raise _spec_error(
+                path,
+                f"`inputs` {bad} cannot be used by an estimator",
+                f"estimators take flat arrays: choose from {list(ESTIMATOR_INPUTS)}",
+            )
+    params = data.get("params") or {}
+    if not isinstance(params, dict):
+        raise _spec_error(path, "`params` must be a mapping", "e.g. `params: {hidden: 64}`")
+    tasks = data.get("tasks", "all")
+    if tasks in (None, "all"):
+        task_tuple = None
+    elif isinstance(tasks, list) and tasks and all(isinstance(t, str) for t in tasks):
+        task_tuple = tuple(tasks)
+    else:
+        raise _spec_error(path, f"`tasks` is {tasks!r}", "write `all` or a list of task names")
+    authors = data.get("authors") or []
+    if isinstance(authors, str):
+        authors = [authors]
+    backbone = data.get("backbone")
+    if "cxr_pixels" in inputs and not backbone:
+        raise _spec_error(
+            path,
+            "`inputs` has cxr_pixels but no `backbone` is named",
+            "set `backbone:` to an image encoder name (see `harness encoders`)",
+        )
+    return Submission(
+        path=path.parent,
+        name=name,
+        version=str(data["version"]),
+        kind=kind,
+        entry_module=module,
+        entry_class=cls,
+        inputs=tuple(inputs),
+        params=dict(params),
+        train=_parse_train(data.get("train"), path),
+        tasks=task_tuple,
+        description=str(data.get("description") or "").strip(),
+        authors=tuple(str(a) for a in authors),
+        backbone=str(backbone) if backbone else None,
+        citation=str(data["citation"]).strip() if data.get("citation") else None,
+    )
+
+
+def load_submission(path: str | Path) -> Submission:
+    """Read and check ``<path>/submission.yaml`` (``path`` may also be the YAML file itself)."""
+    path = Path(path)
+    yaml_path = path if path.suffix in (".yaml", ".yml") else path / SUBMISSION_FILE
+    if not yaml_path.is_file():
+        raise SpecError(
+            "no submission.yaml found",
+            path=yaml_path,
+            fix="point to a submission folder, or create one with `harness new-submission NAME`",
+        )
+    try:
+        data = yaml.safe_load(yaml_path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError(
+            f"invalid YAML{where}: {problem}",
+            path=yaml_path,
+            fix="fix the YAML syntax (indentation, a missing colon or quote)",
+        ) from None
+    sub = parse_submission(data, yaml_path)
+    if not sub.module_path.is_file():
+        raise SpecError(
+            f"`entry` points to {sub.module_path.name}, which does not exist",
+            path=yaml_path,
+            fix=f"add {sub.module_path.name} to the folder or correct `entry`",
+        )
+    return sub
+
+
+def import_by_path(module_path: Path, yaml_path: Path) -> Any:
+    """Import a submission's module under a name unique to its absolute path."""
+    resolved = module_path.resolve()
+    digest = hashlib.sha1(str(resolved).encode()).hexdigest()[:10]
+    name = f"harness_submission_{resolved.parent.name}_{resolved.stem}_{digest}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, resolved)
+    if spec is None or spec.loader is None:
+        raise SubmissionError(f"{module_path}: cannot be imported as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(name, None)
+        raise SubmissionError(
+            f"{describe_exception(exc, module_path)} while importing (named by `entry` in "
+            f"{yaml_path.name}). Fix: make `python {module_path.name}` import cleanly."
+        ) from None
+    return module
+
+
+def describe_exception(exc: BaseException, module_path: Path) -> str:
+    """``model.py:LINE in FUNC: Type: message``: the deepest frame inside the submission file."""
+    resolved = str(Path(module_path).resolve())
+    frames = traceback.extract_tb(exc.__traceback__)
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f"{module_path}:{exc.lineno}: SyntaxError: {exc.msg}"
+    inside = [f for f in frames if str(Path(f.filename).resolve()) == resolved]
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    what = f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+    if inside:
+        frame = inside[-1]
+        return f"{module_path}:{frame.lineno} in {frame.name}: {what}"
+    return f"{module_path}: {what}"

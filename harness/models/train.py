@@ -1,0 +1,544 @@
+"""The harness-owned training loop: loss by task kind, AdamW, early stopping on validation.
+
+Every submission is trained here the same way: seeded, deterministic on CPU, checkpoint chosen
+on the validation split's main metric (the test split is never looked at), and scored on
+probabilities produced by one link function (sigmoid for binary and multilabel, softmax for
+multiclass).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from harness.errors import InputError, SubmissionError
+from harness.models.data import FeatureSet, NormStats, Split, Tensors, make_tensors, prepare_split
+from harness.models.protocol import Batch, ModelSpec, StepContext, TaskInfo
+from harness.models.submission import Submission, describe_exception, load_submission
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------
+# Validation-split selection metric
+
+
+def _per_column(fn: Callable, y: np.ndarray, p: np.ndarray) -> float:
+    scores = [fn(y[:, j], p[:, j]) for j in range(y.shape[1]) if len(np.unique(y[:, j])) == 2]
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def selection_score(task: TaskInfo, y: np.ndarray, proba: np.ndarray) -> float:
+    """The validation score that drives early stopping (higher is better; NaN if undefined).
+
+    Uses the task's ``main_metric`` when it names AUROC, AUPRC, accuracy, macro-F1 or kappa;
+    otherwise AUPRC (binary), macro AUPRC (multilabel) or accuracy (multiclass).
+    """
+    from sklearn.metrics import (
+        accuracy_score,
+        average_precision_score,
+        cohen_kappa_score,
+        f1_score,
+        roc_auc_score,
+    )
+
+    name = (task.main_metric or "").lower().replace("macro_", "").replace("-", "_")
+    aliases = {
+        "roc_auc": "auroc",
+        "auc": "auroc",
+        "prauc": "auprc",
+        "average_precision": "auprc",
+        "acc": "accuracy",
+        "f1": "macro_f1",
+        "kappa": "kappa",
+        "cohen_kappa": "kappa",
+    }
+    name = aliases.get(name, name)
+    if task.kind == "multiclass":
+        pred = proba.argmax(axis=1)
+        if name == "macro_f1":
+            return float(f1_score(y, pred, average="macro"))
+        if "kappa" in name:
+            return float(cohen_kappa_score(y, pred, weights="linear"))
+        if name == "auroc":
+            onehot = np.eye(proba.shape[1])[y]
+            return _per_column(roc_auc_score, onehot, proba)
+        return float(accuracy_score(y, pred))
+    fn = roc_auc_score if name == "auroc" else average_precision_score
+    y2 = y.reshape(len(y), -1)
+    return _per_column(fn, y2, proba.reshape(len(proba), -1))
+
+
+# --------------------------------------------------------------------------------------------
+# Output checks shared by the loop and `harness validate`
+
+
+def expected_shape(spec: ModelSpec, batch_size: int) -> tuple[int, ...]:
+    return (batch_size,) if spec.task_kind == "binary" else (batch_size, spec.n_outputs)
+
+
+def split_output(
+    out: Any, spec: ModelSpec, batch_size: int, where: Path
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Canonical-shape logits plus extra ``loss_*`` terms; bad output -> `SubmissionError`."""
+    extra: dict[str, torch.Tensor] = {}
+    if isinstance(out, dict):
+        if "logits" not in out:
+            raise SubmissionError(
+                f"{where}: forward returned a dict without a 'logits' entry (keys: "
+                f"{sorted(out)}). Fix: return logits, or a dict with 'logits' and loss_* terms."
+            )
+        extra = {k: v for k, v in out.items() if k.startswith("loss_")}
+        out = out["logits"]
+    if not isinstance(out, torch.Tensor):
+        raise SubmissionError(
+            f"{where}: forward returned {type(out).__name__}, not a tensor of logits. "
+            "Fix: return a torch.Tensor (or a dict with 'logits')."
+        )
+    logits = out
+    if spec.task_kind == "binary" and logits.dim() == 2 and logits.shape[1] == 1:
+        logits = logits[:, 0]
+    want = expected_shape(spec, batch_size)
+    if tuple(logits.shape) != want:
+        kind = {
+            "binary": "binary task (1 output)",
+            "multilabel": f"multilabel task with {spec.n_outputs} labels",
+            "multiclass": f"multiclass task with {spec.n_outputs} classes",
+        }[spec.task_kind]
+        raise SubmissionError(
+            f"{where}: forward returned logits of shape {tuple(out.shape)} for a {kind} on a "
+            f"batch of {batch_size}; expected {want}. Fix: size the output layer with "
+            "spec.n_outputs and keep the batch dimension first."
+        )
+    if not bool(torch.isfinite(logits).all()):
+        bad = int((~torch.isfinite(logits)).sum())
+        raise SubmissionError(
+            f"{where}: forward returned non-finite logits ({bad} of {logits.numel()} values are "
+            "NaN or inf). Fix: check for divisions by zero, log of 0 or exploding activations "
+            "(missing CXRs arrive as zero vectors with has_cxr = 0)."
+        )
+    for key, value in extra.items():
+        if not isinstance(value, torch.Tensor) or value.numel() != 1:
+            raise SubmissionError(
+                f"{where}: forward returned {key!r} that is not a scalar tensor. "
+                "Fix: loss_* entries must be scalar tensors."
+            )
+    return logits, extra
+
+
+@contextlib.contextmanager
+def _model_errors(where: Path, what: str) -> Iterator[None]:
+    """Turn an exception raised inside submission code into one clear `SubmissionError`."""
+    try:
+        yield
+    except SubmissionError:
+        raise
+    except Exception as exc:
+        raise SubmissionError(
+            f"{describe_exception(exc, where)} (during {what}). Fix: run "
+            "`harness validate` on the folder and correct the code at that line."
+        ) from exc
+
+
+def link(logits: torch.Tensor, kind: str) -> torch.Tensor:
+    """The harness-owned link: sigmoid (binary, multilabel) or softmax (multiclass)."""
+    return torch.softmax(logits, dim=-1) if kind == "multiclass" else torch.sigmoid(logits)
+
+
+# --------------------------------------------------------------------------------------------
+# Trained model
+
+
+@dataclass
+class TrainedModel:
+    """A fitted submission for one (task, fold, seed), with its training statistics."""
+
+    submission: Submission
+    spec: ModelSpec
+    task: TaskInfo
+    fold: int
+    seed: int
+    stats: NormStats
+    model: Any
+    device: str
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int = 0
+    val_score: float = float("nan")
+    train_seconds: float = 0.0
+    split: Split | None = None
+
+    def predict_proba(self, data: Tensors | Batch, *, batch_size: int = 1024) -> np.ndarray:
+        """Probabilities: (n,) binary, (n, L) multilabel, (n, K) multiclass."""
+        if self.submission.kind == "estimator":
+            if not isinstance(data, Tensors):
+                raise TypeError("estimators predict from Tensors (flat arrays), not a Batch")
+            x, _ = data.flat(self.submission.inputs)
+            with _model_errors(self.submission.module_path, "predict_proba"):
+                raw = self.model.predict_proba(x)
+            return estimator_proba(raw, self.task, self.model, self.submission.module_path)
+        if self.spec.end_to_end:
+            batch_size = min(batch_size, 64)
+        return _predict(
+            self.model, data, self.spec, self.device, batch_size, self.submission.module_path
+        )
+
+    def tensors_for(self, fs: FeatureSet, idx: np.ndarray) -> Tensors:
+        """Rows ``idx`` of a (possibly degraded) `FeatureSet`, normalised with this fold's stats."""
+        return make_tensors(fs, idx, self.stats)
+
+    def predict_feature_set(self, fs: FeatureSet, idx: np.ndarray) -> np.ndarray:
+        return self.predict_proba(self.tensors_for(fs, idx))
+
+
+def _predict(
+    model: nn.Module, data: Tensors | Batch, spec: ModelSpec, device: str, bs: int, where: Path
+) -> np.ndarray:
+    model.eval()
+    chunks = []
+    with torch.no_grad(), _model_errors(where, "forward (prediction)"):
+        batches: Iterator[Batch]
+        if isinstance(data, Batch):
+            batches = iter([data])
+        else:
+            batches = (b for b, _ in data.iter_batches(bs))
+        for batch in batches:
+            batch = batch.to(device)
+            logits, _ = split_output(model(batch), spec, len(batch), where)
+            chunks.append(link(logits.float(), spec.task_kind).cpu())
+    if not chunks:
+        return np.zeros(expected_shape(spec, 0), dtype=np.float64)
+    return torch.cat(chunks).numpy().astype(np.float64)
+
+
+def estimator_proba(raw: Any, task: TaskInfo, est: Any, where: Path) -> np.ndarray:
+    """Bring scikit-learn style ``predict_proba`` output to the harness shapes and check it."""
+    if isinstance(raw, list):  # MultiOutputClassifier: one (n, 2) array per label
+        raw = np.stack([np.asarray(r)[:, -1] for r in raw], axis=1)
+    p = np.asarray(raw, dtype=np.float64)
+    if task.kind == "binary" and p.ndim == 2 and p.shape[1] == 2:
+        p = p[:, 1]
+    if task.kind == "multiclass" and p.ndim == 2 and p.shape[1] != task.n_outputs:
+        classes = getattr(est, "classes_", None)
+        if classes is not None and len(classes) == p.shape[1]:
+            full = np.zeros((len(p), task.n_outputs))
+            full[:, np.asarray(classes, dtype=int)] = p
+            p = full
+    n = len(p)
+    spec = ModelSpec(task.kind, task.n_outputs, 0, 0, 0, 0)
+    want = expected_shape(spec, n)
+    if p.shape != want:
+        raise SubmissionError(
+            f"{where}: predict_proba returned shape {p.shape} for a {task.kind} task; expected "
+            f"{want}. Fix: return (n,) or (n, 2) for binary, (n, labels) or a list of (n, 2) for "
+            "multilabel, (n, classes) for multiclass."
+        )
+    if not np.isfinite(p).all() or p.min() < 0 or p.max() > 1:
+        raise SubmissionError(
+            f"{where}: predict_proba returned values outside [0, 1] or non-finite. "
+            "Fix: return probabilities, not scores or logits."
+        )
+    return p
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+
+
+def resolve_device(device: str | None = None) -> str:
+    """``None`` picks CUDA when available, else CPU."""
+    if device:
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Seed Python, NumPy and torch and request deterministic kernels for the duration."""
+    prev = torch.are_deterministic_algorithms_enabled()
+    prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev, warn_only=prev_warn)
+
+
+def make_loss(task: TaskInfo, y_train: torch.Tensor, class_weights: str, device: str) -> nn.Module:
+    """BCE-with-logits (binary, multilabel) or cross-entropy, optionally class-balanced."""
+    if task.kind == "multiclass":
+        weight = None
+        if class_weights == "balanced":
+            counts = torch.bincount(y_train, minlength=task.n_outputs).float().clamp(min=1)
+            weight = (len(y_train) / (task.n_outputs * counts)).to(device)
+        return nn.CrossEntropyLoss(weight=weight)
+    pos_weight = None
+    if class_weights == "balanced":
+        pos = y_train.float().sum(dim=0).clamp(min=1)
+        pos_weight = ((len(y_train) - pos) / pos).to(device)
+    return nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+
+
+def drop_cxr(batch: Batch, rate: float, generator: torch.Generator) -> Batch:
+    """Train-time CXR dropout: hide the image of a random ``rate`` share of stays that have one."""
+    drop = (torch.rand(len(batch), generator=generator) < rate) & (batch.has_cxr > 0)
+    if not bool(drop.any()):
+        return batch
+    keep = (~drop).float()
+    return batch.replace(
+        has_cxr=batch.has_cxr * keep,
+        cxr=batch.cxr * keep[:, None],
+        cxr_time_hours=batch.cxr_time_hours * keep,
+    )
+
+
+def build_spec(
+    sub: Submission,
+    task: TaskInfo,
+    train: Tensors,
+    fs: FeatureSet,
+    seed: int,
+    backbone: Any = None,
+    backbone_dim: int | None = None,
+) -> ModelSpec:
+    flat_names: tuple[str, ...] = ()
+    if sub.kind == "estimator":
+        flat_names = tuple(train.flat(sub.inputs)[1])
+    return ModelSpec(
+        task_kind=task.kind,
+        n_outputs=task.n_outputs,
+        ehr_dim=int(train.ehr.shape[2]),
+        ehr_summary_dim=int(train.ehr_summary.shape[1]),
+        cxr_dim=int(backbone_dim if backbone is not None else train.cxr.shape[1]),
+        demo_dim=int(train.demographics.shape[1]),
+        seq_len=int(train.ehr.shape[1]),
+        variables=tuple(fs.variables),
+        label_names=tuple(task.label_columns),
+        inputs=tuple(sub.inputs),
+        cxr_backbone=backbone,
+        flat_feature_names=flat_names,
+        seed=seed,
+    )
+
+
+def _coerce_task(task: Any, fs: FeatureSet) -> TaskInfo:
+    if task is None:
+        return fs.task
+    if isinstance(task, str):
+        if task != fs.task.name:
+            raise InputError(
+                f"task {task!r} does not match the FeatureSet's task {fs.task.name!r}",
+                fix="load the FeatureSet for this task (load_feature_set(cohort, task))",
+            )
+        return fs.task
+    info = TaskInfo.coerce(task)
+    if info.kind != fs.task.kind or info.n_outputs != fs.task.n_outputs:
+        raise InputError(
+            f"task {info.name!r} ({info.kind}, {info.n_outputs} outputs) does not match the "
+            f"FeatureSet's labels ({fs.task.kind}, {fs.task.n_outputs} outputs)",
+            fix="load the FeatureSet for this task",
+        )
+    return info
+
+
+def train_model(
+    submission: Submission | str | Path,
+    fs: FeatureSet,
+    task: Any = None,
+    fold: int = 1,
+    seed: int = 0,
+    *,
+    device: str | None = None,
+    max_epochs: int | None = None,
+    log: Callable[[dict[str, Any]], None] | None = None,
+    split: Split | None = None,
+    cxr_dropout: float | None = None,
+) -> TrainedModel:
+    """Train ``submission`` on fold ``fold`` of ``fs`` with ``seed``; select on validation.
+
+    Args:
+        task: the task (name, `TaskSpec` or `TaskInfo`); ``None`` uses ``fs.task``.
+        max_epochs: overrides the submission's ``train.max_epochs`` (e.g. for quick runs).
+        log: called after every epoch with a dict (epoch, train_loss, val_score, seconds).
+        split: a precomputed `prepare_split` result to reuse across seeds.
+        cxr_dropout: overrides ``train.cxr_dropout`` (train-time CXR dropout rate).
+    """
+    sub = submission if isinstance(submission, Submission) else load_submission(submission)
+    info = _coerce_task(task, fs)
+    if split is None:
+        split = prepare_split(fs, fold)
+    device = resolve_device(device)
+    cls = sub.load_class()
+    started = time.perf_counter()
+    with seeded(seed):
+        if sub.kind == "estimator":
+            trained = _fit_estimator(sub, cls, info, fs, split, fold, seed)
+        else:
+            trained = _train_torch(
+                sub, cls, info, fs, split, fold, seed, device, max_epochs, log, cxr_dropout
+            )
+    trained.train_seconds = time.perf_counter() - started
+    return trained
+
+
+def _fit_estimator(
+    sub: Submission, cls: type, task: TaskInfo, fs: FeatureSet, split: Split, fold: int, seed: int
+) -> TrainedModel:
+    where = sub.module_path
+    spec = build_spec(sub, task, split.train, fs, seed)
+    x_train, _ = split.train.flat(sub.inputs)
+    y_train = split.train.y.numpy()
+    with _model_errors(where, f"{cls.__name__}(spec, **params)"):
+        est = cls(spec, **sub.params)
+    with _model_errors(where, "fit"):
+        est.fit(x_train, y_train)
+    trained = TrainedModel(sub, spec, task, fold, seed, split.stats, est, "cpu", split=split)
+    val = trained.predict_proba(split.val)
+    trained.val_score = selection_score(task, split.val.y.numpy(), val)
+    trained.history = [{"epoch": 0, "val_score": trained.val_score}]
+    return trained
+
+
+def _load_backbone(sub: Submission, fs: FeatureSet) -> tuple[nn.Module | None, int | None]:
+    if not sub.end_to_end:
+        return None, None
+    if fs.cxr_pixels is None:
+        raise InputError(
+            f"{sub.name} runs in the end-to-end track (inputs: cxr_pixels) but the FeatureSet "
+            "carries no images",
+            fix="attach preprocessed images with harness.models.pixels.attach_pixels",
+        )
+    from harness.models.pixels import build_backbone
+
+    return build_backbone(sub.backbone or "")
+
+
+def _train_torch(
+    sub: Submission,
+    cls: type,
+    task: TaskInfo,
+    fs: FeatureSet,
+    split: Split,
+    fold: int,
+    seed: int,
+    device: str,
+    max_epochs: int | None,
+    log_fn: Callable[[dict[str, Any]], None] | None,
+    cxr_dropout: float | None,
+) -> TrainedModel:
+    where = sub.module_path
+    cfg = sub.train
+    epochs = int(max_epochs if max_epochs is not None else cfg.max_epochs)
+    rate = float(cfg.cxr_dropout if cxr_dropout is None else cxr_dropout)
+    backbone, backbone_dim = _load_backbone(sub, fs)
+    spec = build_spec(sub, task, split.train, fs, seed, backbone, backbone_dim)
+    with _model_errors(where, f"{cls.__name__}(spec, **params)"):
+        model = cls(spec, **sub.params)
+    if not isinstance(model, nn.Module):
+        raise SubmissionError(
+            f"{where}: {cls.__name__} is not a torch.nn.Module but `kind` is torch. "
+            "Fix: subclass nn.Module, or set `kind: estimator` with fit/predict_proba."
+        )
+    model.to(device)
+    if hasattr(model, "fit_setup"):
+        with _model_errors(where, "fit_setup"):
+            model.fit_setup(split.train)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if hasattr(model, "extra_parameters"):
+        seen = {id(p) for p in params}
+        params += [p for p in model.extra_parameters() if id(p) not in seen]
+    if not params:
+        raise SubmissionError(f"{where}: the model has no trainable parameters")
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    loss_fn = make_loss(task, split.train.y, cfg.class_weights, device)
+    shuffle_gen = torch.Generator().manual_seed(seed)
+    drop_gen = torch.Generator().manual_seed(seed + 1)
+    ctx = StepContext(model=model, optimizer=optimizer, seed=seed, device=device, max_epochs=epochs)
+    y_val = split.val.y.numpy()
+    best_score, best_state, best_epoch, bad = -math.inf, None, 0, 0
+    bs = cfg.batch_size
+    for epoch in range(epochs):
+        ctx.epoch = epoch
+        t0 = time.perf_counter()
+        model.train()
+        losses = []
+        for batch, y in split.train.iter_batches(bs, shuffle=True, generator=shuffle_gen):
+            if rate > 0:
+                batch = drop_cxr(batch, rate, drop_gen)
+            batch, y = batch.to(device), y.to(device)
+            with _model_errors(where, f"training step (epoch {epoch})"):
+                if hasattr(model, "training_step"):
+                    loss = model.training_step(batch, y, loss_fn, ctx)
+                else:
+                    logits, extra = split_output(model(batch), spec, len(batch), where)
+                    loss = loss_fn(logits, y) + sum(extra.values(), torch.zeros((), device=device))
+                if loss is not None:
+                    if not bool(torch.isfinite(loss)):
+                        raise SubmissionError(
+                            f"{where}: the training loss became {loss.item()} at epoch {epoch}, "
+                            f"step {ctx.step}. Fix: lower train.lr or check loss_* terms."
+                        )
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if hasattr(model, "on_after_backward"):
+                        model.on_after_backward(ctx)
+                    if cfg.grad_clip:
+                        nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                    optimizer.step()
+                    losses.append(float(loss.detach()))
+            ctx.step += 1
+        val = _predict(model, split.val, spec, device, 64 if spec.end_to_end else 1024, where)
+        score = selection_score(task, y_val, val)
+        ctx.val_score = score
+        record = {
+            "epoch": epoch,
+            "train_loss": float(np.mean(losses)) if losses else None,
+            "val_score": score,
+            "seconds": time.perf_counter() - t0,
+        }
+        ctx.history.append(record)
+        log.debug("%s fold %d seed %d: %s", sub.name, fold, seed, record)
+        if log_fn is not None:
+            log_fn(record)
+        if hasattr(model, "on_epoch_end"):
+            with _model_errors(where, "on_epoch_end"):
+                model.on_epoch_end(ctx)
+        comparable = score if math.isfinite(score) else -math.inf
+        if best_state is None or comparable > best_score:
+            best_score, best_epoch, bad = comparable, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            bad += 1
+            if bad >= cfg.patience:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return TrainedModel(
+        sub,
+        spec,
+        task,
+        fold,
+        seed,
+        split.stats,
+        model,
+        device,
+        history=ctx.history,
+        best_epoch=best_epoch,
+        val_score=best_score,
+        split=split,
+    )
