@@ -480,8 +480,9 @@ def _finish_stays(stays: pd.DataFrame, spec: CohortSpec) -> pd.DataFrame:
 def _summaries(stays: pd.DataFrame, label_cols: list[str]) -> tuple[dict, dict]:
     binary = [c for c in label_cols if c not in ("los_days", "los_class")]
     prevalence = {c: (float(stays[c].mean()) if len(stays) else None) for c in binary}
-    counts = stays["los_class"].value_counts().sort_index()
-    prevalence["los_class"] = {str(int(k)): int(v) for k, v in counts.items()}
+    if "los_class" in label_cols:
+        counts = stays["los_class"].value_counts().sort_index()
+        prevalence["los_class"] = {str(int(k)): int(v) for k, v in counts.items()}
     has = stays["has_cxr"] == 1
     views = stays.loc[has, "cxr_view"].value_counts()
     availability = {
