@@ -1,9 +1,10 @@
-"""Patient-level bootstrap: shared resamples, batched kernels vs a slow sklearn loop, CIs, p-values."""
+"""Patient-level bootstrap: shared resamples, batched kernels vs a slow loop, CIs, p-values."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_metrics import make_data  # tests/ is on sys.path (rootdir-less test modules)
 
 from harness.evaluate.bootstrap import (
     DEFAULT_BOOTSTRAP_SEED,
@@ -14,7 +15,6 @@ from harness.evaluate.bootstrap import (
     percentile_ci,
 )
 from harness.evaluate.metrics import METRICS
-from test_metrics import make_data  # tests/ is on sys.path (rootdir-less test modules)
 
 
 def _subjects(n: int, seed: int = 3) -> np.ndarray:

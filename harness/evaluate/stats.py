@@ -1,0 +1,68 @@
+"""Multiple-comparison control and per-label fusion gain built on the shared bootstrap."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from harness.evaluate.bootstrap import Resamples, bootstrap_metric, paired_delta
+from harness.evaluate.metrics import METRICS
+
+DEFAULT_ALPHA = 0.05
+
+
+def benjamini_hochberg(p_values: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (q-values); NaN entries stay NaN and are not counted.
+
+    q_(i) = min over j >= i of p_(j) * m / j for the sorted p-values, capped at 1.
+    """
+    p = np.asarray(p_values, dtype=np.float64)
+    q = np.full(p.shape, np.nan)
+    defined = np.flatnonzero(~np.isnan(p))
+    m = defined.size
+    if m == 0:
+        return q
+    order = defined[np.argsort(p[defined], kind="stable")]
+    scaled = p[order] * m / np.arange(1, m + 1)
+    q[order] = np.minimum(1.0, np.minimum.accumulate(scaled[::-1])[::-1])
+    return q
+
+
+def fusion_gain(
+    label_names: Sequence[str],
+    y_true: np.ndarray,
+    score: Sequence[np.ndarray],
+    reference: Sequence[np.ndarray],
+    resamples: Resamples,
+    *,
+    metric: str = "auroc",
+    alpha: float = DEFAULT_ALPHA,
+) -> dict[str, dict]:
+    """Per-label paired gain of a submission over a reference on the shared resamples.
+
+    ``score`` and ``reference`` hold one (n, L) probability matrix per seed; a label's value is
+    the mean over seeds of the binary ``metric`` on that label, on the full data (point) and on
+    each resample. p-values are Benjamini-Hochberg adjusted across labels; ``significant`` means
+    q < ``alpha`` and a positive delta (the submission beats the reference on that label).
+    """
+    y = np.asarray(y_true)
+    fn = METRICS.get(metric)
+    rows = {}
+    for j, label in enumerate(label_names):
+        point_a = np.mean([fn(y[:, j], s[:, j]) for s in score])
+        point_b = np.mean([fn(y[:, j], s[:, j]) for s in reference])
+        boot_a = np.mean([bootstrap_metric(metric, y[:, j], s[:, j], resamples) for s in score], 0)
+        boot_b = np.mean(
+            [bootstrap_metric(metric, y[:, j], s[:, j], resamples) for s in reference], 0
+        )
+        rows[label] = paired_delta(point_a, point_b, boot_a, boot_b).to_dict()
+    q = benjamini_hochberg(
+        [np.nan if r["p_value"] is None else r["p_value"] for r in rows.values()]
+    )
+    for row, q_value in zip(rows.values(), q, strict=True):
+        row["q_value"] = None if np.isnan(q_value) else float(q_value)
+        row["significant"] = bool(
+            row["q_value"] is not None and row["q_value"] < alpha and (row["delta"] or 0) > 0
+        )
+    return rows
