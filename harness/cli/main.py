@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "harness.cli.demo",
     "harness.cli.cohort",
     "harness.cli.encode",
+    "harness.cli.submission",
 ]
 
 app = typer.Typer(
