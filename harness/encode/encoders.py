@@ -261,6 +261,12 @@ def build_openclip(model_name: str, pretrained: str | None, *, name: str) -> Enc
         pretrained = str(path)
     if pretrained:
         kwargs["pretrained"] = pretrained
+    if not kwargs.get("pretrained") and not model_name.startswith(("hf-hub:", "local-dir:")):
+        raise InputError(
+            f"openclip:{model_name} has no weights; refusing to encode with random weights",
+            fix=f"name the weights: openclip:{model_name}@<tag or checkpoint path> "
+            f"(tags: {', '.join(t for m, t in open_clip.list_pretrained() if m == model_name)})",
+        )
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(model_name, **kwargs)
     except Exception as exc:
@@ -271,12 +277,6 @@ def build_openclip(model_name: str, pretrained: str | None, *, name: str) -> Enc
             fix="check the name with `open_clip.list_pretrained()`, go online once for hub "
             "weights, or pass a local checkpoint: openclip:<model>@/path/model.pt",
         ) from exc
-    if not kwargs.get("pretrained") and not model_name.startswith(("hf-hub:", "local-dir:")):
-        raise InputError(
-            f"openclip:{model_name} has no weights; refusing to encode with random weights",
-            fix=f"name the weights: openclip:{model_name}@<tag or checkpoint path> "
-            f"(tags: {', '.join(t for m, t in open_clip.list_pretrained() if m == model_name)})",
-        )
     visual = model.visual.eval()
     pcfg = dict(getattr(visual, "preprocess_cfg", {}) or {})
     size = pcfg.get("size", getattr(visual, "image_size", 224))
