@@ -1,0 +1,58 @@
+"""Load the JSON Schemas shipped in ``harness/leaderboard/schema/`` and validate documents."""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from harness.errors import InputError
+
+RESULT_SCHEMA = "result.schema.json"
+LEADERBOARD_SCHEMA = "leaderboard.schema.json"
+SCHEMA_VERSION = "1.0"
+
+
+@cache
+def load_schema(name: str) -> dict:
+    text = resources.files("harness.leaderboard").joinpath("schema", name).read_text("utf-8")
+    return json.loads(text)
+
+
+@cache
+def _validator(name: str):
+    from jsonschema import Draft202012Validator
+    from referencing import Registry, Resource
+
+    registry = Registry().with_resources(
+        (schema, Resource.from_contents(load_schema(schema)))
+        for schema in (RESULT_SCHEMA, LEADERBOARD_SCHEMA)
+    )
+    return Draft202012Validator(load_schema(name), registry=registry)
+
+
+def schema_errors(document: Any, name: str = RESULT_SCHEMA) -> list[str]:
+    """Human-readable schema violations (``path: message``), empty when the document is valid."""
+    errors = sorted(_validator(name).iter_errors(document), key=lambda e: list(e.absolute_path))
+    out = []
+    for err in errors:
+        where = "/".join(str(p) for p in err.absolute_path) or "(top level)"
+        message = err.message if len(err.message) < 300 else err.message[:300] + "..."
+        out.append(f"{where}: {message}")
+    return out
+
+
+def validate(document: Any, name: str = RESULT_SCHEMA, *, path: str | Path | None = None) -> None:
+    """Raise :class:`InputError` naming the first violations when ``document`` is invalid."""
+    errors = schema_errors(document, name)
+    if errors:
+        shown = "\n  ".join(errors[:5])
+        more = f"\n  ... and {len(errors) - 5} more" if len(errors) > 5 else ""
+        raise InputError(
+            f"does not match {name} (schema_version {SCHEMA_VERSION}):\n  {shown}{more}",
+            path=path,
+            fix="regenerate it with `harness evaluate`; results hold aggregates only "
+            "(no stay ids, no per-patient arrays)",
+        )
