@@ -24,6 +24,15 @@ def build(
     memory_limit: str = typer.Option("2GB", help="DuckDB memory limit; spills to disk beyond."),
     threads: int | None = typer.Option(None, min=1, help="DuckDB threads (default: all cores)."),
     overwrite: bool = typer.Option(False, help="Rebuild even when nothing changed."),
+    clif: Path | None = typer.Option(
+        None, "--clif", help="CLIF folder (clif_<table>.parquet), or `demo` for the MIMIC-IV demo."
+    ),
+    carebench: Path | None = typer.Option(
+        None, "--carebench", help="CareBench benchmark folder (splits/, merged/); folds kept."
+    ),
+    cxr_root: Path | None = typer.Option(
+        None, "--cxr-root", help="Folder of {dicom_id}.jpg images for --carebench."
+    ),
 ) -> None:
     """Build the base and matched cohorts (stays, hourly series, manifest, splits)."""
     from harness.cohort.build import build_cohorts
@@ -34,15 +43,39 @@ def build(
         from harness.errors import UsageError
 
         raise UsageError("--mimic-cxr needs --mimic-iv (the default source has both)")
+    if sum(x is not None for x in (mimic_iv, clif, carebench)) > 1 or (
+        cxr_root is not None and carebench is None
+    ):
+        from harness.errors import UsageError
+
+        raise UsageError("give one source: --mimic-iv, --clif or --carebench (with --cxr-root)")
     with console.status("building cohorts"):
-        paths = build_cohorts(
-            mimic_iv,
-            mimic_cxr,
-            dataset=dataset,
-            memory_limit=memory_limit,
-            threads=threads,
-            overwrite=overwrite,
-        )
+        if clif is not None:
+            from harness.data.clif import build_clif_cohorts
+
+            demo = str(clif) == "demo" and not clif.exists()
+            paths = build_clif_cohorts(
+                None if demo else clif,
+                dataset=dataset,
+                threads=threads,
+                memory_limit=memory_limit,
+                overwrite=overwrite,
+            )
+        elif carebench is not None:
+            from harness.data.carebench import build_carebench_cohorts
+
+            paths = build_carebench_cohorts(
+                carebench, cxr_root, dataset=dataset, overwrite=overwrite
+            )
+        else:
+            paths = build_cohorts(
+                mimic_iv,
+                mimic_cxr,
+                dataset=dataset,
+                memory_limit=memory_limit,
+                threads=threads,
+                overwrite=overwrite,
+            )
     summaries = [summarize(load_cohort(path=p)) for p in paths.values()]
     console.print(funnel_table(summaries[-1]))
     console.print(overview_table(summaries))

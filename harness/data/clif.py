@@ -505,10 +505,10 @@ def read_clif(
     funnel = [_funnel_row("icu_stays", stays)]
     stays["age"] = stays["age_at_admission"].astype("float64")
     stays = stays[stays["age"] >= rules.min_age]
-    funnel.append(_funnel_row("adult", stays))
+    funnel.append(_funnel_row(f"age_at_least_{rules.min_age:g}", stays))
     hours = (stays["outtime"] - stays["intime"]).dt.total_seconds() / 3600
     stays = stays[hours >= rules.min_icu_hours]
-    funnel.append(_funnel_row("min_icu_hours", stays))
+    funnel.append(_funnel_row(f"icu_stay_at_least_{rules.min_icu_hours:g}h", stays))
     stays = stays[~(stays["death_time"] < stays["prediction_time"])].copy()
     funnel.append(_funnel_row("alive_at_prediction", stays))
 
