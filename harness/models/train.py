@@ -147,8 +147,8 @@ def _model_errors(where: Path, what: str) -> Iterator[None]:
         raise
     except Exception as exc:
         raise SubmissionError(
-            f"{describe_exception(exc, where)} (during {what}). Fix: run "
-            "`harness validate` on the folder and correct the code at that line."
+            f"{describe_exception(exc, where)} (during {what}). Fix: correct the code at that "
+            "line; batch fields and shapes are listed in harness.models.protocol.Batch."
         ) from exc
 
 
