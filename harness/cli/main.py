@@ -18,6 +18,7 @@ from harness.errors import HarnessError
 
 COMMAND_MODULES = [
     "harness.cli.demo",
+    "harness.cli.synth",
     "harness.cli.cohort",
     "harness.cli.encode",
     "harness.cli.submission",
