@@ -1,0 +1,244 @@
+"""Render a leaderboard document as Markdown and as one self-contained HTML page with inline SVG.
+
+The HTML has no scripts, no external fonts, styles or CDN links: it opens offline. Plots are
+small hand-built SVG charts (robustness curves, fairness gaps, per-label fusion gain with CIs).
+"""
+
+from __future__ import annotations
+
+from html import escape
+
+PALETTE = ("#1b6ca8", "#d1495b", "#66a182", "#edae49", "#5c4d7d", "#00798c", "#8d6a9f", "#444")
+W, H, PAD = 420, 240, 40
+
+
+def _fmt(x: float | None, digits: int = 3) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def _ci(row: dict) -> str:
+    return f"[{_fmt(row.get('ci_low'))}, {_fmt(row.get('ci_high'))}]"
+
+
+def render_markdown(doc: dict) -> str:
+    lines = [
+        "# Leaderboard",
+        "",
+        f"harness {doc['harness_version']} · schema {doc['schema_version']} · "
+        f"generated {doc['generated_at']}",
+        "",
+        "Ranks are per dataset, cohort fingerprint, task and cohort on the main metric; "
+        "*CI overlaps* lists entries whose 95% bootstrap CIs overlap (not distinguishable).",
+    ]
+    for table in doc["rankings"]:
+        arrow = "higher is better" if table["higher_is_better"] else "lower is better"
+        lines += [
+            "",
+            f"## {table['task']} · {table['cohort']} · {table['metric']} ({arrow})",
+            "",
+            f"dataset `{table['dataset']}`, cohort fingerprint `{table['fingerprint']}`",
+            "",
+            "| rank | submission | version | value | 95% CI | CI overlaps |",
+            "|---:|---|---|---:|---|---|",
+        ]
+        for row in table["rows"]:
+            lines.append(
+                f"| {row['rank']} | {row['name']} | {row['version']} | {_fmt(row['value'])} | "
+                f"{_ci(row)} | {', '.join(row['ci_overlaps']) or '-'} |"
+            )
+    if doc["failed"]:
+        lines += ["", "## Failed or invalid results", "", "| submission | error |", "|---|---|"]
+        for item in doc["failed"]:
+            error = item["error"].replace("|", "\\|").replace("\n", " ")[:300]
+            lines.append(f"| {item['name']} | {error} |")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# SVG
+
+
+def _scale(v: float, lo: float, hi: float, a: float, b: float) -> float:
+    return a if hi == lo else a + (v - lo) * (b - a) / (hi - lo)
+
+
+def _axes(title: str, x_label: str, y_lo: float, y_hi: float) -> list[str]:
+    parts = [
+        f'<text x="{W / 2}" y="16" text-anchor="middle" font-weight="bold">{escape(title)}</text>',
+        f'<line x1="{PAD}" y1="{H - PAD}" x2="{W - 10}" y2="{H - PAD}" stroke="#333"/>',
+        f'<line x1="{PAD}" y1="{PAD - 10}" x2="{PAD}" y2="{H - PAD}" stroke="#333"/>',
+        f'<text x="{W / 2}" y="{H - 8}" text-anchor="middle">{escape(x_label)}</text>',
+    ]
+    for v in (y_lo, (y_lo + y_hi) / 2, y_hi):
+        y = _scale(v, y_lo, y_hi, H - PAD, PAD - 10)
+        parts.append(f'<text x="{PAD - 4}" y="{y + 4:.1f}" text-anchor="end">{v:.2f}</text>')
+    return parts
+
+
+def _svg(parts: list[str]) -> str:
+    body = "\n".join(parts)
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" '
+        f'viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="10">\n{body}\n</svg>'
+    )
+
+
+def robustness_svg(title: str, curves: dict[str, dict]) -> str:
+    """Line chart: one polyline per submission, x = missingness rate, y = main metric."""
+    values = [v for c in curves.values() for v in c["values"] if v is not None]
+    rates = [r for c in curves.values() for r in c["rates"]]
+    if not values:
+        return ""
+    y_lo, y_hi = min(values), max(values)
+    if y_hi - y_lo < 1e-6:
+        y_lo, y_hi = y_lo - 0.05, y_hi + 0.05
+    x_lo, x_hi = min(rates), max(rates)
+    metric = next(iter(curves.values()))["metric"]
+    parts = _axes(title, f"rate ({metric})", y_lo, y_hi)
+    for i, (name, curve) in enumerate(sorted(curves.items())):
+        color = PALETTE[i % len(PALETTE)]
+        pts = [
+            (_scale(r, x_lo, x_hi, PAD, W - 110), _scale(v, y_lo, y_hi, H - PAD, PAD - 10))
+            for r, v in zip(curve["rates"], curve["values"], strict=True)
+            if v is not None
+        ]
+        path = " ".join(f"{x:.1f},{y:.1f}" for x, y in pts)
+        parts.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"/>')
+        parts += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="{color}"/>' for x, y in pts]
+        auc = _fmt(curve.get("auc_normalised"), 2)
+        parts.append(
+            f'<text x="{W - 105}" y="{PAD + 12 * i}" fill="{color}">{escape(name)} ({auc})</text>'
+        )
+    return _svg(parts)
+
+
+def bars_svg(title: str, bars: list[tuple[str, float, float | None, float | None, bool]]) -> str:
+    """Horizontal bars with optional CI whiskers; bold labels mark highlighted bars."""
+    if not bars:
+        return ""
+    height = max(H, 30 + 16 * len(bars))
+    lo = min(0.0, *(b[1] for b in bars), *(b[2] for b in bars if b[2] is not None))
+    hi = max(0.0, *(b[1] for b in bars), *(b[3] for b in bars if b[3] is not None))
+    if hi - lo < 1e-9:
+        hi = lo + 1.0
+    left, right = 170, W - 10
+
+    def x(v: float) -> float:
+        return _scale(v, lo, hi, left, right)
+
+    parts = [
+        f'<text x="{W / 2}" y="14" text-anchor="middle" font-weight="bold">{escape(title)}</text>',
+        f'<line x1="{x(0):.1f}" y1="20" x2="{x(0):.1f}" y2="{height - 6}" stroke="#333"/>',
+    ]
+    for i, (label, value, ci_lo, ci_hi, strong) in enumerate(bars):
+        y = 26 + 16 * i
+        color = PALETTE[0] if value >= 0 else PALETTE[1]
+        x0, x1 = sorted((x(0), x(value)))
+        weight = ' font-weight="bold"' if strong else ""
+        parts.append(
+            f'<text x="{left - 4}" y="{y + 9}" text-anchor="end"{weight}>'
+            f"{escape(label[:32])}</text>"
+        )
+        parts.append(
+            f'<rect x="{x0:.1f}" y="{y}" width="{max(x1 - x0, 0.5):.1f}" height="11" '
+            f'fill="{color}"/>'
+        )
+        if ci_lo is not None and ci_hi is not None:
+            parts.append(
+                f'<line x1="{x(ci_lo):.1f}" y1="{y + 5.5}" x2="{x(ci_hi):.1f}" y2="{y + 5.5}" '
+                'stroke="#000"/>'
+            )
+    svg = _svg(parts)
+    return svg.replace(
+        f'height="{H}" viewBox="0 0 {W} {H}"', f'height="{height}" viewBox="0 0 {W} {height}"'
+    )
+
+
+def _html_table(table: dict) -> str:
+    cols = ("rank", "submission", "version", "value", "95% CI", "CI overlaps")
+    head = "<tr>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>"
+    rows = "".join(
+        f"<tr><td>{r['rank']}</td><td>{escape(r['name'])}</td><td>{escape(r['version'])}</td>"
+        f"<td>{_fmt(r['value'])}</td><td>{_ci(r)}</td>"
+        f"<td>{escape(', '.join(r['ci_overlaps']) or '-')}</td></tr>"
+        for r in table["rows"]
+    )
+    return f"<table>{head}{rows}</table>"
+
+
+def render_html(doc: dict) -> str:
+    sections = []
+    for table in doc["rankings"]:
+        task, cohort = table["task"], table["cohort"]
+        blocks = {
+            e["name"]: e["tasks"][task][cohort]
+            for e in doc["entries"]
+            if task in e["tasks"] and cohort in e["tasks"][task]
+            and e["dataset"] == table["dataset"]
+        }  # fmt: skip
+        plots = []
+        scenarios = sorted({s for b in blocks.values() for s in b.get("robustness", {})})
+        for scenario in scenarios:
+            curves = {
+                n: b["robustness"][scenario]
+                for n, b in blocks.items()
+                if scenario in b.get("robustness", {})
+            }
+            plots.append(robustness_svg(f"robustness: {scenario}", curves))
+        for name, block in sorted(blocks.items()):
+            gain = block.get("fusion_gain")
+            if gain:
+                bars = [
+                    (label, g["delta"], g["ci_low"], g["ci_high"], g["significant"])
+                    for label, g in gain["labels"].items()
+                    if g["delta"] is not None
+                ]
+                plots.append(
+                    bars_svg(
+                        f"{name}: {gain['metric']} gain vs {gain['reference']} "
+                        f"(bold: q<{gain['alpha']})",
+                        bars,
+                    )
+                )
+            fairness = block.get("fairness")
+            if fairness and "attributes" in fairness:
+                bars = []
+                for attr, t in fairness["attributes"].items():
+                    if "*" in attr or "auroc" not in t["summary"]:
+                        continue
+                    ci = t.get("gap_ci", {}).get("auroc_difference", {})
+                    bars.append(
+                        (
+                            attr,
+                            t["summary"]["auroc"]["difference"],
+                            ci.get("ci_low"),
+                            ci.get("ci_high"),
+                            False,
+                        )
+                    )
+                plots.append(bars_svg(f"{name}: AUROC gap across groups", bars))
+        sections.append(
+            f"<section><h2>{escape(task)} · {escape(cohort)} · {escape(table['metric'])}</h2>"
+            f"<p>dataset <code>{escape(table['dataset'])}</code>, cohort fingerprint "
+            f"<code>{escape(table['fingerprint'])}</code></p>{_html_table(table)}"
+            f"<div class='plots'>{''.join(p for p in plots if p)}</div></section>"
+        )
+    failed = ""
+    if doc["failed"]:
+        items = "".join(
+            f"<li><b>{escape(f['name'])}</b>: {escape(f['error'][:500])}</li>"
+            for f in doc["failed"]
+        )
+        failed = f"<section><h2>Failed or invalid results</h2><ul>{items}</ul></section>"
+    style = (
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px}"
+        ".plots svg{margin:6px;border:1px solid #eee}"
+    )
+    return (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>harness leaderboard</title>"
+        f"<style>{style}</style></head><body><h1>Leaderboard</h1>"
+        f"<p>harness {escape(doc['harness_version'])} · schema {escape(doc['schema_version'])} · "
+        f"generated {escape(doc['generated_at'])}. Ranks on the main metric; CI overlaps are "
+        "statistical ties.</p>" + "".join(sections) + failed + "</body></html>\n"
+    )

@@ -1,0 +1,188 @@
+"""Result building, JSON Schemas (valid and invalid documents), ranking, rendering and the CLI."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import false_discovery_control
+
+from harness.cli.main import main
+from harness.errors import InputError
+from harness.evaluate.bootstrap import bootstrap_indices
+from harness.evaluate.fairness import fairness_groups
+from harness.evaluate.stats import benjamini_hochberg
+from harness.leaderboard.aggregate import aggregate
+from harness.leaderboard.result import (
+    build_result,
+    failed_result,
+    provenance,
+    robustness_curve,
+    score_predictions,
+    write_result,
+)
+from harness.leaderboard.schema import LEADERBOARD_SCHEMA, schema_errors
+
+N = 600
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(3)
+    subj = rng.integers(0, 400, N)
+    stays = pd.DataFrame(
+        {
+            "age": rng.integers(18, 95, N),
+            "gender": rng.choice(["F", "M"], N),
+            "race_group": rng.choice(["WHITE", "BLACK", "OTHER"], N),
+            "insurance": rng.choice(["Medicare", "Other"], N),
+            "admission_type": rng.choice(["EMERGENCY", "ELECTIVE"], N),
+            "dicom_id": np.where(rng.random(N) < 0.6, "x", None),
+        }
+    )
+    y = rng.integers(0, 2, N)
+    # multilabel with planted truth: labels "both_*" need CXR; "ehr_*" are EHR-only
+    labels = ["both_a", "both_b", "ehr_a", "ehr_b"]
+    Y = (rng.random((N, 4)) < 0.3).astype(int)
+    noise = rng.random((N, 4))
+    ehr_only = np.clip(0.15 * Y + 0.85 * noise, 0, 1)
+    fusion = ehr_only.copy()
+    fusion[:, :2] = np.clip(0.35 * Y[:, :2] + 0.65 * noise[:, :2], 0, 1)
+    return dict(subj=subj, fold=subj % 5 + 1, stays=stays, y=y, labels=labels, Y=Y,
+                ehr_only=ehr_only, fusion=fusion, rng=rng)  # fmt: skip
+
+
+def _result(data, name, strength, resamples):
+    y, rng = data["y"], np.random.default_rng(len(name))
+    probs = [np.clip(strength * y + (1 - strength) * rng.random(N), 0, 1) for _ in range(2)]
+    binary = score_predictions(
+        "binary", y, probs, data["subj"], fold=data["fold"],
+        groups=fairness_groups(data["stays"], ["gender", "race_group"]),
+        scenario_probs={"cxr_mcar": {0.0: probs, 0.5: [p * 0.5 + 0.25 for p in probs], 1.0: probs}},
+        resamples=resamples,
+    )  # fmt: skip
+    ml = score_predictions(
+        "multilabel", data["Y"], [data["fusion"]], data["subj"], label_names=data["labels"],
+        reference_probs={"ehr_only": [data["ehr_only"]]}, resamples=resamples,
+    )  # fmt: skip
+    return build_result(
+        name, "1.0", "synthetic-default",
+        cohorts={"base": {"fingerprint": "f00d" * 3, "n_stays": N}},
+        tasks={"mortality_icu": {"base": binary}, "phenotype": {"base": ml}},
+        provenance_record=provenance(seeds=[0, 1], folds=[1, 2, 3, 4, 5], wall_time_s=1.5),
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def results(data):
+    r = bootstrap_indices(data["subj"], n_resamples=200)
+    return {"strong": _result(data, "strong", 0.5, r), "weak": _result(data, "weak", 0.2, r)}
+
+
+def test_bh_matches_scipy_and_handles_nan():
+    p = np.random.default_rng(0).random(25) ** 3
+    np.testing.assert_allclose(benjamini_hochberg(p), false_discovery_control(p), atol=1e-12)
+    q = benjamini_hochberg([0.01, np.nan, 0.04])
+    assert np.isnan(q[1]) and q[0] == pytest.approx(0.02) and q[2] == pytest.approx(0.04)
+
+
+def test_fusion_gain_planted_truth(results):
+    gain = results["strong"]["tasks"]["phenotype"]["base"]["fusion_gain"]["labels"]
+    assert gain["both_a"]["significant"] and gain["both_b"]["significant"]
+    assert not gain["ehr_a"]["significant"] and not gain["ehr_b"]["significant"]
+    assert gain["ehr_a"]["delta"] == 0 and gain["ehr_a"]["p_value"] == 1.0
+
+
+def test_summary_fields_match_plain_computations(data, results):
+    from sklearn.metrics import roc_auc_score
+
+    block = results["strong"]["tasks"]["phenotype"]["base"]
+    auroc = block["per_label"]["both_a"]["auroc"]
+    assert auroc["value"] == pytest.approx(roc_auc_score(data["Y"][:, 0], data["fusion"][:, 0]))
+    assert auroc["ci_low"] < auroc["value"] < auroc["ci_high"]
+    binary = results["strong"]["tasks"]["mortality_icu"]["base"]
+    assert binary["n_units"] == 10 and binary["metrics"]["auroc"]["n_units"] == 10
+    assert binary["bootstrap"]["n_resamples"] == 200 and binary["bootstrap"]["unit"] == "subject"
+    curve = binary["robustness"]["cxr_mcar"]
+    assert curve["rates"] == [0.0, 0.5, 1.0] and curve["auc_normalised"] == pytest.approx(1.0)
+
+
+def test_robustness_curve_area():
+    c = robustness_curve([1.0, 0.0, 0.5], [0.5, 1.0, 0.75], "auroc")
+    assert c["rates"] == [0.0, 0.5, 1.0] and c["auc_normalised"] == pytest.approx(0.75)
+
+
+def test_schema_accepts_valid_and_rejects_patient_data(results):
+    good = results["strong"]
+    assert schema_errors(good) == []
+    with_ids = copy.deepcopy(good)
+    with_ids["tasks"]["mortality_icu"]["base"]["stay_id"] = [1, 2, 3]
+    assert any("stay_id" in e for e in schema_errors(with_ids))
+    per_patient = copy.deepcopy(good)
+    per_patient["tasks"]["mortality_icu"]["base"]["robustness"]["cxr_mcar"]["values"] = [0.5] * N
+    assert schema_errors(per_patient)
+    leaked = copy.deepcopy(good)
+    fair = leaked["tasks"]["mortality_icu"]["base"]["fairness"]["attributes"]["gender"]["groups"]
+    fair.append({"group": "tiny", "suppressed": True, "n": 3, "tpr": 0.0})
+    assert schema_errors(leaked)
+    ids_as_metric = copy.deepcopy(good)
+    ids_as_metric["tasks"]["mortality_icu"]["base"]["metrics"]["subject_id"] = {}
+    assert schema_errors(ids_as_metric)
+    with pytest.raises(InputError, match="(?s)result.schema.json.*Fix: regenerate"):
+        write_result(with_ids, "/nonexistent/never-written.json")
+
+
+def test_aggregate_ranks_renders_and_lists_failures(tmp_path, results):
+    res_dir = tmp_path / "results"
+    for name, res in results.items():
+        write_result(res, res_dir / name / "result.json")
+    write_result(failed_result("crashy", "0.1", "synthetic-default", "NaN in outputs"),
+                 res_dir / "crashy" / "result.json")  # fmt: skip
+    (res_dir / "broken").mkdir()
+    (res_dir / "broken" / "result.json").write_text("{not json")
+    other = copy.deepcopy(results["weak"])
+    other["name"], other["cohorts"]["base"]["fingerprint"] = "elsewhere", "beef" * 3
+    write_result(other, res_dir / "elsewhere" / "result.json")
+
+    board = aggregate(res_dir, tmp_path / "board")
+    doc = json.loads(board.paths["json"].read_text())
+    assert schema_errors(doc, LEADERBOARD_SCHEMA) == []
+    mort = [t for t in doc["rankings"] if t["task"] == "mortality_icu"]
+    assert len(mort) == 2  # different cohort fingerprints are never ranked together
+    main = next(t for t in mort if t["fingerprint"] == "f00d" * 3)
+    assert [r["name"] for r in main["rows"]] == ["strong", "weak"]
+    assert [r["rank"] for r in main["rows"]] == [1, 2]
+    pheno = next(
+        t for t in doc["rankings"] if t["task"] == "phenotype" and t["fingerprint"] == "f00d" * 3
+    )
+    assert [r["rank"] for r in pheno["rows"]] == [1, 1]  # identical predictions tie
+    assert pheno["rows"][0]["ci_overlaps"] == [pheno["rows"][1]["name"]]
+    assert {f["name"] for f in doc["failed"]} == {"crashy", "broken"}
+    text = json.dumps(doc)
+    assert "stay_id" not in text and "subject_id" not in text
+    html = board.paths["html"].read_text()
+    assert (
+        "<svg" in html
+        and "<script" not in html
+        and "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
+        and "https://" not in html
+    )
+    md = board.paths["md"].read_text()
+    assert "| 1 | strong |" in md and "crashy" in md
+
+
+def test_cli_prints_table(tmp_path, results, capsys):
+    res_dir = tmp_path / "r"
+    write_result(results["strong"], res_dir / "strong" / "result.json")
+    code = main(["leaderboard", "--results", str(res_dir), "--out", str(tmp_path / "o")])
+    out = capsys.readouterr().out
+    assert code == 0 and "strong" in out and "mortality_icu" in out
+    assert (tmp_path / "o" / "leaderboard.html").exists()
+    code = main(
+        ["leaderboard", "--results", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]
+    )
+    assert code != 0
+    assert "folder does not exist" in " ".join(capsys.readouterr().err.split())
