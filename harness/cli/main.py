@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "harness.cli.cohort",
     "harness.cli.encode",
     "harness.cli.submission",
+    "harness.cli.leaderboard",
 ]
 
 app = typer.Typer(
@@ -60,7 +61,7 @@ for _module in COMMAND_MODULES:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; user errors print one clear message and exit with a non-zero code."""
     try:
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False)
     except HarnessError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
         return exc.exit_code
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             exc.show()
             return exc.exit_code
         raise
-    return 0
+    return rc if isinstance(rc, int) else 0
 
 
 if __name__ == "__main__":
