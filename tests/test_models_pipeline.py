@@ -53,3 +53,22 @@ def test_feature_set_is_aligned_with_cohort_and_store(built_cache, monkeypatch):
 
     tm = train_model("submissions/medfuse", fs, "phenotype", 1, 0, max_epochs=1)
     assert tm.predict_proba(tm.split.test).shape == (len(tm.split.test), 25)
+
+
+def test_end_to_end_track_on_cohort_images(built_cache, monkeypatch):
+    monkeypatch.setenv("HARNESS_CACHE", str(built_cache))
+    from harness.cohort import load_cohort
+    from harness.models.data import load_feature_set
+    from harness.models.pixels import attach_cohort_pixels
+    from harness.models.submission import load_submission
+    from harness.models.train import train_model
+
+    cohort = load_cohort("base")
+    fs = load_feature_set(cohort, "mortality_in_hospital", encoder="test_tiny")
+    fs = attach_cohort_pixels(fs, cohort, "test_tiny")
+    assert fs.cxr_pixels.shape[1:] == (3, 32, 32)
+    assert torch.all(fs.cxr_pixels[~torch.as_tensor(fs.has_cxr)] == 0)
+    sub = load_submission("submissions/medfuse").with_pixels("test_tiny")
+    tm = train_model(sub, fs, None, 1, 0, max_epochs=1)
+    p = tm.predict_proba(tm.split.test)
+    assert p.shape == (len(tm.split.test),) and np.isfinite(p).all()

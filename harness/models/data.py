@@ -56,6 +56,8 @@ class FeatureSet:
     #: Preprocessed images (n, 3, H, W) float16 for the end-to-end track, else None.
     cxr_pixels: torch.Tensor | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
+    #: Linked image id per stay (None where no image); used to load pixels end to end.
+    dicom_id: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.stay_id)
@@ -94,6 +96,7 @@ class FeatureSet:
             demographics=self.demographics.iloc[idx].reset_index(drop=True),
             y=self.y[idx],
             cxr_pixels=None if self.cxr_pixels is None else self.cxr_pixels[torch.as_tensor(idx)],
+            dicom_id=None if self.dicom_id is None else self.dicom_id[idx],
         )
 
     def replace(self, **changes: Any) -> FeatureSet:
@@ -561,4 +564,5 @@ def load_feature_set(
             "encoder_key": key,
             "task": info.name,
         },
+        dicom_id=dicom.to_numpy(dtype=object),
     )

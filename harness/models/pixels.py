@@ -97,3 +97,33 @@ def synthetic_images(fs: FeatureSet, *, size: int = 64, seed: int = 0) -> list[A
         gray = (np.clip(arr, 0, 1) * 255).astype(np.uint8)
         images.append(Image.fromarray(gray, mode="L").convert("RGB"))
     return images
+
+
+def attach_cohort_pixels(fs: FeatureSet, cohort: Any, encoder: str | Any) -> FeatureSet:
+    """Load each stay's linked image from the cohort's image root and attach it preprocessed.
+
+    Unreadable or missing files count as a missing CXR (``has_cxr`` false), with a warning.
+    """
+    import logging
+
+    from harness.data.images import load_image, to_rgb
+    from harness.encode.run import cohort_images
+
+    if fs.dicom_id is None:
+        raise ValueError("this FeatureSet has no dicom_id column (build it with load_feature_set)")
+    paths = cohort_images(cohort)
+    images: list[Any] = []
+    failed = 0
+    for has, dicom in zip(fs.has_cxr, fs.dicom_id, strict=True):
+        path = paths.get(str(dicom)) if has and dicom is not None else None
+        if path is None:
+            images.append(None)
+            continue
+        try:
+            images.append(to_rgb(load_image(path)))
+        except Exception:  # recorded as missing, like the encode stage does
+            failed += 1
+            images.append(None)
+    if failed:
+        logging.getLogger(__name__).warning("%d linked images could not be read", failed)
+    return attach_pixels(fs, images, encoder)
