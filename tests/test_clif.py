@@ -223,3 +223,21 @@ def test_bad_inputs_name_file_and_column(tmp_path, clif_dir):
     )
     with pytest.raises(SpecError, match="heart_rte"):
         load_clif_mapping(bad)
+
+
+def test_ehr_store_builds_with_zero_images(built):
+    """EHR-only cohort: `encode` writes the EHR tensors and encodes no image."""
+    from harness.cohort import load_cohort
+    from harness.encode.run import encode
+    from harness.store import read_ehr
+
+    report = encode(cohort_path=built["base"], encoder="test_tiny", num_workers=0)
+    assert report.n_images == 0 and report.n_failed == 0
+    cohort = load_cohort(path=built["base"])
+    ehr = read_ehr(cohort)
+    assert ehr.values.shape == (len(cohort.stays), 48, len(cohort.variables))
+    assert (ehr.stay_id == cohort.stays["stay_id"].to_numpy()).all()
+    hourly = cohort.hourly()
+    assert int(ehr.observed.sum()) == len(hourly)
+    i = cohort.variables.index("urine_output")  # unmapped in CLIF: never observed
+    assert not ehr.observed[:, :, i].any()
