@@ -229,7 +229,7 @@ def synthetic_cohort(tmp_path_factory):
     from harness.cohort.build import build_cohorts
 
     root = tmp_path_factory.mktemp("cb-synth") / "ds"
-    synth.generate(root, n_patients=40, seed=5, image_size=32)
+    synth.generate(root, n_patients=40, seed=5, image_size=64)
     out = build_cohorts(root / "mimic-iv", root / "mimic-cxr-jpg", dataset="cb-synth40", threads=1)
     return load_cohort(path=out["base"])
 
