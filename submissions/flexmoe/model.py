@@ -1,4 +1,4 @@
-"""Flex-MoE: a missing-modality bank indexed by modality combination + a sparse mixture of experts."""
+"""Flex-MoE: a missing-modality bank indexed by modality combination, sparse mixture of experts."""
 
 from __future__ import annotations
 

@@ -48,6 +48,11 @@ class M3Care(nn.Module):
 
     def fit_setup(self, train) -> None:
         """Index the training stays that have an image (exact L2 search on EHR summaries)."""
+        if self.cxr.backbone is not None:
+            raise ValueError(
+                "m3care runs on cached CXR embeddings only: its neighbour bank is built "
+                "from them, and in the end-to-end track they are not in the backbone's space"
+            )
         has = train.has_cxr > 0
         dev = self.bank_key.device
         self.bank_key = train.ehr_summary[has].float().contiguous().to(dev)
