@@ -63,7 +63,8 @@ class SMIL(nn.Module):
             centres = np.zeros((k, emb.shape[1]), dtype=np.float32)
             centres[: len(emb)] = emb
         else:
-            km = faiss.Kmeans(emb.shape[1], k, niter=25, seed=self.seed + 1, verbose=False)
+            # Several restarts, keeping the lowest-objective run, avoid a poor local optimum.
+            km = faiss.Kmeans(emb.shape[1], k, niter=25, nredo=5, seed=self.seed + 1, verbose=False)
             km.train(emb)
             centres = km.centroids
         self.prototypes.copy_(torch.from_numpy(np.asarray(centres, dtype=np.float32)))
