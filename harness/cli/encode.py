@@ -14,7 +14,9 @@ console = Console()
 def register(app: typer.Typer) -> None:
     @app.command()
     def encode(
-        cohort: str = typer.Option("base", "--cohort", "-c", help="Cohort name (base, matched)."),
+        cohort: list[str] = typer.Option(
+            None, "--cohort", "-c", help="Cohort name(s); default: base and matched."
+        ),
         dataset: str = typer.Option(None, "--dataset", "-d", help="Dataset (default: synthetic)."),
         encoder: str = typer.Option("default", "--encoder", "-e", help="Encoder name; see --list."),
         cohort_path: Path = typer.Option(None, "--cohort-path", help="A built cohort directory."),
@@ -29,43 +31,51 @@ def register(app: typer.Typer) -> None:
             return
         from harness.encode.run import encode as run_encode
 
-        report = run_encode(
-            cohort,
-            dataset,
-            encoder,
-            cohort_path=cohort_path,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            device=device,
-            progress=True,
+        names = [None] if cohort_path is not None else (cohort or ["base", "matched"])
+        for name in names:
+            if name is not None and len(names) > 1:
+                console.rule(f"cohort {name}")
+            report = run_encode(
+                name or "base",
+                dataset,
+                encoder,
+                cohort_path=cohort_path,
+                batch_size=batch_size,
+                num_workers=num_workers,
+                device=device,
+                progress=True,
+            )
+            _print_report(report)
+
+
+def _print_report(report) -> None:
+    if report.forward_calls == 0:
+        console.print(
+            f"[green]nothing to encode[/]: all {report.n_images} images already in the store "
+            "(no forward pass run)"
         )
-        if report.forward_calls == 0:
-            console.print(
-                f"[green]nothing to encode[/]: all {report.n_images} images already in the store "
-                "(no forward pass run)"
-            )
-        else:
-            console.print(
-                f"encoded {report.n_encoded} images in {report.seconds:.1f}s "
-                f"({report.images_per_s:,.1f} img/s on {report.device}); "
-                f"reused {report.n_reused}"
-            )
-        console.print(f"CXR features: [bold]{report.cxr_key}[/] ({report.encoder})")
-        ehr_note = "reused" if report.ehr_reused else "written"
-        console.print(f"EHR features: [bold]{report.ehr_key}[/] ({ehr_note})")
-        if report.n_failed:
-            console.print(
-                f"[yellow]{report.n_failed} of {report.n_images} images unusable[/] "
-                f"(counted as missing CXR): "
-                + ", ".join(f"{k}={v}" for k, v in sorted(report.failures_by_reason.items()))
-            )
-            for dicom_id, status, path in report.failures[:5]:
-                console.print(f"  {status}: {dicom_id} ({path})", highlight=False)
-        if report.n_pending_elsewhere:
-            console.print(
-                f"[yellow]{report.n_pending_elsewhere} images of an interrupted run for another "
-                "cohort are still pending[/]"
-            )
+    else:
+        console.print(
+            f"encoded {report.n_encoded} images in {report.seconds:.1f}s "
+            f"({report.images_per_s:,.1f} img/s on {report.device}); "
+            f"reused {report.n_reused}"
+        )
+    console.print(f"CXR features: [bold]{report.cxr_key}[/] ({report.encoder})")
+    ehr_note = "reused" if report.ehr_reused else "written"
+    console.print(f"EHR features: [bold]{report.ehr_key}[/] ({ehr_note})")
+    if report.n_failed:
+        console.print(
+            f"[yellow]{report.n_failed} of {report.n_images} images unusable[/] "
+            f"(counted as missing CXR): "
+            + ", ".join(f"{k}={v}" for k, v in sorted(report.failures_by_reason.items()))
+        )
+        for dicom_id, status, path in report.failures[:5]:
+            console.print(f"  {status}: {dicom_id} ({path})", highlight=False)
+    if report.n_pending_elsewhere:
+        console.print(
+            f"[yellow]{report.n_pending_elsewhere} images of an interrupted run for another "
+            "cohort are still pending[/]"
+        )
 
 
 def _print_list() -> None:

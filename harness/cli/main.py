@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "harness.cli.encode",
     "harness.cli.submission",
     "harness.cli.leaderboard",
+    "harness.cli.evaluate",
 ]
 
 app = typer.Typer(

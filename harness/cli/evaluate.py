@@ -1,0 +1,91 @@
+"""`harness evaluate`: train and score a submission under the harness protocol."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def _split(values: list[str] | None) -> tuple[str, ...] | None:
+    if not values:
+        return None
+    return tuple(v.strip() for item in values for v in item.split(",") if v.strip())
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def evaluate(
+        submissions: list[Path] = typer.Argument(..., help="Submission folder(s)."),
+        quick: bool = typer.Option(False, "--quick", help="One fold, one seed, capped epochs."),
+        task: list[str] = typer.Option(None, "--task", "-t", help="Task(s); default: all."),
+        cohort: list[str] = typer.Option(None, "--cohort", "-c", help="Cohort(s): base, matched."),
+        folds: str = typer.Option(None, "--folds", help="Comma-separated test folds, e.g. 1,2."),
+        seeds: str = typer.Option(None, "--seeds", help="Comma-separated seeds, e.g. 0,1,2."),
+        dataset: str = typer.Option(None, "--dataset", help="Dataset of the built cohorts."),
+        encoder: str = typer.Option("default", "--encoder", help="CXR encoder of the cache."),
+        device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: auto)."),
+        max_epochs: int = typer.Option(None, "--max-epochs", help="Cap training epochs."),
+        scenario: list[str] = typer.Option(None, "--scenario", help="Robustness scenario(s)."),
+        no_cross_cohort: bool = typer.Option(False, "--no-cross-cohort"),
+    ) -> None:
+        """Train per fold x seed, predict every scenario, write cache/results/<name>/result.json."""
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+        from rich.table import Table
+
+        from harness.evaluate.run import EvalSettings, evaluate
+
+        overrides = {
+            "tasks": _split(task),
+            "cohorts": _split(cohort),
+            "folds": tuple(int(x) for x in _split([folds])) if folds else None,
+            "seeds": tuple(int(x) for x in _split([seeds])) if seeds else None,
+            "dataset": dataset,
+            "encoder": encoder,
+            "device": device,
+            "max_epochs": max_epochs,
+            "scenarios": _split(scenario),
+            "cross_cohort": False if no_cross_cohort else None,
+        }
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        settings = EvalSettings.quick(**overrides) if quick else EvalSettings(**overrides)
+        console = Console()
+        for path in submissions:
+            columns = (
+                TextColumn("[bold]{task.fields[name]}[/]"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("units"),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                TextColumn("{task.description}"),
+            )
+            with Progress(*columns, console=console, transient=False) as bar:
+                tid = bar.add_task("", total=None, name=path.name)
+
+                def on_progress(label: str, done: int, total: int, tid=tid) -> None:
+                    bar.update(tid, completed=done, total=total, description=label)
+
+                outcome = evaluate(path, settings, progress=on_progress)
+            table = Table(title=f"{outcome.name}: {outcome.units_run} units trained, "
+                          f"{outcome.units_reused} reused, {outcome.seconds:.1f} s")  # fmt: skip
+            for col in ("task", "cohort", "metric", "value", "95% CI", "Δ vs ehr_lstm", "p"):
+                table.add_column(col)
+            for row in outcome.headline:
+                fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
+                table.add_row(
+                    row["task"], row["cohort"], row["metric"], fmt(row["value"]),
+                    f"[{fmt(row['ci_low'])}, {fmt(row['ci_high'])}]",
+                    fmt(row["delta_vs_ehr"]), fmt(row["p_value"]),
+                )  # fmt: skip
+            console.print(table)
+            console.print(f"wrote {outcome.result_path}")

@@ -1,0 +1,585 @@
+"""Orchestration of `harness evaluate`: train folds x seeds, predict every scenario, score, write.
+
+Work is split into units (task, cohort, fold, seed). Each finished unit leaves one parquet file of
+per-stay predictions under ``cache/results/<name>/predictions/`` (local only, never published),
+written atomically, so an interrupted evaluation resumes where it stopped. The unit folder is
+keyed by a hash of the submission's files, the cohort fingerprint, the encoder key and the
+training overrides: editing the model never reuses stale predictions.
+
+Scoring pools the out-of-fold test predictions per seed and hands them to
+:func:`harness.leaderboard.result.score_predictions` together with the reference submissions'
+predictions on the same stays (paired deltas), the robustness scenarios and the fairness groups.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from harness import config
+from harness.errors import HarnessError, InputError
+from harness.io import atomic_write_bytes, atomic_write_json
+
+log = logging.getLogger(__name__)
+
+#: Reference submissions a result is compared with (paired deltas on shared resamples).
+EHR_REFERENCE = "ehr_lstm"
+UNIMODAL_REFERENCES = ("ehr_lstm", "ehr_transformer", "cxr_probe")
+DEFAULT_TASKS = ("mortality_in_hospital", "mortality_icu", "phenotype", "los")
+DEFAULT_COHORTS = ("base", "matched")
+DEFAULT_FOLDS = (1, 2, 3, 4, 5)
+DEFAULT_SEEDS = (0, 1, 2)
+#: Epoch cap of ``--quick`` runs (the submission's own patience still applies).
+QUICK_MAX_EPOCHS = 15
+UNIT_SCHEMA_VERSION = 1
+
+
+@dataclass
+class EvalSettings:
+    """What one evaluation covers; ``quick()`` gives one fold and one seed."""
+
+    tasks: tuple[str, ...] = DEFAULT_TASKS
+    cohorts: tuple[str, ...] = DEFAULT_COHORTS
+    folds: tuple[int, ...] = DEFAULT_FOLDS
+    seeds: tuple[int, ...] = DEFAULT_SEEDS
+    dataset: str | None = None
+    encoder: str = "default"
+    device: str | None = None
+    max_epochs: int | None = None
+    scenarios: tuple[str, ...] | None = None  # None = every registered scenario
+    cross_cohort: bool = True
+    n_resamples: int | None = None
+    min_group_size: int | None = None
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> EvalSettings:
+        base = {"folds": (1,), "seeds": (0,), "max_epochs": QUICK_MAX_EPOCHS}
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**base)
+
+
+@dataclass
+class Unit:
+    task: str
+    cohort: str
+    fold: int
+    seed: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.task}/{self.cohort} fold {self.fold} seed {self.seed}"
+
+
+@dataclass
+class EvalOutcome:
+    name: str
+    result_path: Path
+    result: dict
+    units_total: int
+    units_run: int
+    units_reused: int
+    seconds: float
+    headline: list[dict] = field(default_factory=list)
+
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+def _hash_files(paths: Sequence[Path]) -> str:
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        h.update(p.name.encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def submission_digest(sub) -> str:
+    """Hash of every file of the submission folder that can change its behaviour."""
+    files = [p for p in sub.path.rglob("*") if p.is_file() and p.suffix in (".py", ".yaml", ".yml")]
+    return _hash_files([p for p in files if "__pycache__" not in p.parts])
+
+
+def run_key(sub, settings: EvalSettings, encoder_key: str) -> str:
+    payload = {
+        "submission": submission_digest(sub),
+        "encoder_key": encoder_key,
+        "max_epochs": settings.max_epochs,
+        "unit_schema": UNIT_SCHEMA_VERSION,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def predictions_dir(name: str, task: str, cohort_dir_name: str, key: str) -> Path:
+    return config.results_dir() / name / "predictions" / task / cohort_dir_name / key
+
+
+def _unit_path(base: Path, unit: Unit) -> Path:
+    return base / f"fold{unit.fold}_seed{unit.seed}.parquet"
+
+
+# --------------------------------------------------------------------------------------------
+# One unit: train, predict validation (thresholds), clean test, scenarios, other cohort
+
+
+def _prob_columns(p: np.ndarray) -> dict[str, np.ndarray]:
+    p = p.reshape(len(p), -1)
+    return {f"prob_{j}": p[:, j].astype(np.float64) for j in range(p.shape[1])}
+
+
+def _frame(stay_id: np.ndarray, part: str, scenario: str, rate: float, p: np.ndarray):
+    cols = {
+        "stay_id": stay_id.astype(np.int64),
+        "part": part,
+        "scenario": scenario,
+        "rate": np.float64(rate),
+    }
+    cols.update(_prob_columns(p))
+    return pd.DataFrame(cols)
+
+
+def _thresholds(task_kind: str, y_val: np.ndarray, p_val: np.ndarray) -> list[float]:
+    from harness.evaluate.fairness import select_threshold
+
+    if task_kind == "binary":
+        return [select_threshold(y_val, p_val)]
+    if task_kind == "multilabel":
+        return [select_threshold(y_val[:, j], p_val[:, j]) for j in range(y_val.shape[1])]
+    return []
+
+
+def run_unit(
+    sub,
+    fs,
+    unit: Unit,
+    settings: EvalSettings,
+    scenario_names: Sequence[str],
+    others: dict[str, Any],
+    out_path: Path,
+) -> None:
+    """Train one (task, cohort, fold, seed) and write its predictions atomically."""
+    from harness.evaluate.scenarios import SCENARIOS
+    from harness.models.data import split_indices
+    from harness.models.train import train_model
+
+    trained = train_model(
+        sub, fs, fs.task, unit.fold, unit.seed,
+        device=settings.device, max_epochs=settings.max_epochs,
+    )  # fmt: skip
+    _, val_idx, test_idx = split_indices(fs.fold, unit.fold)
+    frames = []
+    p_val = trained.predict_feature_set(fs, val_idx)
+    frames.append(_frame(fs.stay_id[val_idx], "val", "clean", 0.0, p_val))
+    p_test = trained.predict_feature_set(fs, test_idx)
+    frames.append(_frame(fs.stay_id[test_idx], "test", "clean", 0.0, p_test))
+    for name in scenario_names:
+        scenario = SCENARIOS.get(name)
+        for rate in scenario.rates:
+            if rate == 0.0:
+                continue
+            degraded = scenario.degrade(fs, test_idx, rate, unit.fold)
+            p = trained.predict_feature_set(degraded, test_idx)
+            frames.append(_frame(fs.stay_id[test_idx], "test", name, rate, p))
+    for other_name, other_fs in others.items():
+        _, _, other_test = split_indices(other_fs.fold, unit.fold)
+        p = trained.predict_feature_set(other_fs, other_test)
+        frames.append(_frame(other_fs.stay_id[other_test], f"cross:{other_name}", "clean", 0.0, p))
+    table = pd.concat(frames, ignore_index=True)
+    meta = {
+        "unit_schema": UNIT_SCHEMA_VERSION,
+        "task": unit.task,
+        "cohort": unit.cohort,
+        "fold": unit.fold,
+        "seed": unit.seed,
+        "thresholds": _thresholds(fs.task.kind, fs.y[val_idx], p_val),
+        "val_score": float(trained.val_score),
+        "best_epoch": int(trained.best_epoch),
+        "train_seconds": float(trained.train_seconds),
+    }
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    arrow = pa.Table.from_pandas(table, preserve_index=False)
+    arrow = arrow.replace_schema_metadata({b"harness_unit": json.dumps(meta).encode()})
+    sink = pa.BufferOutputStream()
+    pq.write_table(arrow, sink, compression="zstd")
+    atomic_write_bytes(out_path, sink.getvalue().to_pybytes())
+
+
+def read_unit(path: Path) -> tuple[pd.DataFrame, dict]:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    meta = json.loads(table.schema.metadata[b"harness_unit"])
+    return table.to_pandas(), meta
+
+
+# --------------------------------------------------------------------------------------------
+# Pooling units into per-seed out-of-fold arrays
+
+
+@dataclass
+class Pooled:
+    """Out-of-fold predictions of one (task, cohort), rows aligned with ``rows`` of the set."""
+
+    rows: np.ndarray  # positions in the FeatureSet
+    fold: np.ndarray
+    clean: list[np.ndarray]  # per seed
+    scenarios: dict[str, dict[float, list[np.ndarray]]]
+    thresholds: np.ndarray | None  # per row (binary) or per row and label (multilabel)
+    cross: dict[str, tuple[np.ndarray, list[np.ndarray]]]  # other cohort -> (stay ids, per seed)
+    train_seconds: float
+
+
+def _probs(frame: pd.DataFrame, order: np.ndarray, squeeze: bool) -> np.ndarray:
+    cols = sorted((c for c in frame.columns if c.startswith("prob_")), key=lambda c: int(c[5:]))
+    by_id = frame.set_index("stay_id")[cols]
+    arr = by_id.loc[order].to_numpy(np.float64)
+    return arr[:, 0] if squeeze else arr
+
+
+def pool_units(fs, base: Path, folds: Sequence[int], seeds: Sequence[int]) -> Pooled:
+    from harness.models.data import split_indices
+
+    squeeze = fs.task.kind == "binary"
+    test_rows = {k: split_indices(fs.fold, k)[2] for k in folds}
+    rows = np.sort(np.concatenate([test_rows[k] for k in folds]))
+    ids = fs.stay_id[rows]
+    clean, scen, cross, thr_parts = [], {}, {}, []
+    seconds = 0.0
+    for s_i, seed in enumerate(seeds):
+        parts = []
+        for k in folds:
+            frame, meta = read_unit(_unit_path(base, Unit(fs.task.name, "", k, seed)))
+            parts.append(frame)
+            seconds += meta["train_seconds"]
+            if meta["thresholds"]:
+                thr_parts.append((k, s_i, np.asarray(meta["thresholds"])))
+        frame = pd.concat(parts, ignore_index=True)
+        test = frame[frame["part"] == "test"]
+        clean.append(_probs(test[test["scenario"] == "clean"], ids, squeeze))
+        for (name, rate), sub in test[test["scenario"] != "clean"].groupby(["scenario", "rate"]):
+            scen.setdefault(name, {}).setdefault(float(rate), []).append(
+                _probs(sub, ids, squeeze)
+            )
+        for part, sub in frame[frame["part"].str.startswith("cross:")].groupby("part"):
+            other = part.split(":", 1)[1]
+            other_ids = np.sort(sub["stay_id"].to_numpy())
+            cross.setdefault(other, (other_ids, []))[1].append(_probs(sub, other_ids, squeeze))
+    for name in scen:
+        scen[name][0.0] = clean
+    thresholds = None
+    if thr_parts:
+        width = thr_parts[0][2].size
+        acc = np.zeros((len(rows), width))
+        for k, _, thr in thr_parts:
+            acc[np.isin(rows, test_rows[k])] += thr
+        thresholds = acc / len(seeds)
+        if squeeze:
+            thresholds = thresholds[:, 0]
+    return Pooled(rows, fs.fold[rows], clean, scen, thresholds, cross, seconds)
+
+
+# --------------------------------------------------------------------------------------------
+# Scoring one (task, cohort)
+
+
+def _groups_for(fs, cohort, rows: np.ndarray) -> pd.DataFrame:
+    from harness.evaluate.fairness import fairness_groups
+
+    stays = cohort.stays.set_index("stay_id").loc[fs.stay_id[rows]].reset_index()
+    return fairness_groups(stays).reset_index(drop=True)
+
+
+def _reference_probs(
+    ref: str, task: str, cohort_dir: str, folds, seeds, ids: np.ndarray, squeeze: bool
+) -> list[np.ndarray] | None:
+    """A reference submission's pooled clean test predictions on the same stays, if available."""
+    result_path = config.results_dir() / ref / "result.json"
+    if not result_path.is_file():
+        return None
+    try:
+        key = json.loads(result_path.read_text())["provenance"]["run_key"]
+    except (KeyError, json.JSONDecodeError):
+        return None
+    base = predictions_dir(ref, task, cohort_dir, key)
+    out = []
+    for seed in seeds:
+        frames = []
+        for k in folds:
+            path = _unit_path(base, Unit(task, "", k, seed))
+            if not path.is_file():
+                return None
+            frames.append(read_unit(path)[0])
+        frame = pd.concat(frames, ignore_index=True)
+        test = frame[(frame["part"] == "test") & (frame["scenario"] == "clean")]
+        if not np.isin(ids, test["stay_id"].to_numpy()).all():
+            return None
+        out.append(_probs(test, ids, squeeze))
+    return out
+
+
+def _best_unimodal(task: str, cohort: str, exclude: str) -> str | None:
+    best, best_value = None, -np.inf
+    for ref in UNIMODAL_REFERENCES:
+        if ref == exclude:
+            continue
+        path = config.results_dir() / ref / "result.json"
+        if not path.is_file():
+            continue
+        try:
+            block = json.loads(path.read_text())["tasks"][task][cohort]
+            value = block["metrics"][block["main_metric"]]["value"]
+        except (KeyError, json.JSONDecodeError, TypeError):
+            continue
+        if value is not None and value > best_value:
+            best, best_value = ref, value
+    return best
+
+
+def _cross_block(fs_other, other_ids, runs, kind: str, resample_seed: int) -> dict:
+    from harness.evaluate.bootstrap import bootstrap_indices, bootstrap_metric, percentile_ci
+    from harness.evaluate.metrics import MAIN_METRIC, METRICS
+
+    pos = pd.Index(fs_other.stay_id).get_indexer(other_ids)
+    y = fs_other.y[pos]
+    main = MAIN_METRIC[kind]
+    metric = METRICS.get(main)
+    point = float(np.mean([metric(y, p) for p in runs]))
+    r = bootstrap_indices(fs_other.subject_id[pos], 200, resample_seed)
+    boot = np.mean([bootstrap_metric(main, y, p, r) for p in runs], axis=0)
+    low, high = percentile_ci(boot)
+    clean = lambda x: None if not np.isfinite(x) else float(x)  # noqa: E731
+    return {
+        "metric": main,
+        "value": clean(point),
+        "ci_low": clean(low),
+        "ci_high": clean(high),
+        "n_stays": int(len(pos)),
+    }
+
+
+def score_task_cohort(
+    name: str, fs, cohort, pooled: Pooled, settings: EvalSettings, cohort_dir: str,
+    others: dict[str, Any],
+) -> dict:  # fmt: skip
+    from harness.leaderboard.result import score_predictions
+
+    kind = fs.task.kind
+    rows = pooled.rows
+    squeeze = kind == "binary"
+    ids = fs.stay_id[rows]
+    refs: dict[str, list[np.ndarray]] = {}
+    wanted = [EHR_REFERENCE]
+    best = _best_unimodal(fs.task.name, cohort.name, exclude=name)
+    if best and best not in wanted:
+        wanted.append(best)
+    for ref in wanted:
+        if ref == name:
+            continue
+        probs = _reference_probs(
+            ref, fs.task.name, cohort_dir, settings.folds, settings.seeds, ids, squeeze
+        )
+        if probs is not None:
+            refs[ref] = probs
+        else:
+            log.info("reference %s has no predictions for %s/%s", ref, fs.task.name, cohort.name)
+    kwargs: dict[str, Any] = {}
+    if settings.n_resamples:
+        kwargs["n_resamples"] = settings.n_resamples
+    if settings.min_group_size:
+        kwargs["min_group_size"] = settings.min_group_size
+    y = fs.y[rows]
+    block = score_predictions(
+        kind,
+        y,
+        pooled.clean,
+        fs.subject_id[rows],
+        fold=pooled.fold,
+        label_names=list(fs.task.label_columns) if kind == "multilabel" else None,
+        groups=_groups_for(fs, cohort, rows),
+        threshold=pooled.thresholds if pooled.thresholds is not None else 0.5,
+        reference_probs=refs or None,
+        fusion_reference=EHR_REFERENCE if EHR_REFERENCE in refs else None,
+        scenario_probs=pooled.scenarios or None,
+        **kwargs,
+    )
+    if pooled.cross:
+        block["cross_cohort"] = {
+            f"{cohort.name}->{other}": _cross_block(
+                others[other], other_ids, runs, kind, resample_seed=0
+            )
+            for other, (other_ids, runs) in pooled.cross.items()
+            if other in others
+        }
+    return block
+
+
+# --------------------------------------------------------------------------------------------
+# The whole evaluation
+
+
+def _task_versions(tasks: Sequence[str]) -> dict[str, str]:
+    from harness.cohort.spec import load_task
+
+    return {t: str(load_task(t).version) for t in tasks}
+
+
+def evaluate(
+    submission: str | Path,
+    settings: EvalSettings | None = None,
+    *,
+    progress: ProgressFn | None = None,
+) -> EvalOutcome:
+    """Evaluate one submission folder and write ``cache/results/<name>/result.json``.
+
+    On failure a ``failed`` result is written only when no valid result exists yet, so a broken
+    re-run never replaces good numbers; the error is re-raised.
+    """
+    from harness.cohort import load_cohort
+    from harness.cohort.spec import load_task
+    from harness.evaluate.scenarios import SCENARIOS
+    from harness.leaderboard.result import build_result, failed_result, provenance, write_result
+    from harness.models.data import load_feature_set
+    from harness.models.submission import load_submission
+    from harness.store import encoder_key_for
+
+    settings = settings or EvalSettings()
+    started = time.perf_counter()
+    sub = load_submission(submission)
+    result_path = config.results_dir() / sub.name / "result.json"
+    try:
+        tasks = [t for t in settings.tasks if sub.tasks is None or t in sub.tasks]
+        if not tasks:
+            raise InputError(
+                f"submission {sub.name!r} declares none of the requested tasks {settings.tasks}",
+                path=sub.yaml_path,
+                fix="change `tasks` in submission.yaml or pass --task",
+            )
+        scenario_names = list(settings.scenarios or SCENARIOS.names())
+        for s in scenario_names:
+            SCENARIOS.get(s)
+        enc_key = encoder_key_for(settings.encoder)
+        key = run_key(sub, settings, enc_key)
+        cohorts = {c: load_cohort(c, settings.dataset) for c in settings.cohorts}
+        dataset = next(iter(cohorts.values())).dataset
+        units = [
+            Unit(t, c, k, s)
+            for t in tasks
+            for c in settings.cohorts
+            for k in settings.folds
+            for s in settings.seeds
+        ]
+        total, done, ran, reused = len(units), 0, 0, 0
+        blocks: dict[str, dict[str, dict]] = {}
+        train_seconds = 0.0
+        for task in tasks:
+            spec = load_task(task)
+            sets = {}
+            for c, cohort in cohorts.items():
+                fs = load_feature_set(cohort, spec, settings.encoder)
+                if len(fs) == 0:
+                    log.warning("cohort %s has no stays for %s; skipped", c, task)
+                    continue
+                sets[c] = fs
+            for c, fs in sets.items():
+                cohort = cohorts[c]
+                cdir = cohort.path.name
+                base = predictions_dir(sub.name, task, cdir, key)
+                others = {o: f for o, f in sets.items() if o != c} if settings.cross_cohort else {}
+                for k in settings.folds:
+                    for s in settings.seeds:
+                        unit = Unit(task, c, k, s)
+                        path = _unit_path(base, unit)
+                        if progress:
+                            progress(unit.label, done, total)
+                        if path.is_file():
+                            reused += 1
+                        else:
+                            run_unit(sub, fs, unit, settings, scenario_names, others, path)
+                            ran += 1
+                        done += 1
+                pooled = pool_units(fs, base, settings.folds, settings.seeds)
+                train_seconds += pooled.train_seconds
+                blocks.setdefault(task, {})[c] = score_task_cohort(
+                    sub.name, fs, cohort, pooled, settings, cdir, others
+                )
+        if progress:
+            progress("scored", total, total)
+        wall = time.perf_counter() - started
+        prov = provenance(
+            encoder_keys=[enc_key],
+            task_versions=_task_versions(tasks),
+            seeds=list(settings.seeds),
+            folds=list(settings.folds),
+            wall_time_s=round(wall, 3),
+            run_key=key,
+            train_seconds=round(train_seconds, 3),
+            scenarios=scenario_names,
+        )
+        result = build_result(
+            sub.name,
+            sub.version,
+            dataset,
+            cohorts={
+                c: {
+                    "fingerprint": cohorts[c].fingerprint,
+                    "n_stays": int(len(cohorts[c].stays)),
+                    "n_subjects": int(cohorts[c].stays["subject_id"].nunique()),
+                }
+                for c in cohorts
+            },
+            tasks=blocks,
+            provenance_record=prov,
+        )
+        write_result(result, result_path)
+    except HarnessError as exc:
+        if not result_path.is_file():
+            write_result(failed_result(sub.name, sub.version, settings.dataset or "?", str(exc)),
+                         result_path)  # fmt: skip
+        raise
+    return EvalOutcome(
+        name=sub.name,
+        result_path=result_path,
+        result=result,
+        units_total=total,
+        units_run=ran,
+        units_reused=reused,
+        seconds=time.perf_counter() - started,
+        headline=headline_rows(result),
+    )
+
+
+def headline_rows(result: dict) -> list[dict]:
+    """One row per (task, cohort): main metric with its CI and the delta vs the EHR reference."""
+    rows = []
+    for task, by_cohort in result.get("tasks", {}).items():
+        for cohort, block in by_cohort.items():
+            main = block["main_metric"]
+            m = block["metrics"][main]
+            delta = (block.get("paired_deltas") or {}).get(EHR_REFERENCE, {}).get(main)
+            rows.append(
+                {
+                    "task": task,
+                    "cohort": cohort,
+                    "metric": main,
+                    "value": m["value"],
+                    "ci_low": m["ci_low"],
+                    "ci_high": m["ci_high"],
+                    "delta_vs_ehr": None if delta is None else delta["delta"],
+                    "p_value": None if delta is None else delta["p_value"],
+                }
+            )
+    return rows
+
+
+def write_json(path: Path, obj: Any) -> None:  # re-exported for the CLI
+    atomic_write_json(path, obj)
