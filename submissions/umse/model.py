@@ -10,7 +10,11 @@ from harness.models.blocks import CXRInput
 
 
 class TimeEmbedding(nn.Module):
-    """Learned sinusoidal embedding of a time in hours (mTAND style): one linear + d-1 periodic."""
+    """Learned sinusoidal embedding of a time in hours (mTAND style): one linear + d-1 periodic.
+
+    EHR hours and CXR times go through the same module, in the same unit; hours are divided by
+    24 only to keep the linear term near the scale of the other embeddings.
+    """
 
     def __init__(self, dim: int):
         super().__init__()
@@ -18,7 +22,7 @@ class TimeEmbedding(nn.Module):
         self.periodic = nn.Linear(1, dim - 1)
 
     def forward(self, hours: torch.Tensor) -> torch.Tensor:
-        t = hours[..., None]
+        t = hours[..., None] / 24.0
         return torch.cat([self.linear(t), torch.sin(self.periodic(t))], dim=-1)
 
 
@@ -52,7 +56,7 @@ class UMSE(nn.Module):
         heads: int = 4,
         layers: int = 2,
         bottlenecks: int = 2,
-        max_triplets: int = 256,
+        max_triplets: int = 128,
         dropout: float = 0.2,
     ):
         super().__init__()
