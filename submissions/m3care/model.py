@@ -42,7 +42,7 @@ class M3Care(nn.Module):
         self._index: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
+        state = dict(super().__getstate__())
         state["_index"] = None  # faiss objects are rebuilt from the buffers, not pickled
         return state
 
