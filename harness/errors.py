@@ -28,7 +28,7 @@ class SpecError(InputError):
 
 
 class UsageError(HarnessError):
-    """Bad command-line arguments (negative sizes, an output directory that would be overwritten)."""
+    """Bad command-line arguments (negative sizes, an output directory that is in the way)."""
 
 
 class SubmissionError(HarnessError):

@@ -8,9 +8,15 @@ import typer
 def register(app: typer.Typer) -> None:
     @app.command()
     def demo(
-        n_patients: int = typer.Option(None, help="Patients in the default dataset (if generated)."),
+        n_patients: int = typer.Option(None, help="Patients of the default dataset if generated."),
+        task: list[str] = typer.Option(None, "--task", "-t", help="Task(s) to evaluate."),
+        submission: list[str] = typer.Option(
+            None, "--submission", "-s", help="Reference submission(s) to evaluate (default: all)."
+        ),
     ) -> None:
-        """Run the pipeline on the default synthetic dataset and print what each stage produced."""
-        from harness.demo import run_demo
+        """Synth -> cohort -> encode -> evaluate the references (quick) -> leaderboard."""
+        from harness.demo import DEMO_TASKS, run_demo
 
-        run_demo(n_patients=n_patients)
+        run_demo(
+            n_patients=n_patients, tasks=tuple(task or DEMO_TASKS), submissions=submission or None
+        )

@@ -14,36 +14,36 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(None, "--out", help="Where leaderboard.json/.md/.html go."),
     ) -> None:
         """Rank evaluated submissions; write leaderboard.json, .md and a self-contained .html."""
-        from rich.console import Console
-        from rich.table import Table
-
         from harness import config
         from harness.leaderboard.aggregate import aggregate
 
         board = aggregate(results or config.results_dir(), out or config.leaderboard_dir())
-        console = Console()
-        for ranking in board.rankings:
-            arrow = "↑" if ranking["higher_is_better"] else "↓"
-            table = Table(
-                title=f"{ranking['task']} · {ranking['cohort']} · {ranking['metric']} {arrow}"
-                f"  ({ranking['dataset']}, {ranking['fingerprint'][:12]})"
-            )
-            for col, justify in (("rank", "right"), ("submission", "left"), ("value", "right"),
-                                 ("95% CI", "left"), ("CI overlaps", "left")):  # fmt: skip
-                table.add_column(col, justify=justify)
-            for row in ranking["rows"]:
-                value = "n/a" if row["value"] is None else f"{row['value']:.3f}"
-                ci = (
-                    "n/a"
-                    if row["ci_low"] is None
-                    else f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
-                )
-                table.add_row(
-                    str(row["rank"]), row["name"], value, ci, ", ".join(row["ci_overlaps"]) or "-"
-                )
-            console.print(table)
-        for item in board.failed:
-            console.print(f"[red]failed[/] {item['name']}: {item['error'][:200]}", highlight=False)
-        if not board.rankings and not board.failed:
-            console.print("no results found")
-        console.print(f"wrote {board.paths['json'].parent}/leaderboard.{{json,md,html}}")
+        print_leaderboard(board)
+
+
+def print_leaderboard(board, console=None) -> None:
+    """Rich tables of every ranking, failed entries, and where the files were written."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    for ranking in board.rankings:
+        arrow = "↑" if ranking["higher_is_better"] else "↓"
+        table = Table(
+            title=f"{ranking['task']} · {ranking['cohort']} · {ranking['metric']} {arrow}"
+            f"  ({ranking['dataset']}, {ranking['fingerprint'][:12]})"
+        )
+        for col, justify in (("rank", "right"), ("submission", "left"), ("value", "right"),
+                             ("95% CI", "left"), ("CI overlaps", "left")):  # fmt: skip
+            table.add_column(col, justify=justify)
+        for row in ranking["rows"]:
+            value = "n/a" if row["value"] is None else f"{row['value']:.3f}"
+            ci = "n/a" if row["ci_low"] is None else f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
+            overlaps = ", ".join(row["ci_overlaps"]) or "-"
+            table.add_row(str(row["rank"]), row["name"], value, ci, overlaps)
+        console.print(table)
+    for item in board.failed:
+        console.print(f"[red]failed[/] {item['name']}: {item['error'][:200]}", highlight=False)
+    if not board.rankings and not board.failed:
+        console.print("no results found")
+    console.print(f"wrote {board.paths['json'].parent}/leaderboard.{{json,md,html}}")
