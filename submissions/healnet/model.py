@@ -48,7 +48,11 @@ class FusionLayer(nn.Module):
         self.ff_self = SNNFeedForward(dim, dropout)
 
     def forward(
-        self, lat: torch.Tensor, ehr_tokens: torch.Tensor, cxr_tokens: torch.Tensor, has: torch.Tensor
+        self,
+        lat: torch.Tensor,
+        ehr_tokens: torch.Tensor,
+        cxr_tokens: torch.Tensor,
+        has: torch.Tensor,
     ) -> torch.Tensor:
         kv = self.norm_ehr(ehr_tokens)
         q = self.norm_lat[0](lat)

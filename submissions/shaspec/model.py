@@ -93,4 +93,8 @@ class ShaSpec(nn.Module):
             ]
         )
         domain = F.cross_entropy(self.domain(specific), target)
-        return {"logits": logits, "loss_align": self.alpha * align, "loss_domain": self.beta * domain}
+        return {
+            "logits": logits,
+            "loss_align": self.alpha * align,
+            "loss_domain": self.beta * domain,
+        }
