@@ -129,8 +129,11 @@ def _mcar(fs, test_idx, rate, rng):
 def _acuity(fs, test_idx, rate, rng):
     eligible = _with_cxr(fs, test_idx)
     sev = severity_proxy(fs)[eligible]
-    # Rank-based weights 1..5: the sickest stay is five times as likely to lose its image.
-    ranks = sev.argsort(kind="stable").argsort(kind="stable")
+    # Weights 1..5 by percentile rank (ties share their average rank): the sickest stay is
+    # five times as likely to lose its image as the least sick.
+    from scipy.stats import rankdata
+
+    ranks = rankdata(sev, method="average") - 1
     weights = 1.0 + 4.0 * ranks / max(eligible.size - 1, 1)
     return _drop_cxr(fs, _take_by_priority(eligible, _weighted_keys(weights, rng), rate))
 
