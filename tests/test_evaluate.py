@@ -1,4 +1,4 @@
-"""`harness evaluate`: robustness scenarios, resumable units, pooled scoring, failures, leaderboard."""
+"""`harness evaluate`: scenarios, resumable units, pooled scoring, failures, leaderboard."""
 
 from __future__ import annotations
 
@@ -106,9 +106,9 @@ def test_ehr_scenarios_mask_exactly_their_features():
     assert not np.array_equal(out.ehr_summary[test], fs.ehr_summary[test])
 
     cut = SCENARIOS.get("ehr_truncate_24h").degrade(fs, test, 0.5, fold=1)
-    hit = np.flatnonzero(cut.ehr_observed[:, 24:].sum(axis=(1, 2)) < fs.ehr_observed[:, 24:].sum(
-        axis=(1, 2)
-    ))
+    hit = np.flatnonzero(
+        cut.ehr_observed[:, 24:].sum(axis=(1, 2)) < fs.ehr_observed[:, 24:].sum(axis=(1, 2))
+    )
     assert len(hit) == int(round(0.5 * len(test))) and set(hit) <= set(test)
     np.testing.assert_array_equal(cut.ehr_observed[:, :24], fs.ehr_observed[:, :24])
     assert not cut.ehr_observed[hit, 24:].any()

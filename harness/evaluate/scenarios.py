@@ -192,9 +192,7 @@ def _drop_group(group: str) -> ApplyFn:
 
 def _truncate(fs, test_idx, rate, rng):
     rows = _take_by_priority(test_idx, rng.random(test_idx.size), rate)
-    return _mask_features(
-        fs, rows, slice(TRUNCATE_HOURS, None), np.arange(fs.ehr_values.shape[2])
-    )
+    return _mask_features(fs, rows, slice(TRUNCATE_HOURS, None), np.arange(fs.ehr_values.shape[2]))
 
 
 _register(Scenario(
