@@ -108,9 +108,21 @@ def submission_digest(sub) -> str:
     return _hash_files([p for p in files if "__pycache__" not in p.parts])
 
 
-def run_key(sub, settings: EvalSettings, encoder_key: str) -> str:
+#: Harness modules whose code decides what a unit computes: editing them invalidates units.
+PROTOCOL_MODULES = ("models/data.py", "models/train.py", "evaluate/scenarios.py")
+
+
+def protocol_digest() -> str:
+    root = Path(__file__).resolve().parents[1]
+    return _hash_files([root / m for m in PROTOCOL_MODULES])
+
+
+def run_key(sub, settings: EvalSettings, encoder_key: str, scenarios: Sequence[str]) -> str:
+    """Key of a unit folder: submission files, protocol code, encoder, scenarios, overrides."""
     payload = {
         "submission": submission_digest(sub),
+        "protocol": protocol_digest(),
+        "scenarios": sorted(scenarios),
         "encoder_key": encoder_key,
         "max_epochs": settings.max_epochs,
         "unit_schema": UNIT_SCHEMA_VERSION,
@@ -468,7 +480,7 @@ def evaluate(
         for s in scenario_names:
             SCENARIOS.get(s)
         enc_key = encoder_key_for(settings.encoder)
-        key = run_key(sub, settings, enc_key)
+        key = run_key(sub, settings, enc_key, scenario_names)
         cohorts = {c: load_cohort(c, settings.dataset) for c in settings.cohorts}
         dataset = next(iter(cohorts.values())).dataset
         units = [
