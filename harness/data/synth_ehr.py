@@ -388,7 +388,8 @@ def _block(st: pd.DataFrame, rng: np.random.Generator):
     gap_len = rng.integers(0, 7, n)
     in_gap = (hour >= gap_start[sidx]) & (hour < gap_start[sidx] + gap_len[sidx])
     # Deterioration of those who die: their state worsens along the window.
-    trend = dies[sidx] * hour / 48.0 * 0.8
+    # The fairness group's deterioration is as muted as the rest of its signal.
+    trend = dies[sidx] * hour / 48.0 * 0.8 * amp[sidx]
     vent = z["resp_a"] + 0.3 * z["sev"] + 0.5 * rng.standard_normal(n) > 0.9
     art_line = z["sev"] + 0.5 * rng.standard_normal(n) > 0.6
     fahrenheit = rng.random(n) < 0.75
@@ -539,7 +540,7 @@ def _labs(st, z, amp, dies, vent, rng) -> pd.DataFrame:
             if pan != panel:
                 continue
             x = _latent_x(v, z, amp, s) + v.stay_sd * stay_noise[s, li]
-            x = x + np.sign(v.coefs.get("sev", 0.0)) * dies[s] * frac * 0.8
+            x = x + np.sign(v.coefs.get("sev", 0.0)) * dies[s] * frac * 0.8 * amp[s]
             val = _value(v, x + v.meas_sd * rng.standard_normal(s.size))
             ids = np.full(s.size, itemid, dtype=np.int64)
             if itemid == 51301:

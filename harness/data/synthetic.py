@@ -28,7 +28,7 @@ from harness.io import atomic_directory, atomic_write_json
 log = logging.getLogger(__name__)
 
 GENERATOR = "harness.data.synthetic"
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 GZIP_LEVEL = 6
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
@@ -608,8 +608,9 @@ def ground_truth() -> dict:
                 "attribute": w.FAIRNESS_GROUP[0],
                 "group": w.FAIRNESS_GROUP[1],
                 "effect": f"vitals, GCS and rhythm charted at {w.FAIRNESS_CHART_RATE:.0%} of the "
-                f"usual rate and every latent's effect on EHR values scaled by "
-                f"{w.FAIRNESS_AMPLITUDE}: positives are less distinct in the EHR",
+                f"usual rate and every latent's effect on EHR values, including the "
+                f"pre-death deterioration, scaled by {w.FAIRNESS_AMPLITUDE}: positives are "
+                "less distinct in the EHR",
                 "expected": "lowest_tpr",
             }
         ],
