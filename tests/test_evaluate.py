@@ -12,6 +12,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
+from harness import config
 from harness.cli.main import main
 from harness.evaluate.scenarios import RATES, SCENARIOS, severity_proxy
 from harness.models.data import FeatureSet, split_indices
@@ -134,6 +135,7 @@ def cache(tmp_path_factory):
         yield root
 
 
+DATASET = config.DEFAULT_DATASET  # results live in cache/results/<dataset>/<name>/
 ARGS = ["--quick", "-t", "mortality_in_hospital", "--encoder", "test_tiny", "--max-epochs", "3"]
 
 
@@ -148,7 +150,7 @@ def evaluated(cache):
 
 
 def _result(cache: Path, name: str) -> dict:
-    return json.loads((cache / "results" / name / "result.json").read_text())
+    return json.loads((cache / "results" / DATASET / name / "result.json").read_text())
 
 
 def test_evaluate_scores_pooled_predictions_and_resumes(evaluated, monkeypatch):
@@ -164,7 +166,8 @@ def test_evaluate_scores_pooled_predictions_and_resumes(evaluated, monkeypatch):
     block = result["tasks"]["mortality_in_hospital"]["base"]
 
     # the unit file holds what a direct training run with the same seed predicts
-    units = list((cache / "results/ehr_lstm/predictions/mortality_in_hospital").glob("base-*/*/*"))
+    preds = cache / "results" / DATASET / "ehr_lstm/predictions/mortality_in_hospital"
+    units = list(preds.glob("base-*/*/*"))
     assert len(units) == 1
     frame, meta = read_unit(units[0])
     cohort = load_cohort("base")
@@ -215,12 +218,12 @@ def test_failed_submission_never_replaces_a_good_result(evaluated, monkeypatch, 
     assert failed["status"] == "failed"
     assert "nan" in failed["error"].lower() and "model.py" in failed["error"]
 
-    good_before = (cache / "results/ehr_lstm/result.json").read_bytes()
+    good_before = (cache / "results" / DATASET / "ehr_lstm/result.json").read_bytes()
     broken = tmp_path / "ehr_lstm"
     shutil.copytree(REPO / "submissions/ehr_lstm", broken)
     (broken / "model.py").write_text("raise RuntimeError('broken on purpose')\n")
     assert main(["evaluate", str(broken), *ARGS]) != 0
-    assert (cache / "results/ehr_lstm/result.json").read_bytes() == good_before
+    assert (cache / "results" / DATASET / "ehr_lstm/result.json").read_bytes() == good_before
 
 
 def _yaml_name(folder: Path) -> str:

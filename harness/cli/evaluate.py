@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
         scenario: list[str] = typer.Option(None, "--scenario", help="Robustness scenario(s)."),
         no_cross_cohort: bool = typer.Option(False, "--no-cross-cohort"),
     ) -> None:
-        """Train per fold x seed, predict every scenario, write cache/results/<name>/result.json."""
+        """Train per fold x seed, predict every scenario, write cache/results/<dataset>/<name>/result.json."""
         from rich.console import Console
         from rich.progress import (
             BarColumn,

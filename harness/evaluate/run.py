@@ -1,10 +1,16 @@
 """Orchestration of `harness evaluate`: train folds x seeds, predict every scenario, score, write.
 
-Work is split into units (task, cohort, fold, seed). Each finished unit leaves one parquet file of
-per-stay predictions under ``cache/results/<name>/predictions/`` (local only, never published),
+Work is split into units (task, cohort, fold, seed). Results live per dataset and submission in
+``cache/results/<dataset>/<name>/`` (``result.json``; the same submission evaluated on two datasets
+keeps two results). Each finished unit leaves one parquet file of per-stay predictions under
+``cache/results/<dataset>/<name>/predictions/`` (local only, never published),
 written atomically, so an interrupted evaluation resumes where it stopped. The unit folder is
 keyed by a hash of the submission's files, the cohort fingerprint, the encoder key and the
 training overrides: editing the model never reuses stale predictions.
+
+Folds follow the cohort: a source with its own partition (a CareBench folder) trains and tests on
+each fold's given train/val/test stays, otherwise the harness rule applies (`FeatureSet.split`).
+Tasks whose labels the dataset lacks, and empty cohorts, are skipped with a note in the result.
 
 Scoring pools the out-of-fold test predictions per seed and hands them to
 :func:`harness.leaderboard.result.score_predictions` together with the reference submissions'
@@ -130,8 +136,19 @@ def run_key(sub, settings: EvalSettings, encoder_key: str, scenarios: Sequence[s
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def predictions_dir(name: str, task: str, cohort_dir_name: str, key: str) -> Path:
-    return config.results_dir() / name / "predictions" / task / cohort_dir_name / key
+def result_dir(name: str, dataset: str | None = None) -> Path:
+    """``cache/results/<dataset>/<name>``: one folder per dataset and submission."""
+    return config.results_dir() / (dataset or config.DEFAULT_DATASET) / name
+
+
+def result_path(name: str, dataset: str | None = None) -> Path:
+    return result_dir(name, dataset) / "result.json"
+
+
+def predictions_dir(
+    name: str, task: str, cohort_dir_name: str, key: str, dataset: str | None = None
+) -> Path:
+    return result_dir(name, dataset) / "predictions" / task / cohort_dir_name / key
 
 
 def _unit_path(base: Path, unit: Unit) -> Path:
@@ -179,14 +196,13 @@ def run_unit(
 ) -> None:
     """Train one (task, cohort, fold, seed) and write its predictions atomically."""
     from harness.evaluate.scenarios import SCENARIOS
-    from harness.models.data import split_indices
     from harness.models.train import train_model
 
     trained = train_model(
         sub, fs, fs.task, unit.fold, unit.seed,
         device=settings.device, max_epochs=settings.max_epochs,
     )  # fmt: skip
-    _, val_idx, test_idx = split_indices(fs.fold, unit.fold)
+    _, val_idx, test_idx = fs.split(unit.fold)
     frames = []
     p_val = trained.predict_feature_set(fs, val_idx)
     frames.append(_frame(fs.stay_id[val_idx], "val", "clean", 0.0, p_val))
@@ -201,7 +217,7 @@ def run_unit(
             p = trained.predict_feature_set(degraded, test_idx)
             frames.append(_frame(fs.stay_id[test_idx], "test", name, rate, p))
     for other_name, other_fs in others.items():
-        _, _, other_test = split_indices(other_fs.fold, unit.fold)
+        _, _, other_test = other_fs.split(unit.fold)
         p = trained.predict_feature_set(other_fs, other_test)
         frames.append(_frame(other_fs.stay_id[other_test], f"cross:{other_name}", "clean", 0.0, p))
     table = pd.concat(frames, ignore_index=True)
@@ -259,11 +275,18 @@ def _probs(frame: pd.DataFrame, order: np.ndarray, squeeze: bool) -> np.ndarray:
 
 
 def pool_units(fs, base: Path, folds: Sequence[int], seeds: Sequence[int]) -> Pooled:
-    from harness.models.data import split_indices
-
     squeeze = fs.task.kind == "binary"
-    test_rows = {k: split_indices(fs.fold, k)[2] for k in folds}
+    test_rows = {k: fs.split(k)[2] for k in folds}
     rows = np.sort(np.concatenate([test_rows[k] for k in folds]))
+    if len(np.unique(rows)) != len(rows):
+        raise InputError(
+            f"the test stays of folds {list(folds)} overlap: out-of-fold pooling needs each "
+            "stay tested once",
+            fix="evaluate folds whose test sets are disjoint (e.g. one fold at a time)",
+        )
+    row_fold = np.zeros(len(fs), dtype=np.int64)
+    for k in folds:
+        row_fold[test_rows[k]] = k
     ids = fs.stay_id[rows]
     clean, scen, cross, thr_parts = [], {}, {}, []
     seconds = 0.0
@@ -279,9 +302,7 @@ def pool_units(fs, base: Path, folds: Sequence[int], seeds: Sequence[int]) -> Po
         test = frame[frame["part"] == "test"]
         clean.append(_probs(test[test["scenario"] == "clean"], ids, squeeze))
         for (name, rate), sub in test[test["scenario"] != "clean"].groupby(["scenario", "rate"]):
-            scen.setdefault(name, {}).setdefault(float(rate), []).append(
-                _probs(sub, ids, squeeze)
-            )
+            scen.setdefault(name, {}).setdefault(float(rate), []).append(_probs(sub, ids, squeeze))
         for part, sub in frame[frame["part"].str.startswith("cross:")].groupby("part"):
             other = part.split(":", 1)[1]
             other_ids = np.sort(sub["stay_id"].to_numpy())
@@ -297,7 +318,7 @@ def pool_units(fs, base: Path, folds: Sequence[int], seeds: Sequence[int]) -> Po
         thresholds = acc / len(seeds)
         if squeeze:
             thresholds = thresholds[:, 0]
-    return Pooled(rows, fs.fold[rows], clean, scen, thresholds, cross, seconds)
+    return Pooled(rows, row_fold[rows], clean, scen, thresholds, cross, seconds)
 
 
 # --------------------------------------------------------------------------------------------
@@ -312,17 +333,24 @@ def _groups_for(fs, cohort, rows: np.ndarray) -> pd.DataFrame:
 
 
 def _reference_probs(
-    ref: str, task: str, cohort_dir: str, folds, seeds, ids: np.ndarray, squeeze: bool
+    ref: str,
+    task: str,
+    cohort_dir: str,
+    folds,
+    seeds,
+    ids: np.ndarray,
+    squeeze: bool,
+    dataset: str | None = None,
 ) -> list[np.ndarray] | None:
     """A reference submission's pooled clean test predictions on the same stays, if available."""
-    result_path = config.results_dir() / ref / "result.json"
-    if not result_path.is_file():
+    path = result_path(ref, dataset)
+    if not path.is_file():
         return None
     try:
-        key = json.loads(result_path.read_text())["provenance"]["run_key"]
+        key = json.loads(path.read_text())["provenance"]["run_key"]
     except (KeyError, json.JSONDecodeError):
         return None
-    base = predictions_dir(ref, task, cohort_dir, key)
+    base = predictions_dir(ref, task, cohort_dir, key, dataset)
     out = []
     for seed in seeds:
         frames = []
@@ -339,12 +367,12 @@ def _reference_probs(
     return out
 
 
-def _best_unimodal(task: str, cohort: str, exclude: str) -> str | None:
+def _best_unimodal(task: str, cohort: str, exclude: str, dataset: str | None = None) -> str | None:
     best, best_value = None, -np.inf
     for ref in UNIMODAL_REFERENCES:
         if ref == exclude:
             continue
-        path = config.results_dir() / ref / "result.json"
+        path = result_path(ref, dataset)
         if not path.is_file():
             continue
         try:
@@ -381,7 +409,7 @@ def _cross_block(fs_other, other_ids, runs, kind: str, resample_seed: int) -> di
 
 def score_task_cohort(
     name: str, fs, cohort, pooled: Pooled, settings: EvalSettings, cohort_dir: str,
-    others: dict[str, Any],
+    others: dict[str, Any], dataset: str | None = None,
 ) -> dict:  # fmt: skip
     from harness.leaderboard.result import score_predictions
 
@@ -391,14 +419,14 @@ def score_task_cohort(
     ids = fs.stay_id[rows]
     refs: dict[str, list[np.ndarray]] = {}
     wanted = [EHR_REFERENCE]
-    best = _best_unimodal(fs.task.name, cohort.name, exclude=name)
+    best = _best_unimodal(fs.task.name, cohort.name, exclude=name, dataset=dataset)
     if best and best not in wanted:
         wanted.append(best)
     for ref in wanted:
         if ref == name:
             continue
         probs = _reference_probs(
-            ref, fs.task.name, cohort_dir, settings.folds, settings.seeds, ids, squeeze
+            ref, fs.task.name, cohort_dir, settings.folds, settings.seeds, ids, squeeze, dataset
         )
         if probs is not None:
             refs[ref] = probs
@@ -451,7 +479,7 @@ def evaluate(
     *,
     progress: ProgressFn | None = None,
 ) -> EvalOutcome:
-    """Evaluate one submission folder and write ``cache/results/<name>/result.json``.
+    """Evaluate one submission folder and write ``cache/results/<dataset>/<name>/result.json``.
 
     On failure a ``failed`` result is written only when no valid result exists yet, so a broken
     re-run never replaces good numbers; the error is re-raised.
@@ -467,7 +495,8 @@ def evaluate(
     settings = settings or EvalSettings()
     started = time.perf_counter()
     sub = load_submission(submission)
-    result_path = config.results_dir() / sub.name / "result.json"
+    dataset = settings.dataset or config.DEFAULT_DATASET
+    out_path = result_path(sub.name, dataset)
     try:
         tasks = [t for t in settings.tasks if sub.tasks is None or t in sub.tasks]
         if not tasks:
@@ -481,8 +510,7 @@ def evaluate(
             SCENARIOS.get(s)
         enc_key = encoder_key_for(settings.encoder)
         key = run_key(sub, settings, enc_key, scenario_names)
-        cohorts = {c: load_cohort(c, settings.dataset) for c in settings.cohorts}
-        dataset = next(iter(cohorts.values())).dataset
+        cohorts = {c: load_cohort(c, dataset) for c in settings.cohorts}
         units = [
             Unit(t, c, k, s)
             for t in tasks
@@ -492,20 +520,27 @@ def evaluate(
         ]
         total, done, ran, reused = len(units), 0, 0, 0
         blocks: dict[str, dict[str, dict]] = {}
+        skipped: list[dict[str, str]] = []
         train_seconds = 0.0
         for task in tasks:
             spec = load_task(task)
             sets = {}
             for c, cohort in cohorts.items():
-                fs = load_feature_set(cohort, spec, settings.encoder)
-                if len(fs) == 0:
-                    log.warning("cohort %s has no stays for %s; skipped", c, task)
+                reason = unavailable_reason(cohort, spec)
+                fs = None if reason else load_feature_set(cohort, spec, settings.encoder)
+                if fs is not None and len(fs) == 0:
+                    reason = "no labelled stays in this cohort"
+                if reason:
+                    log.warning("%s/%s of %s skipped: %s", task, c, dataset, reason)
+                    skipped.append({"task": task, "cohort": c, "reason": reason})
+                    units = [u for u in units if (u.task, u.cohort) != (task, c)]
+                    total = len(units)
                     continue
                 sets[c] = fs
             for c, fs in sets.items():
                 cohort = cohorts[c]
                 cdir = cohort.path.name
-                base = predictions_dir(sub.name, task, cdir, key)
+                base = predictions_dir(sub.name, task, cdir, key, dataset)
                 others = {o: f for o, f in sets.items() if o != c} if settings.cross_cohort else {}
                 for k in settings.folds:
                     for s in settings.seeds:
@@ -522,8 +557,14 @@ def evaluate(
                 pooled = pool_units(fs, base, settings.folds, settings.seeds)
                 train_seconds += pooled.train_seconds
                 blocks.setdefault(task, {})[c] = score_task_cohort(
-                    sub.name, fs, cohort, pooled, settings, cdir, others
+                    sub.name, fs, cohort, pooled, settings, cdir, others, dataset
                 )
+        if not blocks:
+            raise InputError(
+                f"nothing to evaluate on dataset {dataset!r}: "
+                + "; ".join(f"{s['task']}/{s['cohort']}: {s['reason']}" for s in skipped),
+                fix="pick tasks with labels in this dataset (--task) or another --dataset",
+            )
         if progress:
             progress("scored", total, total)
         wall = time.perf_counter() - started
@@ -552,15 +593,16 @@ def evaluate(
             tasks=blocks,
             provenance_record=prov,
         )
-        write_result(result, result_path)
+        if skipped:
+            result["skipped"] = skipped
+        write_result(result, out_path)
     except HarnessError as exc:
-        if not result_path.is_file():
-            write_result(failed_result(sub.name, sub.version, settings.dataset or "?", str(exc)),
-                         result_path)  # fmt: skip
+        if not out_path.is_file():
+            write_result(failed_result(sub.name, sub.version, dataset, str(exc)), out_path)
         raise
     return EvalOutcome(
         name=sub.name,
-        result_path=result_path,
+        result_path=out_path,
         result=result,
         units_total=total,
         units_run=ran,
@@ -568,6 +610,24 @@ def evaluate(
         seconds=time.perf_counter() - started,
         headline=headline_rows(result),
     )
+
+
+def unavailable_reason(cohort, spec) -> str | None:
+    """Why a cohort cannot score a task (its labels are missing), or None when it can."""
+    columns = list(spec.label_columns) if hasattr(spec, "label_columns") else [spec.name]
+    listed = set(cohort.manifest.get("labels_unavailable") or ())
+    gone = [c for c in columns if c in listed]
+    if gone:
+        return f"labels unavailable in this dataset ({', '.join(gone)})"
+    absent = [c for c in columns if c not in cohort.stays.columns]
+    if absent:
+        return f"label column(s) not in the cohort ({', '.join(absent)})"
+    if len(cohort.stays) == 0:
+        return "the cohort has no stays"
+    empty = [c for c in columns if cohort.stays[c].isna().all()]
+    if empty:
+        return f"label column(s) entirely null ({', '.join(empty)})"
+    return None
 
 
 def headline_rows(result: dict) -> list[dict]:

@@ -5,6 +5,10 @@ different datasets or cohorts are never ranked together. Ranks are competition r
 value (equal values share a rank); each row lists the entries whose 95% CIs overlap its own, so
 statistical ties are reported rather than hidden. Unreadable or invalid results and failed
 evaluations are listed apart under ``failed``.
+
+Results are found at ``<results>/<dataset>/<name>/result.json`` (what `harness evaluate` writes)
+and, for folders written before results were kept per dataset, ``<results>/<name>/result.json``;
+when both hold the same (name, dataset), the per-dataset one wins.
 """
 
 from __future__ import annotations
@@ -46,8 +50,13 @@ class Leaderboard:
         return self.document["failed"]
 
 
+def result_files(results_dir: Path) -> list[Path]:
+    """Per-dataset result files first, then those of the older flat layout."""
+    return sorted(results_dir.glob("*/*/result.json")) + sorted(results_dir.glob("*/result.json"))
+
+
 def load_results(results_dir: str | Path) -> tuple[list[dict], list[dict]]:
-    """Valid ``ok`` results and failure records from ``<results_dir>/*/result.json``."""
+    """Valid ``ok`` results and failure records found under ``results_dir`` (both layouts)."""
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         raise InputError(
@@ -56,7 +65,8 @@ def load_results(results_dir: str | Path) -> tuple[list[dict], list[dict]]:
             fix="run `harness evaluate submissions/<name>` first, or pass --results DIR",
         )
     ok, failed = [], []
-    for path in sorted(results_dir.glob("*/result.json")):
+    seen: set[tuple[str, str]] = set()
+    for path in result_files(results_dir):
         try:
             doc = json.loads(path.read_text("utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
@@ -72,6 +82,10 @@ def load_results(results_dir: str | Path) -> tuple[list[dict], list[dict]]:
                 }
             )
             continue
+        if (doc["name"], doc["dataset"]) in seen:
+            log.info("%s: %s on %s already read; skipped", path, doc["name"], doc["dataset"])
+            continue
+        seen.add((doc["name"], doc["dataset"]))
         if doc["status"] != "ok":
             failed.append(
                 {"name": doc["name"], "version": doc["version"], "error": doc.get("error") or ""}

@@ -12,6 +12,7 @@ import logging
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -58,12 +59,17 @@ class FeatureSet:
     provenance: dict[str, Any] = field(default_factory=dict)
     #: Linked image id per stay (None where no image); used to load pixels end to end.
     dicom_id: np.ndarray | None = None
+    #: Partitions given by the data source (a CareBench folder), or None for the harness rule:
+    #: (n, n_folds) int8, column k-1 = fold k, codes `PARTITION_CODES` (-1: not in that fold).
+    given_splits: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.stay_id)
         for name in ("subject_id", "fold", "ehr_values", "ehr_observed", "ehr_summary", "cxr"):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"FeatureSet.{name} has {len(getattr(self, name))} rows, not {n}")
+        if self.given_splits is not None and len(self.given_splits) != n:
+            raise ValueError(f"FeatureSet.given_splits has {len(self.given_splits)} rows, not {n}")
         for name in ("has_cxr", "cxr_time_hours", "y"):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"FeatureSet.{name} has {len(getattr(self, name))} rows, not {n}")
@@ -76,6 +82,18 @@ class FeatureSet:
     @property
     def seq_len(self) -> int:
         return int(self.ehr_values.shape[1])
+
+    @property
+    def n_folds(self) -> int:
+        """Folds available: the given partition's columns, else the highest fold number."""
+        if self.given_splits is not None:
+            return int(self.given_splits.shape[1])
+        return int(self.fold.max()) if len(self) else 0
+
+    def split(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Positions of (train, val, test) for fold ``k``: the given partition when there is
+        one, else the harness rule (see `split_indices`)."""
+        return split_indices(self.fold, k, given=self.given_splits)
 
     def subset(self, idx: np.ndarray) -> FeatureSet:
         """Rows ``idx`` (positions or a boolean mask) as a new `FeatureSet`."""
@@ -97,6 +115,7 @@ class FeatureSet:
             y=self.y[idx],
             cxr_pixels=None if self.cxr_pixels is None else self.cxr_pixels[torch.as_tensor(idx)],
             dicom_id=None if self.dicom_id is None else self.dicom_id[idx],
+            given_splits=None if self.given_splits is None else self.given_splits[idx],
         )
 
     def replace(self, **changes: Any) -> FeatureSet:
@@ -419,8 +438,26 @@ def make_tensors(fs: FeatureSet, idx: np.ndarray, stats: NormStats) -> Tensors:
     )
 
 
-def split_indices(folds: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Positions of (train, val, test) for fold ``k``: test = k, val = k+1 (cyclic), rest train."""
+#: Codes of a given partition table (`FeatureSet.given_splits`); -1 = not in that fold.
+PARTITION_CODES = {"train": 0, "val": 1, "test": 2}
+
+
+def split_indices(
+    folds: np.ndarray, k: int, *, given: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Positions of (train, val, test) for fold ``k``.
+
+    With ``given`` (a `FeatureSet.given_splits` table) fold k's own partition is used as is;
+    otherwise the harness rule: test = k, val = k+1 (cyclic), the rest train.
+    """
+    if given is not None:
+        if not 1 <= k <= given.shape[1]:
+            raise InputError(
+                f"fold {k} does not exist; the given splits have folds 1..{given.shape[1]}",
+                fix="pass a fold number the data source defines",
+            )
+        col = given[:, k - 1]
+        return tuple(np.flatnonzero(col == PARTITION_CODES[p]) for p in ("train", "val", "test"))
     folds = np.asarray(folds)
     try:
         from harness.cohort.folds import split_masks
@@ -447,13 +484,13 @@ class Split:
 
 def prepare_split(fs: FeatureSet, fold: int, *, stats: NormStats | None = None) -> Split:
     """Tensors for fold ``fold``; statistics are fitted on its training stays unless given."""
-    n_folds = int(fs.fold.max()) if len(fs) else 0
+    n_folds = fs.n_folds
     if not 1 <= fold <= max(n_folds, 1):
         raise InputError(
             f"fold {fold} does not exist; the data has folds 1..{n_folds}",
             fix="pass a fold number between 1 and the number of folds",
         )
-    train_idx, val_idx, test_idx = split_indices(fs.fold, fold)
+    train_idx, val_idx, test_idx = fs.split(fold)
     for name, part in (("training", train_idx), ("validation", val_idx), ("test", test_idx)):
         if len(part) == 0:
             raise InputError(
@@ -510,6 +547,13 @@ def load_feature_set(
     info = TaskInfo.coerce(task)
     stays = cohort.stays.reset_index(drop=True)
     where = f"cohort {getattr(cohort, 'fingerprint', '?')}"
+    missing = [c for c in info.label_columns if c not in stays.columns]
+    if missing:
+        raise InputError(
+            f"label column(s) {missing} of task {info.name!r} are not in the cohort",
+            path=getattr(cohort, "path", where),
+            fix="rebuild the cohort with this task's labels, or evaluate another task",
+        )
     labelled = stays[list(info.label_columns)].notna().all(axis=1).to_numpy()
     if not labelled.all():
         log.info("dropping %d stays without %s labels", int((~labelled).sum()), info.name)
@@ -565,4 +609,35 @@ def load_feature_set(
             "task": info.name,
         },
         dicom_id=dicom.to_numpy(dtype=object),
+        given_splits=_given_splits(getattr(cohort, "path", None), stays["stay_id"].to_numpy()),
     )
+
+
+def _given_splits(cohort_path: Any, stay_ids: np.ndarray) -> np.ndarray | None:
+    """The cohort's own (n, n_folds) partition table when its source fixed one, else None.
+
+    A CareBench build ships ``carebench_splits.parquet`` (fold, stay_id, partition); rows follow
+    ``stay_ids``, fold k is column k-1 and a stay absent from fold k is -1 there.
+    """
+    from harness.data.carebench import SPLITS_FILE
+
+    if cohort_path is None or not (Path(cohort_path) / SPLITS_FILE).is_file():
+        return None
+    path = Path(cohort_path) / SPLITS_FILE
+    table = pd.read_parquet(path, columns=["fold", "stay_id", "partition"])
+    unknown = sorted(set(table["partition"]) - set(PARTITION_CODES))
+    if unknown or table.empty or int(table["fold"].min()) < 1:
+        raise InputError(
+            f"bad partition table ({'partitions ' + str(unknown) if unknown else 'folds'})",
+            path=path,
+            fix="rebuild the cohort with `harness cohort build --carebench DIR`",
+        )
+    if table.duplicated(["fold", "stay_id"]).any():
+        raise InputError("a stay is listed twice in one fold", path=path, fix="fix the split files")
+    n_folds = int(table["fold"].max())
+    out = np.full((len(stay_ids), n_folds), -1, dtype=np.int8)
+    rows = pd.Index(stay_ids).get_indexer(table["stay_id"].to_numpy())
+    keep = rows >= 0
+    codes = table["partition"].map(PARTITION_CODES).to_numpy(np.int8)
+    out[rows[keep], table["fold"].to_numpy()[keep] - 1] = codes[keep]
+    return out
