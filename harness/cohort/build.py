@@ -47,7 +47,9 @@ from harness.io import atomic_directory, atomic_write_json, atomic_write_text
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+"""Version of the cohort directory layout; part of every input key and manifest."""
 COHORTS = ("base", "matched")
+"""The cohorts one build writes, in order; ``matched`` keeps the ``base`` stays with a CXR."""
 
 
 def _dataset_name(mimic_iv: Path) -> str:
@@ -105,7 +107,12 @@ def _input_key(tables: dict[str, Any], cxr_table: Any, hashes: dict[str, str]) -
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-def _existing_build(dataset: str, input_key: str) -> dict[str, Path] | None:
+def existing_build(dataset: str, input_key: str) -> dict[str, Path] | None:
+    """Return ``{cohort: directory}`` of a finished build of ``dataset`` from ``input_key``.
+
+    Follows each cohort's latest pointer and accepts it only when its manifest records the same
+    input key; returns None as soon as one cohort is missing or was built from other inputs.
+    """
     out = {}
     for cohort in COHORTS:
         pointer = _latest_pointer(dataset, cohort)
@@ -153,7 +160,7 @@ def build_cohorts(
         logger.warning("no MIMIC-CXR-JPG source given: no stay has a linked image")
     hashes = spec_hashes()
     input_key = _input_key(tables, cxr_table, hashes)
-    if not overwrite and (existing := _existing_build(dataset, input_key)):
+    if not overwrite and (existing := existing_build(dataset, input_key)):
         logger.info("cohorts of %s are up to date: %s", dataset, existing)
         return existing
 
@@ -230,7 +237,7 @@ def build_cohorts(
             "build": {"memory_limit": memory_limit, "threads": threads},
         }
         out = {}
-        label_cols = _label_columns(phenotypes)
+        label_cols = label_columns(phenotypes)
         for cohort in COHORTS:
             sub = stays if cohort == "base" else stays[stays["has_cxr"] == 1]
             sub = sub.reset_index(drop=True)
@@ -243,7 +250,7 @@ def build_cohorts(
                         "n_subjects": int(sub["subject_id"].nunique()),
                     }
                 )
-            out[cohort] = _write_cohort(
+            out[cohort] = write_cohort(
                 con_path=work,
                 cohort=cohort,
                 stays=sub,
@@ -257,7 +264,8 @@ def build_cohorts(
     return out
 
 
-def _label_columns(phenotypes: list[Any]) -> list[str]:
+def label_columns(phenotypes: list[Any]) -> list[str]:
+    """Return the label columns of a stays table: outcomes, length of stay, then phenotype ids."""
     return [
         "mortality_in_hospital",
         "mortality_icu",
@@ -376,7 +384,7 @@ def _run_sql(
         ORDER BY c.stay_id
         """
     ).df()
-    stays = _finish_stays(stays, spec)
+    stays = finish_stays(stays, spec)
     stays.attrs["funnel"] = funnel
 
     # Hourly series over the base cohort.
@@ -436,7 +444,13 @@ def _missing_itemids(con: Any, variables: list[Any]) -> dict[str, list[int]]:
     return out
 
 
-def _finish_stays(stays: pd.DataFrame, spec: CohortSpec) -> pd.DataFrame:
+def finish_stays(stays: pd.DataFrame, spec: CohortSpec) -> pd.DataFrame:
+    """Give a raw stays frame its final dtypes, age and race groups, and column order.
+
+    Casts ids to int64 and text to ``string``, derives ``age_group`` and ``race_group`` from
+    ``spec``, and puts the identity and demographic columns first. Modifies ``stays`` in place
+    and returns the reordered frame.
+    """
     for col in ("stay_id", "subject_id", "hadm_id"):
         stays[col] = stays[col].astype("int64")
     edges = [*spec.age_groups, np.inf]
@@ -498,7 +512,7 @@ def _summaries(stays: pd.DataFrame, label_cols: list[str]) -> tuple[dict, dict]:
     return prevalence, availability
 
 
-def _write_cohort(
+def write_cohort(
     *,
     con_path: Path,
     cohort: str,
@@ -510,6 +524,14 @@ def _write_cohort(
     overwrite: bool,
     t0: float,
 ) -> Path:
+    """Write one cohort as a content-addressed directory and return it.
+
+    ``hourly_path`` holds the base hourly series; other cohorts take the rows of their own stays
+    from it (a temporary file under ``con_path``). The directory is named from the cohort's
+    fingerprint: an unchanged cohort keeps its directory (only its input key is refreshed) unless
+    ``overwrite``. ``common`` holds the manifest fields shared by all cohorts of the build, and
+    ``t0`` is the build's start (``time.perf_counter()``) for the recorded wall time.
+    """
     import duckdb
 
     dataset = common["dataset"]

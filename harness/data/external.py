@@ -125,7 +125,7 @@ def write_cohorts(
             default=str,
         ).encode()
     ).hexdigest()
-    if not overwrite and (existing := build._existing_build(dataset, input_key)):
+    if not overwrite and (existing := build.existing_build(dataset, input_key)):
         log.info("cohorts of %s are up to date: %s", dataset, existing)
         if extra_files is not None:
             for path in existing.values():
@@ -147,9 +147,9 @@ def write_cohorts(
     # them null (nullable Int64) instead of inventing values.
     hadm = stays["hadm_id"].astype("Int64")
     stays["hadm_id"] = hadm.fillna(0)
-    stays = build._finish_stays(stays, spec)
+    stays = build.finish_stays(stays, spec)
     stays["hadm_id"] = hadm.to_numpy()
-    label_cols = [c for c in build._label_columns(load_phenotypes()) if c not in unavailable_labels]
+    label_cols = [c for c in build.label_columns(load_phenotypes()) if c not in unavailable_labels]
     stays = stays.drop(columns=[c for c in unavailable_labels if c in stays])
     stays = stays.sort_values("stay_id").reset_index(drop=True)
 
@@ -200,7 +200,7 @@ def write_cohorts(
                         "n_subjects": int(sub["subject_id"].nunique()),
                     }
                 )
-            out[cohort] = build._write_cohort(
+            out[cohort] = build.write_cohort(
                 con_path=work,
                 cohort=cohort,
                 stays=sub,
