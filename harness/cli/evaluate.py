@@ -28,8 +28,11 @@ def register(app: typer.Typer) -> None:
         max_epochs: int = typer.Option(None, "--max-epochs", help="Cap training epochs."),
         scenario: list[str] = typer.Option(None, "--scenario", help="Robustness scenario(s)."),
         no_cross_cohort: bool = typer.Option(False, "--no-cross-cohort"),
+        n_resamples: int = typer.Option(
+            None, "--n-resamples", min=10, help="Bootstrap resamples (default 1000)."
+        ),
     ) -> None:
-        """Train per fold x seed, predict every scenario, write cache/results/<dataset>/<name>/result.json."""
+        """Train per fold x seed, predict every scenario, write <dataset>/<name>/result.json."""
         from rich.console import Console
         from rich.progress import (
             BarColumn,
@@ -54,6 +57,7 @@ def register(app: typer.Typer) -> None:
             "max_epochs": max_epochs,
             "scenarios": _split(scenario),
             "cross_cohort": False if no_cross_cohort else None,
+            "n_resamples": n_resamples,
         }
         overrides = {k: v for k, v in overrides.items() if v is not None}
         settings = EvalSettings.quick(**overrides) if quick else EvalSettings(**overrides)

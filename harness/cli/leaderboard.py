@@ -10,7 +10,9 @@ import typer
 def register(app: typer.Typer) -> None:
     @app.command()
     def leaderboard(
-        results: Path = typer.Option(None, "--results", help="Folder of <dataset>/<name>/result.json."),
+        results: Path = typer.Option(
+            None, "--results", help="Folder of <dataset>/<name>/result.json files."
+        ),
         out: Path = typer.Option(None, "--out", help="Where leaderboard.json/.md/.html go."),
     ) -> None:
         """Rank evaluated submissions; write leaderboard.json, .md and a self-contained .html."""

@@ -280,6 +280,12 @@ def _demo_columns(frame: pd.DataFrame) -> tuple[list[str], list[str]]:
     return cat, num
 
 
+def _as_object(frame: pd.DataFrame) -> pd.DataFrame:
+    """Categorical columns as object with NaN for missing (scikit-learn cannot test ``pd.NA``)."""
+    frame = frame.astype(object)
+    return frame.where(frame.notna(), np.nan)
+
+
 def fit_stats(fs: FeatureSet, train_idx: np.ndarray) -> NormStats:
     """Learn EHR median/IQR and the demographic encoding from the stays ``train_idx`` only."""
     from sklearn.compose import ColumnTransformer
@@ -315,7 +321,7 @@ def fit_stats(fs: FeatureSet, train_idx: np.ndarray) -> NormStats:
             )
         encoder = ColumnTransformer(transformers)
         frame = fs.demographics.iloc[train_idx][cat + num].copy()
-        frame[cat] = frame[cat].astype(object)
+        frame[cat] = _as_object(frame[cat])
         encoder.fit(frame)
         names = list(encoder.get_feature_names_out())
     return NormStats(ehr_med, ehr_scale, sum_med, sum_scale, encoder, names, len(train_idx))
@@ -414,7 +420,7 @@ def make_tensors(fs: FeatureSet, idx: np.ndarray, stats: NormStats) -> Tensors:
     if stats.demo_encoder is not None:
         cat, num = _demo_columns(fs.demographics)
         frame = fs.demographics.iloc[idx][cat + num].copy()
-        frame[cat] = frame[cat].astype(object)
+        frame[cat] = _as_object(frame[cat])
         demo = np.asarray(stats.demo_encoder.transform(frame), dtype=np.float32)
     else:
         demo = np.zeros((len(idx), 0), dtype=np.float32)
@@ -586,6 +592,10 @@ def load_feature_set(
     cxr_time = stays["cxr_time_hours"].to_numpy(dtype=np.float32, na_value=np.nan)
 
     demo_cols = [c for c in (*DEMOGRAPHIC_NUMERIC, *DEMOGRAPHIC_CATEGORICAL) if c in stays]
+    empty = [c for c in demo_cols if stays[c].isna().all()]
+    if empty:  # e.g. CLIF has no insurance: a column with no value carries no information
+        log.info("demographic column(s) %s have no values in this cohort; not used", empty)
+        demo_cols = [c for c in demo_cols if c not in empty]
     return FeatureSet(
         stay_id=stays["stay_id"].to_numpy(np.int64),
         subject_id=stays["subject_id"].to_numpy(np.int64),
