@@ -37,7 +37,12 @@ print(json.dumps({"wall_s": wall, "n_stays": base["n_stays"], "n_matched": match
 def _count_rows(path: Path) -> int:
     import duckdb
 
-    return duckdb.sql(f"SELECT count(*) FROM read_csv('{path}', header=true)").fetchone()[0]
+    con = duckdb.connect()
+    try:
+        sql = f"SELECT count(*) FROM read_csv('{path}', header=true)"
+        return con.execute(sql).fetchone()[0]
+    finally:
+        con.close()
 
 
 def run(n_patients: int, work: Path, memory_limit: str, threads: int) -> dict:
@@ -46,18 +51,22 @@ def run(n_patients: int, work: Path, memory_limit: str, threads: int) -> dict:
     root = work / f"synthetic-{n_patients}"
     t0 = time.perf_counter()
     if not (root / "mimic-iv").exists():
-        generate(root, n_patients=n_patients, seed=0, image_size=32)
+        # 64 px is the smallest image the generator accepts
+        generate(root, n_patients=n_patients, seed=0, image_size=64)
     gen_s = time.perf_counter() - t0
+    # counted before the build, so that a failure here cannot waste a long build
+    chart_rows = _count_rows(root / "mimic-iv/icu/chartevents.csv.gz")
     env = os.environ | {"HARNESS_CACHE": str(work / "cache")}
     proc = subprocess.run(
         [sys.executable, "-c", _CHILD, str(root), memory_limit, str(threads)],
         capture_output=True,
         text=True,
         env=env,
-        check=True,
+        check=False,
     )
+    if proc.returncode != 0:  # show the builder's own error, not just the exit status
+        raise SystemExit(f"cohort build of {root} failed:\n{proc.stderr[-4000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    chart_rows = _count_rows(root / "mimic-iv/icu/chartevents.csv.gz")
     chart_mb = (root / "mimic-iv/icu/chartevents.csv.gz").stat().st_size / 1e6
     return {
         "n_patients": n_patients,
@@ -70,6 +79,9 @@ def run(n_patients: int, work: Path, memory_limit: str, threads: int) -> dict:
         "peak_rss_mb": round(result["peak_kib"] / 1024),
         "n_stays_base": result["n_stays"],
         "n_stays_matched": result["n_matched"],
+        # the machine's 1-minute load average after the build: wall times are only comparable
+        # between runs on an otherwise idle machine
+        "load_avg_1m": round(os.getloadavg()[0], 2),
     }
 
 
