@@ -82,14 +82,15 @@ def register(app: typer.Typer) -> None:
                 outcome = evaluate(path, settings, progress=on_progress)
             table = Table(title=f"{outcome.name}: {outcome.units_run} units trained, "
                           f"{outcome.units_reused} reused, {outcome.seconds:.1f} s")  # fmt: skip
-            for col in ("task", "cohort", "metric", "value", "95% CI", "Δ vs ehr_lstm", "p"):
+            cols = ("task", "cohort", "metric", "value", "95% CI", "EHR ref.", "Δ vs EHR ref.", "p")
+            for col in cols:
                 table.add_column(col)
             for row in outcome.headline:
                 fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
                 table.add_row(
                     row["task"], row["cohort"], row["metric"], fmt(row["value"]),
                     f"[{fmt(row['ci_low'])}, {fmt(row['ci_high'])}]",
-                    fmt(row["delta_vs_ehr"]), fmt(row["p_value"]),
+                    row["ehr_reference"] or "-", fmt(row["delta_vs_ehr"]), fmt(row["p_value"]),
                 )  # fmt: skip
             console.print(table)
             console.print(f"wrote {outcome.result_path}")

@@ -38,8 +38,10 @@ from harness.io import atomic_write_bytes, atomic_write_json
 log = logging.getLogger(__name__)
 
 #: Reference submissions a result is compared with (paired deltas on shared resamples).
-EHR_REFERENCE = "ehr_lstm"
-UNIMODAL_REFERENCES = ("ehr_lstm", "ehr_transformer", "cxr_probe")
+#: The EHR-only reference of a task and cohort is the best of these that has been evaluated
+#: (by the main metric): a fusion gain over a weak EHR baseline would overstate what the image adds.
+EHR_REFERENCES = ("ehr_lstm", "ehr_transformer")
+UNIMODAL_REFERENCES = (*EHR_REFERENCES, "cxr_probe")
 DEFAULT_TASKS = ("mortality_in_hospital", "mortality_icu", "phenotype", "los")
 DEFAULT_COHORTS = ("base", "matched")
 DEFAULT_FOLDS = (1, 2, 3, 4, 5)
@@ -367,9 +369,12 @@ def _reference_probs(
     return out
 
 
-def _best_unimodal(task: str, cohort: str, exclude: str, dataset: str | None = None) -> str | None:
+def _best_reference(
+    candidates: Sequence[str], task: str, cohort: str, exclude: str, dataset: str | None = None
+) -> str | None:
+    """The evaluated candidate with the best main metric on (task, cohort), if any."""
     best, best_value = None, -np.inf
-    for ref in UNIMODAL_REFERENCES:
+    for ref in candidates:
         if ref == exclude:
             continue
         path = result_path(ref, dataset)
@@ -418,13 +423,10 @@ def score_task_cohort(
     squeeze = kind == "binary"
     ids = fs.stay_id[rows]
     refs: dict[str, list[np.ndarray]] = {}
-    wanted = [EHR_REFERENCE]
-    best = _best_unimodal(fs.task.name, cohort.name, exclude=name, dataset=dataset)
-    if best and best not in wanted:
-        wanted.append(best)
+    ehr_ref = _best_reference(EHR_REFERENCES, fs.task.name, cohort.name, name, dataset)
+    best = _best_reference(UNIMODAL_REFERENCES, fs.task.name, cohort.name, name, dataset)
+    wanted = list(dict.fromkeys(r for r in (ehr_ref, best) if r))
     for ref in wanted:
-        if ref == name:
-            continue
         probs = _reference_probs(
             ref, fs.task.name, cohort_dir, settings.folds, settings.seeds, ids, squeeze, dataset
         )
@@ -448,10 +450,14 @@ def score_task_cohort(
         groups=_groups_for(fs, cohort, rows),
         threshold=pooled.thresholds if pooled.thresholds is not None else 0.5,
         reference_probs=refs or None,
-        fusion_reference=EHR_REFERENCE if EHR_REFERENCE in refs else None,
+        fusion_reference=ehr_ref if ehr_ref in refs else None,
         scenario_probs=pooled.scenarios or None,
         **kwargs,
     )
+    block["references"] = {
+        "ehr_only": ehr_ref if ehr_ref in refs else None,
+        "best_unimodal": best if best in refs else None,
+    }
     if pooled.cross:
         block["cross_cohort"] = {
             f"{cohort.name}->{other}": _cross_block(
@@ -637,7 +643,8 @@ def headline_rows(result: dict) -> list[dict]:
         for cohort, block in by_cohort.items():
             main = block["main_metric"]
             m = block["metrics"][main]
-            delta = (block.get("paired_deltas") or {}).get(EHR_REFERENCE, {}).get(main)
+            ehr_ref = (block.get("references") or {}).get("ehr_only")
+            delta = (block.get("paired_deltas") or {}).get(ehr_ref or "", {}).get(main)
             rows.append(
                 {
                     "task": task,
@@ -646,6 +653,7 @@ def headline_rows(result: dict) -> list[dict]:
                     "value": m["value"],
                     "ci_low": m["ci_low"],
                     "ci_high": m["ci_high"],
+                    "ehr_reference": ehr_ref,
                     "delta_vs_ehr": None if delta is None else delta["delta"],
                     "p_value": None if delta is None else delta["p_value"],
                 }
