@@ -3,7 +3,7 @@
 Each build runs in a fresh subprocess so that its peak resident memory (DuckDB's native memory
 included) is measured alone. Usage::
 
-    python benchmarks/cohort_build.py --sizes 5000 20000 --memory-limit 2GB --threads 2
+    python benchmarks/cohort_build.py --sizes 5000 20000 --memory-limit 1GB --threads 2
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def run(n_patients: int, work: Path, memory_limit: str, threads: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[5000, 20000])
-    parser.add_argument("--memory-limit", default="2GB")
+    parser.add_argument("--memory-limit", default="1GB")
     parser.add_argument("--threads", type=int, default=0, help="0: DuckDB default (all cores)")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()

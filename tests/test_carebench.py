@@ -224,9 +224,9 @@ def _round_trip(cohort, tmp_path: Path, dataset: str) -> None:
 
 @pytest.fixture(scope="module")
 def synthetic_cohort(tmp_path_factory):
-    synth = pytest.importorskip("harness.data.synthetic")
     from harness.cohort import load_cohort
     from harness.cohort.build import build_cohorts
+    from harness.data import synthetic as synth
 
     root = tmp_path_factory.mktemp("cb-synth") / "ds"
     synth.generate(root, n_patients=40, seed=5, image_size=64)

@@ -21,7 +21,7 @@ def build(
         None, "--mimic-cxr", help="MIMIC-CXR-JPG root (metadata CSV and files/)."
     ),
     dataset: str | None = typer.Option(None, help="Dataset name (default: from the folder)."),
-    memory_limit: str = typer.Option("2GB", help="DuckDB memory limit; spills to disk beyond."),
+    memory_limit: str = typer.Option("1GB", help="DuckDB memory limit; spills to disk beyond."),
     threads: int | None = typer.Option(None, min=1, help="DuckDB threads (default: all cores)."),
     overwrite: bool = typer.Option(False, help="Rebuild even when nothing changed."),
     clif: Path | None = typer.Option(

@@ -133,7 +133,7 @@ def build_cohorts(
     mimic_cxr: Path | None = None,
     *,
     dataset: str | None = None,
-    memory_limit: str = "2GB",
+    memory_limit: str = "1GB",
     threads: int | None = None,
     overwrite: bool = False,
 ) -> dict[str, Path]:

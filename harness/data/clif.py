@@ -196,7 +196,7 @@ def load_clif_mapping(path: Path | None = None) -> ClifMapping:
 class ClifTables:
     """Locates ``clif_<table>.parquet`` (or ``.csv``) files and reads them through DuckDB."""
 
-    def __init__(self, root: Path, *, threads: int | None = None, memory_limit: str = "2GB"):
+    def __init__(self, root: Path, *, threads: int | None = None, memory_limit: str = "1GB"):
         import duckdb
 
         self.root = Path(root)
@@ -447,7 +447,7 @@ def read_clif(
     *,
     mapping: ClifMapping | None = None,
     threads: int | None = None,
-    memory_limit: str = "2GB",
+    memory_limit: str = "1GB",
 ) -> ClifFrames:
     """Read a CLIF folder into eligible stays, their labels and the hourly series.
 
@@ -586,7 +586,7 @@ def build_clif_cohorts(
     *,
     dataset: str | None = None,
     threads: int | None = None,
-    memory_limit: str = "2GB",
+    memory_limit: str = "1GB",
     overwrite: bool = False,
 ) -> dict[str, Path]:
     """Build the ``base`` and (empty) ``matched`` cohorts from a CLIF folder.
