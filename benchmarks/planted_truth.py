@@ -71,6 +71,26 @@ def main() -> None:
         shown = ", ".join(f"{k} {v:.2f}" for k, v in sorted(tpr.items()))
         print(f"{name:16s} lowest {worst!s:10s} ({shown})")
 
+    print(f"\n== phenotype labels whose lowest-TPR insurance group is the planted one "
+          f"({args.task}, {args.cohort}), by planted source")  # fmt: skip
+    planted = truth["fairness"][0]["group"]
+    for name, r in results.items():
+        fair = r["tasks"].get(args.task, {}).get(args.cohort, {}).get("fairness", {})
+        counts: dict[str, list[int]] = {}
+        for label, rep in (fair.get("labels") or {}).items():
+            groups = rep["attributes"]["insurance"]["groups"]
+            tpr = {g["group"]: g["tpr"] for g in groups if g.get("tpr") is not None}
+            if len(tpr) < 2:
+                continue
+            hit = min(tpr, key=tpr.get) == planted
+            c = counts.setdefault(source.get(label, "?"), [0, 0])
+            c[0] += hit
+            c[1] += 1
+        if counts:
+            cells = [f"{s} {counts[s][0]}/{counts[s][1]}" for s in ("ehr", "cxr", "both", "neither")
+                     if s in counts]  # fmt: skip
+            print(f"{name:16s} " + "  ".join(cells))
+
     print(f"\n== CXR missingness, normalised area under the curve ({args.task}, {args.cohort})")
     for name, r in results.items():
         rob = r["tasks"].get(args.task, {}).get(args.cohort, {}).get("robustness", {})

@@ -238,18 +238,7 @@ def build_cohorts(
         }
         out = {}
         label_cols = label_columns(phenotypes)
-        for cohort in COHORTS:
-            sub = stays if cohort == "base" else stays[stays["has_cxr"] == 1]
-            sub = sub.reset_index(drop=True)
-            funnel_c = list(funnel)
-            if cohort == "matched":
-                funnel_c.append(
-                    {
-                        "step": "linked_cxr",
-                        "n_stays": len(sub),
-                        "n_subjects": int(sub["subject_id"].nunique()),
-                    }
-                )
+        for cohort, sub, funnel_c in cohort_subsets(stays, funnel):
             out[cohort] = write_cohort(
                 con_path=work,
                 cohort=cohort,
@@ -510,6 +499,23 @@ def _summaries(stays: pd.DataFrame, label_cols: list[str]) -> tuple[dict, dict]:
         else None,
     }
     return prevalence, availability
+
+
+def cohort_subsets(stays, funnel: list[dict]):
+    """Yield ``(cohort, stays, funnel)`` for each cohort: base as given, matched = linked CXR."""
+    for cohort in COHORTS:
+        sub = stays if cohort == "base" else stays[stays["has_cxr"] == 1]
+        sub = sub.reset_index(drop=True)
+        funnel_c = list(funnel)
+        if cohort == "matched":
+            funnel_c.append(
+                {
+                    "step": "linked_cxr",
+                    "n_stays": len(sub),
+                    "n_subjects": int(sub["subject_id"].nunique()),
+                }
+            )
+        yield cohort, sub, funnel_c
 
 
 def write_cohort(

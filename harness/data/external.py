@@ -188,18 +188,7 @@ def write_cohorts(
         h[["stay_id", "hour", "variable", "value"]].to_parquet(
             hourly_path, index=False, compression="zstd"
         )
-        for cohort in build.COHORTS:
-            sub = stays if cohort == "base" else stays[stays["has_cxr"] == 1]
-            sub = sub.reset_index(drop=True)
-            funnel_c = list(funnel)
-            if cohort == "matched":
-                funnel_c.append(
-                    {
-                        "step": "linked_cxr",
-                        "n_stays": len(sub),
-                        "n_subjects": int(sub["subject_id"].nunique()),
-                    }
-                )
+        for cohort, sub, funnel_c in build.cohort_subsets(stays, funnel):
             out[cohort] = build.write_cohort(
                 con_path=work,
                 cohort=cohort,
