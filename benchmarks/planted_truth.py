@@ -42,7 +42,7 @@ def main() -> None:
     ids = {p.name: p.id for p in load_phenotypes()}
     source = {ids[name]: rec["source"] for name, rec in truth["labels"]["phenotype"].items()}
 
-    print(f"== fusion gain over ehr_lstm per label ({args.task}, {args.cohort}):"
+    print(f"== fusion gain over the EHR-only reference per label ({args.task}, {args.cohort}):"
           " significant count by planted source")  # fmt: skip
     print(f"{'submission':16s} " + " ".join(f"{s:>12s}" for s in ("ehr", "cxr", "both", "neither")))
     for name, r in results.items():
@@ -57,7 +57,7 @@ def main() -> None:
             counts[src] = (n_sig + bool(rec.get("significant")), n + 1)
         cells = [f"{counts.get(s, (0, 0))[0]:>5d} of {counts.get(s, (0, 0))[1]:<3d}"
                  for s in ("ehr", "cxr", "both", "neither")]  # fmt: skip
-        print(f"{name:16s} " + " ".join(f"{c:>12s}" for c in cells))
+        print(f"{name:16s} " + " ".join(f"{c:>12s}" for c in cells) + f"  vs {gain['reference']}")
 
     print(f"\n== lowest-TPR insurance group ({args.fairness_task}, {args.cohort}); "
           f"planted: {[f['group'] for f in truth['fairness']]}")  # fmt: skip
