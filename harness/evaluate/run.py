@@ -33,7 +33,7 @@ import pandas as pd
 
 from harness import config
 from harness.errors import HarnessError, InputError
-from harness.io import atomic_write_bytes, atomic_write_json
+from harness.io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +102,11 @@ class EvalOutcome:
 ProgressFn = Callable[[str, int, int], None]
 
 
-def _hash_files(paths: Sequence[Path]) -> str:
+def _hash_files(root: Path, paths: Sequence[Path]) -> str:
+    """Hash of the files' paths relative to ``root`` and their bytes (order-independent)."""
     h = hashlib.sha256()
     for p in sorted(paths):
-        h.update(p.name.encode())
+        h.update(p.relative_to(root).as_posix().encode())
         h.update(p.read_bytes())
     return h.hexdigest()
 
@@ -113,7 +114,7 @@ def _hash_files(paths: Sequence[Path]) -> str:
 def submission_digest(sub) -> str:
     """Hash of every file of the submission folder that can change its behaviour."""
     files = [p for p in sub.path.rglob("*") if p.is_file() and p.suffix in (".py", ".yaml", ".yml")]
-    return _hash_files([p for p in files if "__pycache__" not in p.parts])
+    return _hash_files(sub.path, [p for p in files if "__pycache__" not in p.parts])
 
 
 #: Harness modules whose code decides what a unit computes: editing them invalidates units.
@@ -122,7 +123,7 @@ PROTOCOL_MODULES = ("models/data.py", "models/train.py", "evaluate/scenarios.py"
 
 def protocol_digest() -> str:
     root = Path(__file__).resolve().parents[1]
-    return _hash_files([root / m for m in PROTOCOL_MODULES])
+    return _hash_files(root, [root / m for m in PROTOCOL_MODULES])
 
 
 def run_key(sub, settings: EvalSettings, encoder_key: str, scenarios: Sequence[str]) -> str:
@@ -659,7 +660,3 @@ def headline_rows(result: dict) -> list[dict]:
                 }
             )
     return rows
-
-
-def write_json(path: Path, obj: Any) -> None:  # re-exported for the CLI
-    atomic_write_json(path, obj)
