@@ -264,6 +264,7 @@ def mini(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Path
 @pytest.fixture(scope="session")
 def synthetic(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Path]]:
     from harness.data import synthetic as synth
+
     root = tmp_path_factory.mktemp("synth") / "ds"
     synth.generate(root, n_patients=150, seed=3, image_size=64)
     out = build_cohorts(root / "mimic-iv", root / "mimic-cxr-jpg", dataset="synth150", threads=1)

@@ -94,3 +94,17 @@ def test_openclip_without_weights_is_refused() -> None:
 
     with pytest.raises(InputError, match="random weights"):
         get_encoder("openclip:RN50")
+
+
+def test_random_encoder_seed() -> None:
+    """``random:<model>@<seed>``: the seed sets the weights and the key; bad seeds are refused."""
+    from harness.errors import UsageError
+
+    a, a2, b = (get_encoder(f"random:resnet10t@{s}") for s in ("1", "1", "2"))
+    assert encoder_key(a) == encoder_key(a2) != encoder_key(b)
+    assert (
+        get_encoder("random:resnet10t").weights_digest
+        == get_encoder("random:resnet10t@0").weights_digest
+    )
+    with pytest.raises(UsageError, match="integer seed"):
+        get_encoder("random:resnet10t@abc")

@@ -136,22 +136,29 @@ def _loo_nearest_centroid(x: np.ndarray, y: np.ndarray) -> float:
     return float(cross_val_score(NearestCentroid(), x, y, cv=LeaveOneOut()).mean())
 
 
+#: Random initialisations the pretrained encoder is compared with (one draw is no baseline).
+RANDOM_SEEDS = range(8)
+
+
 @needs_pneumonia
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_encoded_features_separate_pneumonia(tmp_path, record_property):
-    """Leave-one-out nearest-centroid accuracy of default vs random EfficientNet-Lite0 features.
+    """Leave-one-out nearest-centroid accuracy: pretrained vs randomly initialised Lite0 features.
 
     Runs the whole path: a CareBench folder linking the 16 JPEGs -> cohort -> ``encode`` -> store.
-    Measured (CPU): default 0.875, random 0.9375. The pretrained encoder does NOT separate these
-    16 images better than random weights: the two classes come from different acquisitions, so
-    image geometry alone (width, height, aspect: 0.81) or global intensity (mean, sd: 0.81)
-    already separates them, and random conv features pick up those shortcuts. With 16 images the
-    comparison cannot show that pretrained features carry more anatomy; both must beat chance.
+    The comparison is the same architecture (``tf_efficientnet_lite0``) with the same preprocessing,
+    and "random weights" is a distribution, not one draw: single random initialisations score
+    anywhere from 0.44 to 0.88 on these 16 images, because the two classes come from different
+    acquisitions (image geometry or global intensity alone score 0.81) and some random filters pick
+    those shortcuts up. Measured (CPU): pretrained 0.875; 8 random seeds mean 0.72 (0.44, 0.63,
+    0.69, 3 x 0.75, 2 x 0.875). The pretrained features must beat the random mean and be at least
+    as good as 7 of the 8 draws.
     """
     import torch
 
     from harness.cohort import load_cohort
     from harness.data.carebench import build_carebench_cohorts
+    from harness.encode.registry import get_encoder
     from harness.encode.run import encode
     from harness.store import encoder_key_for, read_cxr
 
@@ -162,8 +169,9 @@ def test_encoded_features_separate_pneumonia(tmp_path, record_property):
     stays = load_cohort(path=out["base"]).stays.sort_values("stay_id")
     assert stays["has_cxr"].sum() == 16
     ids, y = stays["dicom_id"].tolist(), stays["mortality_icu"].to_numpy()
+    names = ["default"] + [f"random:tf_efficientnet_lite0@{seed}" for seed in RANDOM_SEEDS]
     acc, keys = {}, set()
-    for name in ("default", "random:efficientnet_lite0"):
+    for name in names:
         report = encode(cohort_path=out["base"], encoder=name, batch_size=8, num_workers=0)
         assert report.n_failed == 0 and report.n_images == 16
         keys.add(encoder_key_for(name))
@@ -172,5 +180,12 @@ def test_encoded_features_separate_pneumonia(tmp_path, record_property):
         acc[name] = _loo_nearest_centroid(feats.embedding, y)
         record_property(f"loo_nearest_centroid_accuracy[{name}]", acc[name])
     print("LOO nearest-centroid accuracy:", acc)
-    assert len(keys) == 2
-    assert min(acc.values()) >= 0.75  # chance is 0.5
+    assert len(keys) == len(names)  # every seed is its own store key
+    # Same architecture and the same preprocessing: only the weights differ.
+    pretrained = get_encoder("default").preprocess_config
+    random0 = get_encoder(names[1]).preprocess_config
+    assert pretrained == random0
+    random_acc = np.array([acc[n] for n in names[1:]])
+    assert acc["default"] >= 0.8  # chance is 0.5
+    assert acc["default"] > random_acc.mean()
+    assert (acc["default"] >= random_acc).sum() >= 7

@@ -180,7 +180,9 @@ def build_default() -> Encoder:
     )
 
 
-def build_timm(model_name: str, weights: str | None, *, name: str, random_init: bool) -> Encoder:
+def build_timm(
+    model_name: str, weights: str | None, *, name: str, random_init: bool, seed: int = 0
+) -> Encoder:
     import timm
 
     if model_name not in timm.list_models(pretrained=False):
@@ -192,7 +194,7 @@ def build_timm(model_name: str, weights: str | None, *, name: str, random_init: 
     if random_init:
         import torch
 
-        torch.manual_seed(0)
+        torch.manual_seed(seed)
         model = timm.create_model(model_name, pretrained=False, num_classes=0)
         digest = "random:" + state_dict_sha256(model)
     elif weights:

@@ -2,7 +2,8 @@
 
 Names: ``default``, ``test_tiny``, ``timm:<model>[@<weights file>]``,
 ``openclip:<model>[@<pretrained tag | hf-hub:id | local checkpoint path>]`` and
-``random:<timm model>`` (random weights, only when asked for by name).
+``random:<timm model>[@<seed>]`` (random weights, only when asked for by name; seed 0 unless
+given).
 """
 
 from __future__ import annotations
@@ -111,15 +112,24 @@ def _openclip(spec: EncoderSpec) -> Encoder:
 
 @_register(
     "random",
-    description="a timm architecture with fixed-seed random weights (only when asked for)",
-    example="random:resnet18",
+    description="a timm architecture with seeded random weights, seed 0 unless @<seed> (only when "
+    "asked for)",
+    example="random:tf_efficientnet_lite0@3",
     takes_model=True,
 )
 def _random(spec: EncoderSpec) -> Encoder:
     from harness.encode.encoders import build_timm
 
     assert spec.model is not None
-    return build_timm(spec.model, None, name=spec.name, random_init=True)
+    seed = 0
+    if spec.weights is not None:
+        if not spec.weights.isdigit():
+            raise UsageError(
+                f"random:{spec.model}@{spec.weights}: the part after '@' is the integer seed "
+                f"of the random initialisation, e.g. random:{spec.model}@3"
+            )
+        seed = int(spec.weights)
+    return build_timm(spec.model, None, name=spec.name, random_init=True, seed=seed)
 
 
 def parse_encoder_name(name: str) -> EncoderSpec:
