@@ -35,6 +35,8 @@ def run_demo(
     *,
     tasks: Sequence[str] = DEMO_TASKS,
     submissions: Sequence[str] | None = None,
+    folds: Sequence[int] = (1,),
+    seeds: Sequence[int] = (0,),
     console: Console | None = None,
 ) -> None:
     from harness import config
@@ -78,8 +80,11 @@ def run_demo(
             f"CXR key {report.cxr_key}, EHR key {report.ehr_key}"
         )
 
-    console.rule("4. evaluate the reference submissions (quick: fold 1, seed 0)")
-    settings = EvalSettings.quick(tasks=tuple(tasks))
+    settings = EvalSettings.quick(tasks=tuple(tasks), folds=tuple(folds), seeds=tuple(seeds))
+    console.rule(
+        f"4. evaluate the reference submissions (folds {','.join(map(str, settings.folds))}, "
+        f"seeds {','.join(map(str, settings.seeds))}, at most {settings.max_epochs} epochs)"
+    )
     for path in reference_submissions(submissions):
         t0 = time.perf_counter()
         try:

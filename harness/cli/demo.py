@@ -13,10 +13,24 @@ def register(app: typer.Typer) -> None:
         submission: list[str] = typer.Option(
             None, "--submission", "-s", help="Reference submission(s) to evaluate (default: all)."
         ),
+        folds: str = typer.Option(
+            "1", "--folds", help="Test folds, e.g. 1,2,3,4,5 for the full protocol (default: 1)."
+        ),
+        seeds: str = typer.Option("0", "--seeds", help="Training seeds, e.g. 0,1,2 (default: 0)."),
     ) -> None:
         """Synth -> cohort -> encode -> evaluate the references (quick) -> leaderboard."""
         from harness.demo import DEMO_TASKS, run_demo
+        from harness.errors import UsageError
 
+        try:
+            fold_list = tuple(int(x) for x in folds.split(",") if x.strip())
+            seed_list = tuple(int(x) for x in seeds.split(",") if x.strip())
+        except ValueError as exc:
+            raise UsageError(f"--folds/--seeds take comma-separated integers: {exc}") from exc
         run_demo(
-            n_patients=n_patients, tasks=tuple(task or DEMO_TASKS), submissions=submission or None
+            n_patients=n_patients,
+            tasks=tuple(task or DEMO_TASKS),
+            submissions=submission or None,
+            folds=fold_list,
+            seeds=seed_list,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import typer
@@ -11,6 +12,23 @@ def _split(values: list[str] | None) -> tuple[str, ...] | None:
     if not values:
         return None
     return tuple(v.strip() for item in values for v in item.split(",") if v.strip())
+
+
+def _dropout_rates(text: str) -> list[float]:
+    from harness.errors import UsageError
+
+    rates = []
+    for item in _split([text]) or ():
+        try:
+            rate = float(item)
+        except ValueError:
+            rate = -1.0
+        if not 0.0 <= rate < 1.0:
+            raise UsageError(
+                f"--train-cxr-dropout: {item!r} is not a rate in [0, 1); give e.g. 0.2,0.4,0.6"
+            )
+        rates.append(rate)
+    return rates
 
 
 def register(app: typer.Typer) -> None:
@@ -30,6 +48,12 @@ def register(app: typer.Typer) -> None:
         no_cross_cohort: bool = typer.Option(False, "--no-cross-cohort"),
         n_resamples: int = typer.Option(
             None, "--n-resamples", min=10, help="Bootstrap resamples (default 1000)."
+        ),
+        train_cxr_dropout: str = typer.Option(
+            None,
+            "--train-cxr-dropout",
+            help="Train-time CXR dropout sweep, e.g. 0.2,0.4,0.6: one entry per rate, "
+            "named <name>.cxrdrop<rate>.",
         ),
     ) -> None:
         """Train per fold x seed, predict every scenario, write <dataset>/<name>/result.json."""
@@ -61,8 +85,12 @@ def register(app: typer.Typer) -> None:
         }
         overrides = {k: v for k, v in overrides.items() if v is not None}
         settings = EvalSettings.quick(**overrides) if quick else EvalSettings(**overrides)
+        variants = [settings]
+        if train_cxr_dropout:
+            rates = _dropout_rates(train_cxr_dropout)
+            variants = [replace(settings, train_cxr_dropout=r) for r in rates]
         console = Console()
-        for path in submissions:
+        for path, settings in ((p, v) for p in submissions for v in variants):
             columns = (
                 TextColumn("[bold]{task.fields[name]}[/]"),
                 BarColumn(),

@@ -67,6 +67,9 @@ class EvalSettings:
     cross_cohort: bool = True
     n_resamples: int | None = None
     min_group_size: int | None = None
+    #: Train-time CXR dropout overriding the submission's ``train.cxr_dropout``; the result is
+    #: then a separate entry named ``<name>.cxrdrop<rate>`` (the reference study's sweep).
+    train_cxr_dropout: float | None = None
 
     @classmethod
     def quick(cls, **overrides: Any) -> EvalSettings:
@@ -136,6 +139,8 @@ def run_key(sub, settings: EvalSettings, encoder_key: str, scenarios: Sequence[s
         "max_epochs": settings.max_epochs,
         "unit_schema": UNIT_SCHEMA_VERSION,
     }
+    if settings.train_cxr_dropout is not None:
+        payload["train_cxr_dropout"] = settings.train_cxr_dropout
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -204,6 +209,7 @@ def run_unit(
     trained = train_model(
         sub, fs, fs.task, unit.fold, unit.seed,
         device=settings.device, max_epochs=settings.max_epochs,
+        cxr_dropout=settings.train_cxr_dropout,
     )  # fmt: skip
     _, val_idx, test_idx = fs.split(unit.fold)
     frames = []
@@ -503,7 +509,8 @@ def evaluate(
     started = time.perf_counter()
     sub = load_submission(submission)
     dataset = settings.dataset or config.DEFAULT_DATASET
-    out_path = result_path(sub.name, dataset)
+    name = entry_name(sub.name, settings)
+    out_path = result_path(name, dataset)
     try:
         tasks = [t for t in settings.tasks if sub.tasks is None or t in sub.tasks]
         if not tasks:
@@ -547,7 +554,7 @@ def evaluate(
             for c, fs in sets.items():
                 cohort = cohorts[c]
                 cdir = cohort.path.name
-                base = predictions_dir(sub.name, task, cdir, key, dataset)
+                base = predictions_dir(name, task, cdir, key, dataset)
                 others = {o: f for o, f in sets.items() if o != c} if settings.cross_cohort else {}
                 for k in settings.folds:
                     for s in settings.seeds:
@@ -564,7 +571,7 @@ def evaluate(
                 pooled = pool_units(fs, base, settings.folds, settings.seeds)
                 train_seconds += pooled.train_seconds
                 blocks.setdefault(task, {})[c] = score_task_cohort(
-                    sub.name, fs, cohort, pooled, settings, cdir, others, dataset
+                    name, fs, cohort, pooled, settings, cdir, others, dataset
                 )
         if not blocks:
             raise InputError(
@@ -584,9 +591,16 @@ def evaluate(
             run_key=key,
             train_seconds=round(train_seconds, 3),
             scenarios=scenario_names,
+            max_epochs=settings.max_epochs,
+            train_cxr_dropout=(
+                sub.train.cxr_dropout
+                if settings.train_cxr_dropout is None
+                else settings.train_cxr_dropout
+            ),
+            submission=sub.name,
         )
         result = build_result(
-            sub.name,
+            name,
             sub.version,
             dataset,
             cohorts={
@@ -605,10 +619,10 @@ def evaluate(
         write_result(result, out_path)
     except HarnessError as exc:
         if not out_path.is_file():
-            write_result(failed_result(sub.name, sub.version, dataset, str(exc)), out_path)
+            write_result(failed_result(name, sub.version, dataset, str(exc)), out_path)
         raise
     return EvalOutcome(
-        name=sub.name,
+        name=name,
         result_path=out_path,
         result=result,
         units_total=total,
@@ -617,6 +631,13 @@ def evaluate(
         seconds=time.perf_counter() - started,
         headline=headline_rows(result),
     )
+
+
+def entry_name(submission_name: str, settings: EvalSettings) -> str:
+    """Leaderboard entry name: the submission's, plus ``.cxrdrop<rate>`` under the override."""
+    if settings.train_cxr_dropout is None:
+        return submission_name
+    return f"{submission_name}.cxrdrop{settings.train_cxr_dropout:g}"
 
 
 def unavailable_reason(cohort, spec) -> str | None:
