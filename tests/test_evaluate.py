@@ -246,3 +246,21 @@ def test_leaderboard_ranks_results_without_patient_rows(evaluated, monkeypatch):
         assert sid not in board_text
     names = {row["name"] for r in board["rankings"] for row in r["rows"]}
     assert {"ehr_lstm", "cxr_probe"} <= names
+
+
+def test_train_cxr_dropout_sweep_is_a_separate_entry(evaluated, monkeypatch, capsys):
+    """--train-cxr-dropout: one entry per rate, own units, rate in provenance; bad rates exit 2."""
+    cache = evaluated
+    monkeypatch.setenv("HARNESS_CACHE", str(cache))
+    assert main(["evaluate", "submissions/cxr_probe", *ARGS, "--train-cxr-dropout", "0.5"]) == 0
+    plain, dropped = _result(cache, "cxr_probe"), _result(cache, "cxr_probe.cxrdrop0.5")
+    assert plain["provenance"]["train_cxr_dropout"] == 0.0
+    assert dropped["provenance"]["train_cxr_dropout"] == 0.5
+    assert dropped["provenance"]["submission"] == "cxr_probe"
+    assert dropped["provenance"]["run_key"] != plain["provenance"]["run_key"]
+    # hiding half the training images changed the model (its Brier score)
+    block = lambda r: r["tasks"]["mortality_in_hospital"]["base"]["metrics"]["brier"]  # noqa: E731
+    assert block(dropped)["value"] != block(plain)["value"]
+    capsys.readouterr()
+    assert main(["evaluate", "submissions/cxr_probe", *ARGS, "--train-cxr-dropout", "1.5"]) == 2
+    assert "not a rate in [0, 1)" in capsys.readouterr().err

@@ -61,7 +61,9 @@ def _result(data, name, strength, resamples):
     binary = score_predictions(
         "binary", y, probs, data["subj"], fold=data["fold"],
         groups=fairness_groups(data["stays"], ["gender", "race_group"]),
-        scenario_probs={"cxr_mcar": {0.0: probs, 0.5: [p * 0.5 + 0.25 for p in probs], 1.0: probs}},
+        scenario_probs={
+            "cxr_missing_mcar": {0.0: probs, 0.5: [p * 0.5 + 0.25 for p in probs], 1.0: probs}
+        },
         resamples=resamples,
     )  # fmt: skip
     ml = score_predictions(
@@ -106,7 +108,7 @@ def test_summary_fields_match_plain_computations(data, results):
     binary = results["strong"]["tasks"]["mortality_icu"]["base"]
     assert binary["n_units"] == 10 and binary["metrics"]["auroc"]["n_units"] == 10
     assert binary["bootstrap"]["n_resamples"] == 200 and binary["bootstrap"]["unit"] == "subject"
-    curve = binary["robustness"]["cxr_mcar"]
+    curve = binary["robustness"]["cxr_missing_mcar"]
     assert curve["rates"] == [0.0, 0.5, 1.0] and curve["auc_normalised"] == pytest.approx(1.0)
 
 
@@ -122,7 +124,8 @@ def test_schema_accepts_valid_and_rejects_patient_data(results):
     with_ids["tasks"]["mortality_icu"]["base"]["stay_id"] = [1, 2, 3]
     assert any("stay_id" in e for e in schema_errors(with_ids))
     per_patient = copy.deepcopy(good)
-    per_patient["tasks"]["mortality_icu"]["base"]["robustness"]["cxr_mcar"]["values"] = [0.5] * N
+    curves = per_patient["tasks"]["mortality_icu"]["base"]["robustness"]
+    curves["cxr_missing_mcar"]["values"] = [0.5] * N
     assert schema_errors(per_patient)
     leaked = copy.deepcopy(good)
     fair = leaked["tasks"]["mortality_icu"]["base"]["fairness"]["attributes"]["gender"]["groups"]
@@ -186,3 +189,41 @@ def test_cli_prints_table(tmp_path, results, capsys):
     )
     assert code != 0
     assert "folder does not exist" in " ".join(capsys.readouterr().err.split())
+
+
+def test_summary_tables_fusion_gain_fairness_robustness(tmp_path, data, results):
+    """The leaderboard's summary tables restate the result blocks (checked against plain pandas)."""
+    from harness.leaderboard.summary import summary_tables
+
+    res_dir = tmp_path / "results"
+    for name, res in results.items():
+        write_result(res, res_dir / name / "result.json")
+    board = aggregate(res_dir, tmp_path / "board")
+    tables = {(t["kind"], t["title"]): t for t in summary_tables(board.document)}
+    gain = next(t for (kind, _), t in tables.items() if kind == "fusion_gain")
+    strong = next(r for r in gain["rows"] if r[0] == "strong")
+    assert strong[2] == "2 of 4"
+    assert "both_a" in strong[3] and "both_b" in strong[3] and "ehr_" not in strong[3]
+
+    fair = next(t for (kind, _), t in tables.items() if kind == "fairness")
+    assert fair["columns"] == ["submission", "race_group", "gender"]
+    block = results["strong"]["tasks"]["mortality_icu"]["base"]["fairness"]["attributes"]
+    for column, attribute in zip(fair["columns"][1:], ("race_group", "gender"), strict=True):
+        groups = pd.DataFrame(block[attribute]["groups"])
+        groups = groups[~groups["suppressed"]]
+        worst = groups.loc[groups["tpr"].idxmin()]
+        cell = next(r for r in fair["rows"] if r[0] == "strong")[fair["columns"].index(column)]
+        assert cell.startswith(f"{worst['group']} ({worst['tpr']:.2f}; gap ")
+        gap = groups["tpr"].max() - groups["tpr"].min()
+        assert f"gap {gap:.2f}" in cell
+
+    rob = next(t for (kind, _), t in tables.items() if kind == "robustness")
+    curve = results["strong"]["tasks"]["mortality_icu"]["base"]["robustness"]["cxr_missing_mcar"]
+    row = next(r for r in rob["rows"] if r[0] == "strong")
+    assert row[2:4] == [f"{curve['values'][0]:.3f}", f"{curve['values'][-1]:.3f}"]
+    assert row[4] == f"{curve['auc_normalised']:.3f}" and row[5] == "n/a"  # acuity not run
+    md = board.paths["md"].read_text()
+    assert "## Fusion gain per label · phenotype · base" in md
+    assert "## Lowest-TPR group per attribute · mortality_icu · base" in md
+    html = board.paths["html"].read_text()
+    assert "Lowest-TPR group per attribute" in html

@@ -46,6 +46,20 @@ def render_markdown(doc: dict) -> str:
                 f"| {row['rank']} | {row['name']} | {row['version']} | {_fmt(row['value'])} | "
                 f"{_ci(row)} | {', '.join(row['ci_overlaps']) or '-'} |"
             )
+    from harness.leaderboard.summary import summary_tables
+
+    for table in summary_tables(doc):
+        cells = lambda row: " | ".join(str(c).replace("|", "\\|") for c in row)  # noqa: E731
+        lines += [
+            "",
+            f"## {table['title']}",
+            "",
+            table["note"],
+            "",
+            f"| {cells(table['columns'])} |",
+            "|" + "---|" * len(table["columns"]),
+        ]
+        lines += [f"| {cells(row)} |" for row in table["rows"]]
     if doc["failed"]:
         lines += ["", "## Failed or invalid results", "", "| submission | error |", "|---|---|"]
         for item in doc["failed"]:
@@ -222,6 +236,18 @@ def render_html(doc: dict) -> str:
             f"<p>dataset <code>{escape(table['dataset'])}</code>, cohort fingerprint "
             f"<code>{escape(table['fingerprint'])}</code></p>{_html_table(table)}"
             f"<div class='plots'>{''.join(p for p in plots if p)}</div></section>"
+        )
+    from harness.leaderboard.summary import summary_tables
+
+    for table in summary_tables(doc):
+        head = "<tr>" + "".join(f"<th>{escape(c)}</th>" for c in table["columns"]) + "</tr>"
+        rows = "".join(
+            "<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in row) + "</tr>"
+            for row in table["rows"]
+        )
+        sections.append(
+            f"<section><h2>{escape(table['title'])}</h2><p>{escape(table['note'])}</p>"
+            f"<table>{head}{rows}</table></section>"
         )
     failed = ""
     if doc["failed"]:
