@@ -223,7 +223,45 @@ def test_summary_tables_fusion_gain_fairness_robustness(tmp_path, data, results)
     assert row[2:4] == [f"{curve['values'][0]:.3f}", f"{curve['values'][-1]:.3f}"]
     assert row[4] == f"{curve['auc_normalised']:.3f}" and row[5] == "n/a"  # acuity not run
     md = board.paths["md"].read_text()
-    assert "## Fusion gain per label · phenotype · base" in md
+    assert "## Fusion gain per label over the EHR-only reference · phenotype · base" in md
     assert "## Lowest-TPR group per attribute · mortality_icu · base" in md
     html = board.paths["html"].read_text()
     assert "Lowest-TPR group per attribute" in html
+
+
+def test_fusion_gain_over_the_best_single_modality_per_label(data):
+    """Each label is compared with whichever unimodal reference is better on it (point AUROC)."""
+    from sklearn.metrics import roc_auc_score
+
+    from harness.evaluate.stats import fusion_gain
+
+    rng = np.random.default_rng(11)
+    Y = data["Y"]
+    cxr_only = rng.random(Y.shape)
+    cxr_only[:, :2] = np.clip(0.2 * Y[:, :2] + 0.8 * rng.random((N, 2)), 0, 1)
+    r = bootstrap_indices(data["subj"], n_resamples=200)
+    block = score_predictions(
+        "multilabel", Y, [data["fusion"]], data["subj"], label_names=data["labels"],
+        reference_probs={"ehr_only": [data["ehr_only"]], "cxr_only": [cxr_only]},
+        fusion_reference="ehr_only", unimodal_references=["ehr_only", "cxr_only"], resamples=r,
+    )  # fmt: skip
+    gain = block["fusion_gain_unimodal"]["labels"]
+    for j, label in enumerate(data["labels"]):
+        aucs = {
+            "ehr_only": roc_auc_score(Y[:, j], data["ehr_only"][:, j]),
+            "cxr_only": roc_auc_score(Y[:, j], cxr_only[:, j]),
+        }
+        assert gain[label]["reference"] == max(aucs, key=aucs.get)
+        fused = roc_auc_score(Y[:, j], data["fusion"][:, j])
+        assert gain[label]["delta"] == pytest.approx(fused - max(aucs.values()))
+    assert [gain[label]["reference"] for label in data["labels"]] == [
+        "cxr_only", "cxr_only", "ehr_only", "ehr_only"
+    ]  # fmt: skip
+    assert gain["both_a"]["significant"] and gain["both_b"]["significant"]
+    assert not gain["ehr_a"]["significant"] and not gain["ehr_b"]["significant"]
+    # with one reference given by name the result equals the single-reference gain
+    single = fusion_gain(data["labels"], Y, [data["fusion"]], [cxr_only], r)
+    named = fusion_gain(data["labels"], Y, [data["fusion"]], {"cxr_only": [cxr_only]}, r)
+    for label in data["labels"]:
+        assert named[label].pop("reference") == "cxr_only"
+        assert named[label] == single[label]

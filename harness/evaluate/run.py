@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 #: The EHR-only reference of a task and cohort is the best of these that has been evaluated
 #: (by the main metric): a fusion gain over a weak EHR baseline would overstate what the image adds.
 EHR_REFERENCES = ("ehr_lstm", "ehr_transformer")
-UNIMODAL_REFERENCES = (*EHR_REFERENCES, "cxr_probe")
+CXR_REFERENCES = ("cxr_probe",)
+UNIMODAL_REFERENCES = (*EHR_REFERENCES, *CXR_REFERENCES)
 DEFAULT_TASKS = ("mortality_in_hospital", "mortality_icu", "phenotype", "los")
 DEFAULT_COHORTS = ("base", "matched")
 DEFAULT_FOLDS = (1, 2, 3, 4, 5)
@@ -431,8 +432,9 @@ def score_task_cohort(
     ids = fs.stay_id[rows]
     refs: dict[str, list[np.ndarray]] = {}
     ehr_ref = _best_reference(EHR_REFERENCES, fs.task.name, cohort.name, name, dataset)
+    cxr_ref = _best_reference(CXR_REFERENCES, fs.task.name, cohort.name, name, dataset)
     best = _best_reference(UNIMODAL_REFERENCES, fs.task.name, cohort.name, name, dataset)
-    wanted = list(dict.fromkeys(r for r in (ehr_ref, best) if r))
+    wanted = list(dict.fromkeys(r for r in (ehr_ref, best, cxr_ref) if r))
     for ref in wanted:
         probs = _reference_probs(
             ref, fs.task.name, cohort_dir, settings.folds, settings.seeds, ids, squeeze, dataset
@@ -458,11 +460,13 @@ def score_task_cohort(
         threshold=pooled.thresholds if pooled.thresholds is not None else 0.5,
         reference_probs=refs or None,
         fusion_reference=ehr_ref if ehr_ref in refs else None,
+        unimodal_references=[r for r in (ehr_ref, cxr_ref) if r in refs],
         scenario_probs=pooled.scenarios or None,
         **kwargs,
     )
     block["references"] = {
         "ehr_only": ehr_ref if ehr_ref in refs else None,
+        "cxr_only": cxr_ref if cxr_ref in refs else None,
         "best_unimodal": best if best in refs else None,
     }
     if pooled.cross:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -33,7 +33,7 @@ def fusion_gain(
     label_names: Sequence[str],
     y_true: np.ndarray,
     score: Sequence[np.ndarray],
-    reference: Sequence[np.ndarray],
+    reference: Sequence[np.ndarray] | Mapping[str, Sequence[np.ndarray]],
     resamples: Resamples,
     *,
     metric: str = "auroc",
@@ -43,20 +43,30 @@ def fusion_gain(
 
     ``score`` and ``reference`` hold one (n, L) probability matrix per seed; a label's value is
     the mean over seeds of the binary ``metric`` on that label, on the full data (point) and on
-    each resample. p-values are Benjamini-Hochberg adjusted across labels; ``significant`` means
-    q < ``alpha`` and a positive delta (the submission beats the reference on that label).
+    each resample. ``reference`` may also map names to such runs: each label is then compared
+    with the reference that scores best on that label (point estimate), e.g. the better of an
+    EHR-only and a CXR-only model, and its name is recorded as ``reference``. Choosing the best
+    of several references by its point value favours the reference, so the test is conservative.
+    p-values are Benjamini-Hochberg adjusted across labels; ``significant`` means q < ``alpha``
+    and a positive delta (the submission beats the reference on that label).
     """
     y = np.asarray(y_true)
     fn = METRICS.get(metric)
+    named = dict(reference) if isinstance(reference, Mapping) else {"": reference}
     rows = {}
     for j, label in enumerate(label_names):
         point_a = np.mean([fn(y[:, j], s[:, j]) for s in score])
-        point_b = np.mean([fn(y[:, j], s[:, j]) for s in reference])
+        points = {n: np.mean([fn(y[:, j], s[:, j]) for s in runs]) for n, runs in named.items()}
+        finite = {n: v for n, v in points.items() if np.isfinite(v)}
+        chosen = max(finite, key=finite.get) if finite else next(iter(named))
+        point_b = points[chosen]
         boot_a = np.mean([bootstrap_metric(metric, y[:, j], s[:, j], resamples) for s in score], 0)
         boot_b = np.mean(
-            [bootstrap_metric(metric, y[:, j], s[:, j], resamples) for s in reference], 0
+            [bootstrap_metric(metric, y[:, j], s[:, j], resamples) for s in named[chosen]], 0
         )
         rows[label] = paired_delta(point_a, point_b, boot_a, boot_b).to_dict()
+        if chosen:
+            rows[label]["reference"] = chosen
     q = benjamini_hochberg(
         [np.nan if r["p_value"] is None else r["p_value"] for r in rows.values()]
     )

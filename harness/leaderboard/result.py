@@ -143,6 +143,7 @@ def score_predictions(
     threshold: float | np.ndarray = 0.5,
     reference_probs: Mapping[str, Sequence[np.ndarray]] | None = None,
     fusion_reference: str | None = None,
+    unimodal_references: Sequence[str] | None = None,
     scenario_probs: Mapping[str, Mapping[float, Sequence[np.ndarray]]] | None = None,
     resamples: Resamples | None = None,
     n_resamples: int = DEFAULT_N_RESAMPLES,
@@ -163,7 +164,9 @@ def score_predictions(
             multilabel per row and label (n, L) or per label (L,).
         reference_probs: reference submissions' pooled predictions (same layout) for paired
             deltas of every metric; ``fusion_reference`` (default: the first) gives the
-            multilabel per-label fusion gain.
+            multilabel per-label fusion gain. ``unimodal_references`` (names in
+            ``reference_probs``, e.g. the EHR-only and the CXR-only model) give a second
+            per-label gain, ``fusion_gain_unimodal``, over the best of them on each label.
         scenario_probs: {scenario: {rate: pooled predictions per seed}} for robustness curves
             of the main metric.
     """
@@ -233,6 +236,15 @@ def score_predictions(
                 "alpha": alpha,
                 "labels": fusion_gain(labels, y, runs, ref, resamples, alpha=alpha),
             }
+            uni = [n for n in (unimodal_references or ()) if n in reference_probs]
+            if len(uni) >= 2:
+                named = {n: _check_runs(n, reference_probs[n], shape) for n in uni}
+                block["fusion_gain_unimodal"] = {
+                    "references": uni,
+                    "metric": "auroc",
+                    "alpha": alpha,
+                    "labels": fusion_gain(labels, y, runs, named, resamples, alpha=alpha),
+                }
 
     if scenario_probs:
         metric = METRICS.get(main)
