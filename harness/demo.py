@@ -107,5 +107,5 @@ def run_demo(
     board = aggregate(config.results_dir(), config.leaderboard_dir())
     from harness.cli.leaderboard import print_leaderboard
 
-    print_leaderboard(board, console)
+    print_leaderboard(board, console, summary=True)
     console.print(f"demo finished in {time.perf_counter() - started:.0f} s")

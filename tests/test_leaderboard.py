@@ -184,6 +184,12 @@ def test_cli_prints_table(tmp_path, results, capsys):
     out = capsys.readouterr().out
     assert code == 0 and "strong" in out and "mortality_icu" in out
     assert (tmp_path / "o" / "leaderboard.html").exists()
+    assert "Lowest-TPR group" not in out
+    code = main(
+        ["leaderboard", "--results", str(res_dir), "--out", str(tmp_path / "o"), "--summary"]
+    )
+    out = " ".join(capsys.readouterr().out.split())
+    assert code == 0 and "Lowest-TPR group" in out and "Robustness to missing CXR" in out
     code = main(
         ["leaderboard", "--results", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]
     )

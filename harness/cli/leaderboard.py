@@ -14,17 +14,20 @@ def register(app: typer.Typer) -> None:
             None, "--results", help="Folder of <dataset>/<name>/result.json files."
         ),
         out: Path = typer.Option(None, "--out", help="Where leaderboard.json/.md/.html go."),
+        summary: bool = typer.Option(
+            False, "--summary", help="Also print fusion-gain, fairness and robustness tables."
+        ),
     ) -> None:
         """Rank evaluated submissions; write leaderboard.json, .md and a self-contained .html."""
         from harness import config
         from harness.leaderboard.aggregate import aggregate
 
         board = aggregate(results or config.results_dir(), out or config.leaderboard_dir())
-        print_leaderboard(board)
+        print_leaderboard(board, summary=summary)
 
 
-def print_leaderboard(board, console=None) -> None:
-    """Rich tables of every ranking, failed entries, and where the files were written."""
+def print_leaderboard(board, console=None, *, summary: bool = False) -> None:
+    """Rich tables of every ranking (+ the summary tables), failed entries, and the files."""
     from rich.console import Console
     from rich.table import Table
 
@@ -44,6 +47,16 @@ def print_leaderboard(board, console=None) -> None:
             overlaps = ", ".join(row["ci_overlaps"]) or "-"
             table.add_row(str(row["rank"]), row["name"], value, ci, overlaps)
         console.print(table)
+    if summary:
+        from harness.leaderboard.summary import summary_tables
+
+        for spec in summary_tables(board.document):
+            table = Table(title=spec["title"], caption=spec["note"])
+            for col in spec["columns"]:
+                table.add_column(col)
+            for row in spec["rows"]:
+                table.add_row(*map(str, row))
+            console.print(table)
     for item in board.failed:
         console.print(f"[red]failed[/] {item['name']}: {item['error'][:200]}", highlight=False)
     if not board.rankings and not board.failed:
