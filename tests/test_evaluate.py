@@ -193,7 +193,12 @@ def test_evaluate_scores_pooled_predictions_and_resumes(evaluated, monkeypatch):
     values = probe["robustness"]["cxr_missing_mcar"]["values"]
     assert values[-1] == pytest.approx(0.5, abs=1e-9)  # no image left: constant prediction
     assert "ehr_lstm" in probe["paired_deltas"]
-    assert probe["references"] == {"ehr_only": "ehr_lstm", "best_unimodal": "ehr_lstm"}
+    # the probe is itself the CXR-only reference, so it is not scored against itself
+    assert probe["references"] == {
+        "ehr_only": "ehr_lstm",
+        "cxr_only": None,
+        "best_unimodal": "ehr_lstm",
+    }
     assert "base->matched" in block["cross_cohort"]
 
     # resumable: a second run trains nothing and reproduces the numbers
