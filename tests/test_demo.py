@@ -1,0 +1,30 @@
+"""`harness demo` end to end on a tiny default dataset (what `make demo` runs, scaled down)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from harness.cli.main import main
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_demo_runs_every_stage_and_prints_the_leaderboard(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
+    args = ["demo", "--n-patients", "300", "-t", "mortality_in_hospital"]
+    assert main([*args, "-s", "ehr_lstm", "-s", "cxr_probe", "--folds", "1,2"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for stage in ("1. synthetic", "2. cohorts", "3. encode", "4. evaluate", "5. leaderboard"):
+        assert stage in out
+    assert "folds 1,2, seeds 0" in out
+    assert "mortality_in_hospital · base · auroc" in out
+    assert "Robustness to missing CXR" in out and "Lowest-TPR group" in out
+    board = json.loads((tmp_path / "leaderboard" / "leaderboard.json").read_text())
+    names = {e["name"] for e in board["entries"]}
+    assert names == {"ehr_lstm", "cxr_probe"}
+    assert all(e["provenance"]["folds"] == [1, 2] for e in board["entries"])
+    # a second run reuses everything: nothing is trained again
+    assert main([*args, "-s", "ehr_lstm", "--folds", "1,2"]) == 0
+    assert "0 trained, 4 reused" in " ".join(capsys.readouterr().out.split())
+    assert main([*args, "--folds", "1,x"]) == 2
