@@ -131,3 +131,39 @@ def test_task_metrics_and_unknown_name():
     assert out["auroc"] == pytest.approx(skm.roc_auc_score(y, s))
     with pytest.raises(UnknownNameError, match="Did you mean 'auroc'"):
         METRICS.get("aurocc")
+
+
+@pytest.mark.parametrize(
+    "task_name", ["mortality_in_hospital", "mortality_icu", "phenotype", "los"]
+)
+def test_headline_metric_is_the_one_model_selection_uses(task_name):
+    """The scorer's headline follows each task YAML's main_metric, the same number that early
+    stopping maximises on validation (selection computes it with scikit-learn directly)."""
+    from harness.cohort.spec import load_task
+    from harness.evaluate.metrics import main_metric_for
+    from harness.models.protocol import TaskInfo
+    from harness.models.train import selection_score
+
+    spec = load_task(task_name)
+    task = TaskInfo.coerce(spec)
+    main = main_metric_for(task.kind, task.main_metric)
+    assert main in metrics_for(task.kind)
+    y, s = make_data(task.kind, seed=3)
+    if task.kind == "multilabel":
+        task = TaskInfo(
+            task.name, task.kind, tuple(f"l{j}" for j in range(L)), None, task.main_metric
+        )
+    assert METRICS.get(main)(y, s) == pytest.approx(selection_score(task, y, s), abs=1e-12)
+
+
+def test_main_metric_names():
+    from harness.evaluate.metrics import main_metric_for
+
+    assert main_metric_for("multiclass", "macro_f1") == "f1_macro"
+    assert main_metric_for("multiclass", "kappa") == "kappa_linear"
+    assert main_metric_for("multilabel", "macro_auroc") == "auroc_macro"
+    assert main_metric_for("multilabel", "auprc_macro") == "auprc_macro"
+    assert main_metric_for("binary", "AUPRC") == "auprc"
+    for kind, default in MAIN_METRIC.items():  # unknown or absent: the kind's default
+        assert main_metric_for(kind, None) == default
+        assert main_metric_for(kind, "nonsense") == default

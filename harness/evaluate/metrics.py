@@ -57,6 +57,36 @@ METRICS: Registry[Metric] = Registry("metric")
 HIGHER_IS_BETTER: dict[str, bool] = {}
 #: The headline metric per task kind: ranks, paired deltas and robustness curves use it.
 MAIN_METRIC = {"binary": "auroc", "multilabel": "auroc_macro", "multiclass": "kappa_linear"}
+#: Task-YAML spellings of a main metric (the one model selection uses) -> the scorer's name, per
+#: kind. Training's ``selection_score`` understands the same spellings.
+_TASK_METRIC_NAMES = {
+    "binary": {"auroc": "auroc", "auc": "auroc", "roc_auc": "auroc", "auprc": "auprc",
+               "prauc": "auprc", "average_precision": "auprc"},
+    "multilabel": {"auroc": "auroc_macro", "auc": "auroc_macro", "roc_auc": "auroc_macro",
+                   "auprc": "auprc_macro", "prauc": "auprc_macro",
+                   "average_precision": "auprc_macro"},
+    "multiclass": {"f1": "f1_macro", "macro_f1": "f1_macro", "f1_macro": "f1_macro",
+                   "kappa": "kappa_linear", "cohen_kappa": "kappa_linear",
+                   "kappa_linear": "kappa_linear", "accuracy": "accuracy", "acc": "accuracy",
+                   "auroc": "auroc_ovr_macro", "auroc_ovr_macro": "auroc_ovr_macro"},
+}  # fmt: skip
+
+
+def main_metric_for(kind: str, task_metric: str | None = None) -> str:
+    """The scorer's headline metric for a task: its YAML ``main_metric`` when the scorer knows it.
+
+    Checkpoint selection (training) and the headline (ranks, paired deltas, robustness curves)
+    then follow one setting, the task YAML's. ``macro_auroc`` and ``auroc_macro`` are the same
+    name; an unknown or absent name falls back to :data:`MAIN_METRIC` for the kind.
+    """
+    names = _TASK_METRIC_NAMES.get(kind, {})
+    key = (task_metric or "").strip().lower().replace("-", "_")
+    if key in METRICS.names() and key in metrics_for(kind):
+        return key
+    key = key.replace("macro_", "").replace("_macro", "")
+    return names.get(key, MAIN_METRIC[kind])
+
+
 #: Per-label metrics reported for multilabel tasks (each is a binary metric applied per column).
 PER_LABEL_METRICS = ("auroc", "auprc")
 

@@ -400,11 +400,11 @@ def _best_reference(
 
 def _cross_block(fs_other, other_ids, runs, kind: str, resample_seed: int) -> dict:
     from harness.evaluate.bootstrap import bootstrap_indices, bootstrap_metric, percentile_ci
-    from harness.evaluate.metrics import MAIN_METRIC, METRICS
+    from harness.evaluate.metrics import METRICS, main_metric_for
 
     pos = pd.Index(fs_other.stay_id).get_indexer(other_ids)
     y = fs_other.y[pos]
-    main = MAIN_METRIC[kind]
+    main = main_metric_for(kind, fs_other.task.main_metric)
     metric = METRICS.get(main)
     point = float(np.mean([metric(y, p) for p in runs]))
     r = bootstrap_indices(fs_other.subject_id[pos], 200, resample_seed)
@@ -462,6 +462,7 @@ def score_task_cohort(
         fusion_reference=ehr_ref if ehr_ref in refs else None,
         unimodal_references=[r for r in (ehr_ref, cxr_ref) if r in refs],
         scenario_probs=pooled.scenarios or None,
+        main_metric=fs.task.main_metric,
         **kwargs,
     )
     block["references"] = {

@@ -40,7 +40,7 @@ from harness.evaluate.fairness import (
     binary_fairness,
     multiclass_fairness,
 )
-from harness.evaluate.metrics import MAIN_METRIC, METRICS, PER_LABEL_METRICS, metrics_for
+from harness.evaluate.metrics import METRICS, PER_LABEL_METRICS, main_metric_for, metrics_for
 from harness.evaluate.stats import DEFAULT_ALPHA, fusion_gain
 from harness.io import atomic_write_json
 from harness.leaderboard.schema import RESULT_SCHEMA, SCHEMA_VERSION, validate
@@ -145,6 +145,7 @@ def score_predictions(
     fusion_reference: str | None = None,
     unimodal_references: Sequence[str] | None = None,
     scenario_probs: Mapping[str, Mapping[float, Sequence[np.ndarray]]] | None = None,
+    main_metric: str | None = None,
     resamples: Resamples | None = None,
     n_resamples: int = DEFAULT_N_RESAMPLES,
     seed: int = DEFAULT_BOOTSTRAP_SEED,
@@ -169,6 +170,8 @@ def score_predictions(
             per-label gain, ``fusion_gain_unimodal``, over the best of them on each label.
         scenario_probs: {scenario: {rate: pooled predictions per seed}} for robustness curves
             of the main metric.
+        main_metric: the task YAML's ``main_metric`` (what checkpoint selection used); the
+            headline metric is its scorer name (:func:`main_metric_for`), else the kind's default.
     """
     metric_names = metrics_for(kind)
     y = np.asarray(y_true)
@@ -185,7 +188,7 @@ def score_predictions(
     elif resamples.counts.shape[1] != expected_rows:
         raise InputError("resamples were drawn for a different number of stays")
     fold_arr = None if fold is None else np.asarray(fold)
-    main = MAIN_METRIC[kind]
+    main = main_metric_for(kind, main_metric)
     block: dict = {
         "kind": kind,
         "main_metric": main,
