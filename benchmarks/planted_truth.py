@@ -29,6 +29,7 @@ import sys
 import numpy as np
 
 from harness import config
+from harness.leaderboard.summary import is_fusion
 
 SOURCES = ("ehr", "cxr", "both", "neither")
 
@@ -40,17 +41,6 @@ def _results(dataset: str) -> dict[str, dict]:
         if r.get("status") == "ok":
             out[r["name"]] = r
     return out
-
-
-def _inputs(result: dict) -> set[str]:
-    """The submission's declared inputs (from its folder under submissions/), if found."""
-    from harness.models.submission import load_submission
-
-    name = result.get("provenance", {}).get("submission", result["name"])
-    try:
-        return set(load_submission(config.submissions_dir() / name).inputs)
-    except Exception:  # a submission folder that is gone: unknown inputs
-        return set()
 
 
 def fusion_check(results: dict, source: dict, task: str, cohort: str, field: str) -> bool:
@@ -65,7 +55,7 @@ def fusion_check(results: dict, source: dict, task: str, cohort: str, field: str
     for name, r in results.items():
         block = r["tasks"].get(task, {}).get(cohort, {})
         gain = block.get(field)
-        if not gain or not {"ehr", "cxr"} <= _inputs(r):
+        if not gain or not is_fusion(r):
             continue
         best = (block.get("references") or {}).get("best_unimodal")
         delta = (block.get("paired_deltas") or {}).get(best, {}).get(block["main_metric"], {})
@@ -124,7 +114,7 @@ def robustness_check(results: dict, task: str, cohort: str) -> bool:
     print(f"\n== CXR missingness ({task}, {cohort}): normalised area under the MCAR curve")
     groups: dict[str, list[float]] = {"dependent (dropout 0)": [], "aware (dropout > 0)": []}
     for name, r in sorted(results.items()):
-        if not {"ehr", "cxr"} <= _inputs(r):
+        if not is_fusion(r):
             continue
         curve = r["tasks"].get(task, {}).get(cohort, {}).get("robustness", {})
         curve = curve.get("cxr_missing_mcar")

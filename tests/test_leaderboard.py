@@ -204,9 +204,19 @@ def test_summary_tables_fusion_gain_fairness_robustness(tmp_path, data, results)
     res_dir = tmp_path / "results"
     for name, res in results.items():
         write_result(res, res_dir / name / "result.json")
+    # the same numbers from an entry declared EHR-only: its gain over another model is no fusion
+    # gain, so the fusion tables leave it out (entries without recorded inputs are kept)
+    unimodal = json.loads(json.dumps(results["strong"]))
+    unimodal["name"] = "ehr_model"
+    unimodal["provenance"]["inputs"] = ["demographics", "ehr"]
+    write_result(unimodal, res_dir / "ehr_model" / "result.json")
     board = aggregate(res_dir, tmp_path / "board")
     tables = {(t["kind"], t["title"]): t for t in summary_tables(board.document)}
     gain = next(t for (kind, _), t in tables.items() if kind == "fusion_gain")
+    assert [r[0] for r in gain["rows"]] == ["strong", "weak"]
+    assert "ehr_model" in [
+        r[0] for r in next(t for (k, _), t in tables.items() if k == "fairness")["rows"]
+    ]
     strong = next(r for r in gain["rows"] if r[0] == "strong")
     assert strong[2] == "2 of 4"
     assert "both_a" in strong[3] and "both_b" in strong[3] and "ehr_" not in strong[3]

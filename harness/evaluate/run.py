@@ -603,6 +603,7 @@ def evaluate(
                 else settings.train_cxr_dropout
             ),
             submission=sub.name,
+            inputs=sorted(sub.inputs),
         )
         result = build_result(
             name,

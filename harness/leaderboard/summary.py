@@ -3,8 +3,9 @@
 The rankings answer "who is best"; these tables answer the questions the harness exists for,
 one row per entry and one table per dataset x task x cohort:
 
-- **fusion gain**: on which labels an entry beats the EHR-only reference significantly
-  (paired bootstrap, Benjamini-Hochberg q < alpha);
+- **fusion gain**: on which labels an entry that uses both modalities beats the EHR-only
+  reference, and the best single modality on that label, significantly (paired bootstrap,
+  Benjamini-Hochberg q < alpha);
 - **fairness**: per attribute, the group with the lowest TPR at the validation-chosen threshold,
   with the TPR gap and its bootstrap CI;
 - **robustness**: the main metric with every CXR present and with none, the normalised area under
@@ -42,13 +43,43 @@ def _blocks(doc: dict) -> Iterator[tuple[tuple[str, str, str], dict, dict]]:
                 yield (entry["dataset"], task, cohort), entry, block
 
 
+def _inputs(entry: dict) -> set[str] | None:
+    """The entry's declared inputs: from its provenance, else from its submission folder (results
+    written before inputs were recorded), else None (unknown)."""
+    prov = entry.get("provenance") or {}
+    if prov.get("inputs") is not None:
+        return set(prov["inputs"])
+    import yaml
+
+    from harness import config
+
+    path = config.submissions_dir() / str(prov.get("submission") or entry["name"])
+    try:
+        inputs = yaml.safe_load((path / "submission.yaml").read_text()).get("inputs")
+    except (OSError, AttributeError, yaml.YAMLError):
+        return None
+    return set(inputs) if isinstance(inputs, list) else None
+
+
+def is_fusion(entry: dict) -> bool:
+    """True unless the entry is known to use a single modality (EHR only or CXR only)."""
+    inputs = _inputs(entry)
+    if inputs is None:
+        return True
+    return bool(inputs & {"ehr", "ehr_summary"}) and bool(inputs & {"cxr", "cxr_pixels"})
+
+
 def fusion_gain_tables(doc: dict) -> list[dict]:
-    """Per-label gain over the EHR-only reference, then over the best single modality."""
+    """Per-label gain over the EHR-only reference, then over the best single modality.
+
+    Only entries that use both modalities are listed (a unimodal entry's gain over another
+    unimodal model is not a fusion gain); entries whose inputs are unknown are kept.
+    """
     tables: dict[tuple, dict] = {}
     for field in ("fusion_gain", "fusion_gain_unimodal"):
         for key, entry, block in _blocks(doc):
             gain = block.get(field)
-            if not gain or not gain.get("labels"):
+            if not gain or not gain.get("labels") or not is_fusion(entry):
                 continue
             refs = gain.get("references") or [gain.get("reference")]
             if entry["name"] in refs:
