@@ -81,7 +81,7 @@ def main_metric_for(kind: str, task_metric: str | None = None) -> str:
     """
     names = _TASK_METRIC_NAMES.get(kind, {})
     key = (task_metric or "").strip().lower().replace("-", "_")
-    if key in METRICS.names() and key in metrics_for(kind):
+    if key in metrics_for(kind):
         return key
     key = key.replace("macro_", "").replace("_macro", "")
     return names.get(key, MAIN_METRIC[kind])

@@ -49,16 +49,17 @@ def _inputs(entry: dict) -> set[str] | None:
     prov = entry.get("provenance") or {}
     if prov.get("inputs") is not None:
         return set(prov["inputs"])
-    import yaml
-
     from harness import config
+    from harness.errors import HarnessError
+    from harness.models.submission import load_submission
 
-    path = config.submissions_dir() / str(prov.get("submission") or entry["name"])
     try:
-        inputs = yaml.safe_load((path / "submission.yaml").read_text()).get("inputs")
-    except (OSError, AttributeError, yaml.YAMLError):
+        sub = load_submission(
+            config.submissions_dir() / str(prov.get("submission") or entry["name"])
+        )
+    except (HarnessError, OSError):  # folder gone or no longer valid: unknown
         return None
-    return set(inputs) if isinstance(inputs, list) else None
+    return set(sub.inputs)
 
 
 def is_fusion(entry: dict) -> bool:
