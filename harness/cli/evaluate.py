@@ -55,6 +55,15 @@ def register(app: typer.Typer) -> None:
             help="Train-time CXR dropout sweep, e.g. 0.2,0.4,0.6: one entry per rate, "
             "named <name>.cxrdrop<rate>.",
         ),
+        trusted: bool = typer.Option(
+            False,
+            "--trusted",
+            help="Run the model in this process, with the harness's rights (your own code "
+            "only). Default: a bubblewrap sandbox that sees only the contract's inputs.",
+        ),
+        replace_entry: bool = typer.Option(
+            False, "--replace", help="Take over an entry name another folder has used."
+        ),
     ) -> None:
         """Train per fold x seed, predict every scenario, write <dataset>/<name>/result.json."""
         from rich.console import Console
@@ -82,6 +91,8 @@ def register(app: typer.Typer) -> None:
             "scenarios": _split(scenario),
             "cross_cohort": False if no_cross_cohort else None,
             "n_resamples": n_resamples,
+            "executor": "local" if trusted else None,
+            "replace": True if replace_entry else None,
         }
         overrides = {k: v for k, v in overrides.items() if v is not None}
         settings = EvalSettings.quick(**overrides) if quick else EvalSettings(**overrides)

@@ -14,16 +14,20 @@ def register(app: typer.Typer) -> None:
         n: int = typer.Option(100, help="Stays in the tiny generated dataset."),
         epochs: int = typer.Option(2, help="Training epochs per check run."),
         seed: int = typer.Option(0, help="Seed of the generated data and of training."),
+        trusted: bool = typer.Option(
+            False, "--trusted", help="Run in this process (your own code only); default: sandbox."
+        ),
     ) -> None:
         """Check schema, import, output shape and values, and determinism on tiny data."""
         from rich.console import Console
         from rich.table import Table
 
         from harness.errors import SubmissionError
-        from harness.models.validate import validate_submission
+        from harness.models.validate import validate_isolated, validate_submission
 
         console = Console()
-        report = validate_submission(path, n=n, max_epochs=epochs, seed=seed)
+        run = validate_submission if trusted else validate_isolated
+        report = run(path, n=n, max_epochs=epochs, seed=seed)
         table = Table(title=f"validate {report.name or path}", show_lines=False)
         table.add_column("check")
         table.add_column("result")

@@ -71,6 +71,11 @@ class EvalSettings:
     #: Train-time CXR dropout overriding the submission's ``train.cxr_dropout``; the result is
     #: then a separate entry named ``<name>.cxrdrop<rate>`` (the reference study's sweep).
     train_cxr_dropout: float | None = None
+    #: Where units run: ``isolated`` (sandbox, the default) or ``local`` (trusted, in-process);
+    #: None = ``HARNESS_EXECUTOR`` or ``isolated``.
+    executor: str | None = None
+    #: Let this folder take over an entry name another folder has used (``--replace``).
+    replace: bool = False
 
     @classmethod
     def quick(cls, **overrides: Any) -> EvalSettings:
@@ -195,7 +200,7 @@ def _thresholds(task_kind: str, y_val: np.ndarray, p_val: np.ndarray) -> list[fl
 
 
 def run_unit(
-    sub,
+    runner,
     fs,
     unit: Unit,
     settings: EvalSettings,
@@ -203,20 +208,31 @@ def run_unit(
     others: dict[str, Any],
     out_path: Path,
 ) -> None:
-    """Train one (task, cohort, fold, seed) and write its predictions atomically."""
-    from harness.evaluate.scenarios import SCENARIOS
-    from harness.models.train import train_model
+    """Train one (task, cohort, fold, seed) through ``runner`` and write its predictions.
 
-    trained = train_model(
-        sub, fs, fs.task, unit.fold, unit.seed,
-        device=settings.device, max_epochs=settings.max_epochs,
-        cxr_dropout=settings.train_cxr_dropout,
+    The harness prepares every input here, on its side of the trust boundary: the fold's
+    normalisation is fitted on its training stays, the model receives the training and
+    validation tensors with labels, then only inputs (no labels) for validation, clean test,
+    each scenario and rate and the other cohort. Thresholds are chosen here from the validation
+    labels the model's answers are compared with.
+    """
+    from harness.evaluate.scenarios import SCENARIOS
+    from harness.executors import TrainJob
+    from harness.models.data import make_tensors, prepare_split
+
+    split = prepare_split(fs, unit.fold)
+    summary = runner.train(
+        TrainJob(
+            task=fs.task, fold=unit.fold, seed=unit.seed, variables=list(fs.variables),
+            train=split.train, val=split.val, device=settings.device,
+            max_epochs=settings.max_epochs, cxr_dropout=settings.train_cxr_dropout,
+        )
     )  # fmt: skip
     _, val_idx, test_idx = fs.split(unit.fold)
     frames = []
-    p_val = trained.predict_feature_set(fs, val_idx)
+    p_val = runner.predict(split.val)
     frames.append(_frame(fs.stay_id[val_idx], "val", "clean", 0.0, p_val))
-    p_test = trained.predict_feature_set(fs, test_idx)
+    p_test = runner.predict(split.test)
     frames.append(_frame(fs.stay_id[test_idx], "test", "clean", 0.0, p_test))
     for name in scenario_names:
         scenario = SCENARIOS.get(name)
@@ -224,11 +240,11 @@ def run_unit(
             if rate == 0.0:
                 continue
             degraded = scenario.degrade(fs, test_idx, rate, unit.fold)
-            p = trained.predict_feature_set(degraded, test_idx)
+            p = runner.predict(make_tensors(degraded, test_idx, split.stats))
             frames.append(_frame(fs.stay_id[test_idx], "test", name, rate, p))
     for other_name, other_fs in others.items():
         _, _, other_test = other_fs.split(unit.fold)
-        p = trained.predict_feature_set(other_fs, other_test)
+        p = runner.predict(make_tensors(other_fs, other_test, split.stats))
         frames.append(_frame(other_fs.stay_id[other_test], f"cross:{other_name}", "clean", 0.0, p))
     table = pd.concat(frames, ignore_index=True)
     meta = {
@@ -238,9 +254,9 @@ def run_unit(
         "fold": unit.fold,
         "seed": unit.seed,
         "thresholds": _thresholds(fs.task.kind, fs.y[val_idx], p_val),
-        "val_score": float(trained.val_score),
-        "best_epoch": int(trained.best_epoch),
-        "train_seconds": float(trained.train_seconds),
+        "val_score": float(summary.val_score),
+        "best_epoch": int(summary.best_epoch),
+        "train_seconds": float(summary.train_seconds),
     }
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -482,6 +498,75 @@ def score_task_cohort(
 
 
 # --------------------------------------------------------------------------------------------
+# Entry names belong to folders
+
+OWNER_FILE = "owner.json"
+
+
+def _folder_identity(path: Path) -> str:
+    """A folder's identity: its resolved path (kept locally in ``owner.json``, never published)."""
+    return str(Path(path).resolve())
+
+
+def claim_entry(sub, name: str, dataset: str, *, replace: bool = False) -> None:
+    """Record that ``sub``'s folder owns entry ``name``, or refuse when another folder does.
+
+    Names of the reference zoo (folders of ``config.submissions_dir()``) belong to those folders
+    only: every paired delta is computed against them, so no other folder may take one, even
+    with ``replace``. Other names belong to the first folder evaluated under them.
+    """
+    from harness.errors import SubmissionError
+    from harness.io import atomic_write_json
+
+    folder = _folder_identity(sub.path)
+    zoo = config.submissions_dir()
+    base_name = sub.name
+    reserved = zoo / base_name
+    if (reserved / "submission.yaml").is_file() and _folder_identity(reserved) != folder:
+        raise SubmissionError(
+            f"{sub.yaml_path.name}: `name: {base_name}` is reserved for the reference submission "
+            f"of the same name. Fix: give your submission its own name in `name:`"
+        )
+    owner_path = result_dir(name, dataset) / OWNER_FILE
+    if owner_path.is_file():
+        try:
+            owner = json.loads(owner_path.read_text(encoding="utf-8")).get("folder")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            owner = None
+        if owner != folder and not replace:
+            raise SubmissionError(
+                f"{sub.yaml_path.name}: entry {name!r} on dataset {dataset!r} already belongs to "
+                f"another submission folder ({Path(owner).name if owner else 'unknown'}). Fix: "
+                "choose another `name:`, or pass --replace to take the entry over"
+            )
+    atomic_write_json(owner_path, {"folder": folder, "name": name})
+
+
+class _LazyRunner:
+    """Opens the executor's runner on the first unit that needs training (none when all reuse)."""
+
+    def __init__(self, executor, sub, limits):
+        self.executor, self.sub, self.limits = executor, sub, limits
+        self.runner = None
+
+    def _get(self):
+        if self.runner is None:
+            self.runner = self.executor.open(self.sub, self.limits)
+        return self.runner
+
+    def train(self, job):
+        return self._get().train(job)
+
+    def predict(self, tensors):
+        return self._get().predict(tensors)
+
+    def close(self) -> None:
+        if self.runner is not None:
+            self.runner.close()
+            self.runner = None
+
+
+# --------------------------------------------------------------------------------------------
 # The whole evaluation
 
 
@@ -505,6 +590,7 @@ def evaluate(
     from harness.cohort import load_cohort
     from harness.cohort.spec import load_task
     from harness.evaluate.scenarios import SCENARIOS
+    from harness.executors import Limits, UnitFailure, get_executor
     from harness.leaderboard.result import build_result, failed_result, provenance, write_result
     from harness.models.data import load_feature_set
     from harness.models.submission import load_submission
@@ -516,6 +602,13 @@ def evaluate(
     dataset = settings.dataset or config.DEFAULT_DATASET
     name = entry_name(sub.name, settings)
     out_path = result_path(name, dataset)
+    executor = get_executor(settings.executor)
+    if executor.name != "local":
+        from harness.executors.isolated import require_sandbox
+
+        require_sandbox()
+    claim_entry(sub, name, dataset, replace=settings.replace)
+    runner = _LazyRunner(executor, sub, Limits.for_submission(sub.limits))
     try:
         tasks = [t for t in settings.tasks if sub.tasks is None or t in sub.tasks]
         if not tasks:
@@ -570,7 +663,7 @@ def evaluate(
                         if path.is_file():
                             reused += 1
                         else:
-                            run_unit(sub, fs, unit, settings, scenario_names, others, path)
+                            run_unit(runner, fs, unit, settings, scenario_names, others, path)
                             ran += 1
                         done += 1
                 pooled = pool_units(fs, base, settings.folds, settings.seeds)
@@ -596,6 +689,7 @@ def evaluate(
             run_key=key,
             train_seconds=round(train_seconds, 3),
             scenarios=scenario_names,
+            executor=executor.name,
             max_epochs=settings.max_epochs,
             train_cxr_dropout=(
                 sub.train.cxr_dropout
@@ -624,9 +718,14 @@ def evaluate(
             result["skipped"] = skipped
         write_result(result, out_path)
     except HarnessError as exc:
+        category = exc.category if isinstance(exc, UnitFailure) else "error"
         if not out_path.is_file():
-            write_result(failed_result(name, sub.version, dataset, str(exc)), out_path)
+            write_result(
+                failed_result(name, sub.version, dataset, str(exc), category=category), out_path
+            )
         raise
+    finally:
+        runner.close()
     return EvalOutcome(
         name=name,
         result_path=out_path,

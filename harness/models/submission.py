@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import logging
+import re
 import sys
 import traceback
 from dataclasses import dataclass, field, replace
@@ -33,7 +34,15 @@ TOP_KEYS = {
     "tasks": "all, or a list of task names",
     "backbone": "image encoder name used when the model runs in the end-to-end (pixels) track",
     "citation": "the paper the method comes from",
+    "limits": "mapping: unit_seconds (wall clock per unit), memory_mb (worker memory); the "
+    "harness caps both",
 }
+LIMIT_KEYS = {
+    "unit_seconds": "a positive number of seconds, e.g. 1800",
+    "memory_mb": "a positive whole number of megabytes, e.g. 4096",
+}
+#: Submission names: ASCII letters, digits, _ and - (they name folders and leaderboard rows).
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 REQUIRED = ("name", "version", "kind", "entry", "inputs")
 
 
@@ -83,6 +92,7 @@ class Submission:
     authors: tuple[str, ...] = ()
     backbone: str | None = None
     citation: str | None = None
+    limits: dict[str, float] = field(default_factory=dict)
 
     @property
     def yaml_path(self) -> Path:
@@ -196,10 +206,11 @@ def parse_submission(data: Any, path: Path) -> Submission:
         if data.get(key) in (None, ""):
             raise _spec_error(path, f"required field `{key}` is missing", TOP_KEYS[key])
     name = str(data["name"])
-    if not name.replace("_", "").replace("-", "").isalnum():
+    if not NAME_PATTERN.match(name):
         raise _spec_error(
             path,
-            f"`name` {name!r} has characters other than letters, digits, _ -",
+            f"`name` {name!r} is not 1-64 ASCII letters, digits, _ or - (starting with a letter "
+            "or digit)",
             "use a short identifier such as my_model",
         )
     kind = data["kind"]
@@ -257,6 +268,7 @@ def parse_submission(data: Any, path: Path) -> Submission:
             "`inputs` has cxr_pixels but no `backbone` is named",
             "set `backbone:` to an image encoder name (see `harness encoders`)",
         )
+    limits = _parse_limits(data.get("limits"), path)
     return Submission(
         path=path.parent,
         name=name,
@@ -272,7 +284,28 @@ def parse_submission(data: Any, path: Path) -> Submission:
         authors=tuple(str(a) for a in authors),
         backbone=str(backbone) if backbone else None,
         citation=str(data["citation"]).strip() if data.get("citation") else None,
+        limits=limits,
     )
+
+
+def _parse_limits(raw: Any, path: Path) -> dict[str, float]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise _spec_error(
+            path, "field `limits` must be a mapping", "e.g. `limits: {unit_seconds: 600}`"
+        )
+    out: dict[str, float] = {}
+    for key, value in raw.items():
+        if key not in LIMIT_KEYS:
+            raise _spec_error(
+                path, f"unknown key `limits.{key}`", f"valid keys are {sorted(LIMIT_KEYS)}"
+            )
+        number = _as_float(value)
+        if number is None or number <= 0 or (key == "memory_mb" and number != int(number)):
+            raise _spec_error(path, f"`limits.{key}` is {value!r}", f"use {LIMIT_KEYS[key]}")
+        out[key] = number
+    return out
 
 
 def load_submission(path: str | Path) -> Submission:

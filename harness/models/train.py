@@ -310,7 +310,7 @@ def build_spec(
     sub: Submission,
     task: TaskInfo,
     train: Tensors,
-    fs: FeatureSet,
+    variables: Any,
     seed: int,
     backbone: Any = None,
     backbone_dim: int | None = None,
@@ -326,7 +326,7 @@ def build_spec(
         cxr_dim=int(backbone_dim if backbone is not None else train.cxr.shape[1]),
         demo_dim=int(train.demographics.shape[1]),
         seq_len=int(train.ehr.shape[1]),
-        variables=tuple(fs.variables),
+        variables=tuple(getattr(variables, "variables", variables)),
         label_names=tuple(task.label_columns),
         inputs=tuple(sub.inputs),
         cxr_backbone=backbone,
@@ -381,25 +381,55 @@ def train_model(
     info = _coerce_task(task, fs)
     if split is None:
         split = prepare_split(fs, fold)
+    return fit_split(
+        sub, info, split, list(fs.variables), seed,
+        device=device, max_epochs=max_epochs, log=log, cxr_dropout=cxr_dropout,
+    )  # fmt: skip
+
+
+def fit_split(
+    sub: Submission,
+    info: TaskInfo,
+    split: Split,
+    variables: list[str],
+    seed: int,
+    *,
+    device: str | None = None,
+    max_epochs: int | None = None,
+    log: Callable[[dict[str, Any]], None] | None = None,
+    cxr_dropout: float | None = None,
+) -> TrainedModel:
+    """Train on ``split.train``, select on ``split.val``: all a unit needs, no `FeatureSet`.
+
+    This is what runs on the far side of the trust boundary (`harness.executors`): it sees the
+    training and validation tensors with their labels and nothing else of the cohort.
+    """
     device = resolve_device(device)
     cls = sub.load_class()
     started = time.perf_counter()
     with seeded(seed):
         if sub.kind == "estimator":
-            trained = _fit_estimator(sub, cls, info, fs, split, fold, seed)
+            trained = _fit_estimator(sub, cls, info, variables, split, split.fold, seed)
         else:
             trained = _train_torch(
-                sub, cls, info, fs, split, fold, seed, device, max_epochs, log, cxr_dropout
-            )
+                sub, cls, info, variables, split, split.fold, seed, device, max_epochs, log,
+                cxr_dropout,
+            )  # fmt: skip
     trained.train_seconds = time.perf_counter() - started
     return trained
 
 
 def _fit_estimator(
-    sub: Submission, cls: type, task: TaskInfo, fs: FeatureSet, split: Split, fold: int, seed: int
+    sub: Submission,
+    cls: type,
+    task: TaskInfo,
+    variables: list[str],
+    split: Split,
+    fold: int,
+    seed: int,
 ) -> TrainedModel:
     where = sub.module_path
-    spec = build_spec(sub, task, split.train, fs, seed)
+    spec = build_spec(sub, task, split.train, variables, seed)
     x_train, _ = split.train.flat(sub.inputs)
     y_train = split.train.y.numpy()
     with _model_errors(where, f"{cls.__name__}(spec, **params)"):
@@ -413,10 +443,10 @@ def _fit_estimator(
     return trained
 
 
-def _load_backbone(sub: Submission, fs: FeatureSet) -> tuple[nn.Module | None, int | None]:
+def _load_backbone(sub: Submission, train: Tensors) -> tuple[nn.Module | None, int | None]:
     if not sub.end_to_end:
         return None, None
-    if fs.cxr_pixels is None:
+    if train.cxr_pixels is None:
         raise InputError(
             f"{sub.name} runs in the end-to-end track (inputs: cxr_pixels) but the FeatureSet "
             "carries no images",
@@ -431,7 +461,7 @@ def _train_torch(
     sub: Submission,
     cls: type,
     task: TaskInfo,
-    fs: FeatureSet,
+    variables: list[str],
     split: Split,
     fold: int,
     seed: int,
@@ -444,8 +474,8 @@ def _train_torch(
     cfg = sub.train
     epochs = int(max_epochs if max_epochs is not None else cfg.max_epochs)
     rate = float(cfg.cxr_dropout if cxr_dropout is None else cxr_dropout)
-    backbone, backbone_dim = _load_backbone(sub, fs)
-    spec = build_spec(sub, task, split.train, fs, seed, backbone, backbone_dim)
+    backbone, backbone_dim = _load_backbone(sub, split.train)
+    spec = build_spec(sub, task, split.train, variables, seed, backbone, backbone_dim)
     with _model_errors(where, f"{cls.__name__}(spec, **params)"):
         model = cls(spec, **sub.params)
     if not isinstance(model, nn.Module):

@@ -163,3 +163,75 @@ def validate_submission(
         if report.run(f"{kind}: forward", forward) and report.run(f"{kind}: train", training):
             report.run(f"{kind}: determinism", determinism)
     return report
+
+
+def validate_isolated(
+    path: str | Path, *, n: int = 100, max_epochs: int = 2, seed: int = 0, timeout: float = 900.0
+) -> ValidationReport:
+    """`validate_submission` run inside the bubblewrap sandbox of `harness.executors.isolated`.
+
+    The report comes back as JSON on a private channel; a worker that dies or hangs gives a
+    failed ``sandbox`` check naming the reason.
+    """
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    from harness.executors.isolated import require_sandbox, sandbox_command
+    from harness.executors.worker import SUBMISSION_MOUNT
+
+    path = Path(path)
+    report = ValidationReport(path)
+    folder = path.parent if path.suffix in (".yaml", ".yml") else path
+    if not folder.is_dir():
+        report.checks.append(Check("schema", False, f"{folder}: no such submission folder"))
+        return report
+    require_sandbox()
+    argv = [sys.executable, "-I", "-m", "harness.models.validate", SUBMISSION_MOUNT,
+            str(n), str(max_epochs), str(seed)]  # fmt: skip
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="harness-inbox-") as inbox:
+        try:
+            proc = subprocess.run(
+                sandbox_command(folder, Path(inbox), argv),
+                capture_output=True, timeout=timeout, start_new_session=True,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:
+            report.checks.append(Check("sandbox", False, f"validation ran past {timeout:g} s"))
+            return report
+    try:
+        data = json.loads(proc.stdout.decode("utf-8").strip().splitlines()[-1])
+        report.name = data.get("name")
+        for c in data["checks"]:
+            message = str(c["message"]).replace(SUBMISSION_MOUNT + "/", f"{folder.name}/")
+            report.checks.append(Check(str(c["name"]), bool(c["ok"]), message, float(c["seconds"])))
+    except (ValueError, KeyError, IndexError, TypeError):
+        tail = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-3:]
+        report.checks.append(
+            Check("sandbox", False, f"the validation worker exited with code {proc.returncode} "
+                  f"without a report: {' | '.join(tail)}", time.perf_counter() - t0)
+        )  # fmt: skip
+    return report
+
+
+def _main(argv: list[str]) -> int:
+    """Inside the sandbox: validate ``argv[0]`` and print the report as one JSON line."""
+    import json
+    import os
+
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # the submission's own prints go to stderr
+    path, n, epochs, seed = argv[0], int(argv[1]), int(argv[2]), int(argv[3])
+    report = validate_submission(path, n=n, max_epochs=epochs, seed=seed)
+    checks = [{"name": c.name, "ok": c.ok, "message": c.message, "seconds": c.seconds}
+              for c in report.checks]  # fmt: skip
+    out.write(json.dumps({"name": report.name, "checks": checks}) + "\n")
+    out.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(_main(sys.argv[1:]))

@@ -1,0 +1,172 @@
+"""What one evaluation unit asks of a submission, independent of where the submission runs.
+
+The harness (trusted) cuts a unit into a `TrainJob` (the fold's training and validation tensors
+with their labels) and a series of prediction requests (validation, clean test, each scenario and
+rate, the other cohort: inputs only, labels removed). A `Runner` answers them: in this process
+(`local`, for code the user trusts) or in a sandboxed worker (`isolated`, the default). Both call
+the same functions below, so both give byte-identical predictions for the same seed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from harness.errors import SubmissionError
+
+#: Failure categories a unit can end with (the leaderboard publishes only these words).
+FAILURE_CATEGORIES = (
+    "timeout",  # wall-clock limit per unit exceeded
+    "memory",  # memory limit exceeded
+    "exited",  # the submission ended its process (sys.exit, os._exit, a fatal signal)
+    "sandbox_denied",  # the submission tried to reach files, network or processes it may not
+    "invalid_output",  # wrong shape, NaN, values outside [0, 1], malformed messages
+    "error",  # an exception in the submission's code
+)
+
+#: Limits of a unit when ``submission.yaml`` declares none, and the harness's caps on what a
+#: submission may declare (the caps can be changed by the maintainer, not by a submission).
+DEFAULT_UNIT_SECONDS = 1800
+DEFAULT_MEMORY_MB = 6144
+MAX_UNIT_SECONDS = 4 * 3600
+MAX_MEMORY_MB = 16384
+
+
+class UnitFailure(SubmissionError):
+    """A unit that did not finish; ``category`` is one of `FAILURE_CATEGORIES`."""
+
+    def __init__(self, category: str, message: str):
+        if category not in FAILURE_CATEGORIES:
+            category = "error"
+        super().__init__(message)
+        self.category = category
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Wall-clock seconds per unit and resident memory of the worker, after the harness caps."""
+
+    unit_seconds: float = DEFAULT_UNIT_SECONDS
+    memory_mb: int = DEFAULT_MEMORY_MB
+
+    @classmethod
+    def for_submission(cls, declared: dict[str, Any] | None) -> Limits:
+        """The submission's ``limits`` capped by ``HARNESS_MAX_UNIT_SECONDS`` / ``_MEMORY_MB``."""
+        declared = declared or {}
+        cap_s = float(os.environ.get("HARNESS_MAX_UNIT_SECONDS", MAX_UNIT_SECONDS))
+        cap_mb = int(os.environ.get("HARNESS_MAX_MEMORY_MB", MAX_MEMORY_MB))
+        seconds = float(declared.get("unit_seconds", DEFAULT_UNIT_SECONDS))
+        memory = int(declared.get("memory_mb", DEFAULT_MEMORY_MB))
+        return cls(unit_seconds=min(seconds, cap_s), memory_mb=min(memory, cap_mb))
+
+
+@dataclass
+class TrainJob:
+    """One unit's training request: everything the model may learn from, labels included."""
+
+    task: Any  # TaskInfo
+    fold: int
+    seed: int
+    variables: list[str]
+    train: Any  # Tensors with y
+    val: Any  # Tensors with y (early stopping)
+    device: str | None = None
+    max_epochs: int | None = None
+    cxr_dropout: float | None = None
+
+
+@dataclass
+class TrainSummary:
+    val_score: float
+    best_epoch: int
+    train_seconds: float
+
+
+class Runner(ABC):
+    """Trains one unit at a time and predicts from the last trained model."""
+
+    @abstractmethod
+    def train(self, job: TrainJob) -> TrainSummary: ...
+
+    @abstractmethod
+    def predict(self, tensors: Any) -> np.ndarray: ...
+
+    def close(self) -> None:  # noqa: B027 - optional
+        pass
+
+
+class Executor(ABC):
+    """Where units run. ``open`` gives a `Runner` bound to one submission."""
+
+    name: str = ""
+
+    @abstractmethod
+    def open(self, sub: Any, limits: Limits) -> Runner: ...
+
+    @contextlib.contextmanager
+    def session(self, sub: Any, limits: Limits) -> Iterator[Runner]:
+        runner = self.open(sub, limits)
+        try:
+            yield runner
+        finally:
+            runner.close()
+
+
+# --------------------------------------------------------------------------------------------
+# The work itself, shared by every executor
+
+
+def fit_job(sub: Any, job: TrainJob) -> Any:
+    """Train ``sub`` on ``job`` (the same call in-process and inside the sandbox)."""
+    from harness.models.data import Split
+    from harness.models.train import fit_split
+
+    split = Split(fold=job.fold, train=job.train, val=job.val, test=None, stats=None)
+    return fit_split(
+        sub, job.task, split, list(job.variables), job.seed,
+        device=job.device, max_epochs=job.max_epochs, cxr_dropout=job.cxr_dropout,
+    )  # fmt: skip
+
+
+def summary_of(trained: Any) -> TrainSummary:
+    return TrainSummary(
+        val_score=float(trained.val_score),
+        best_epoch=int(trained.best_epoch),
+        train_seconds=float(trained.train_seconds),
+    )
+
+
+def check_probabilities(p: np.ndarray, task: Any, n: int) -> np.ndarray:
+    """Predictions that come back across the boundary: right shape, finite, in [0, 1]."""
+    p = np.asarray(p)
+    want = (n,) if task.kind == "binary" else (n, task.n_outputs)
+    if p.dtype.kind != "f" or p.shape != want:
+        raise UnitFailure(
+            "invalid_output",
+            f"predictions of shape {p.shape} and dtype {p.dtype}; expected float {want}",
+        )
+    if n and (not np.isfinite(p).all() or p.min() < 0 or p.max() > 1):
+        raise UnitFailure("invalid_output", "predictions are not finite probabilities in [0, 1]")
+    return p.astype(np.float64)
+
+
+def classify_exception(exc: BaseException) -> str:
+    """The failure category of an exception raised by submission code."""
+    if isinstance(exc, UnitFailure):
+        return exc.category
+    if isinstance(exc, MemoryError):
+        return "memory"
+    if isinstance(exc, SystemExit):
+        return "exited"
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(exc, OSError) or isinstance(cause, OSError):
+        return "sandbox_denied"
+    if isinstance(cause, MemoryError):
+        return "memory"
+    return "error"

