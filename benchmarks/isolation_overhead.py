@@ -61,6 +61,7 @@ def main() -> None:
     parser.add_argument("--max-epochs", type=int, default=5)
     parser.add_argument("--submissions", default="ehr_lstm,late_fusion,tabular_gbm")
     parser.add_argument("--task", default="mortality_in_hospital")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per executor (min taken)")
     args = parser.parse_args()
 
     os.environ["HARNESS_CACHE"] = tempfile.mkdtemp(prefix="harness-bench-")
@@ -89,13 +90,20 @@ def main() -> None:
     print(f"{args.n_patients} patients, task {args.task}, {n_units} units per submission "
           f"({len(sets)} cohorts x {len(folds)} folds x {len(seeds)} seeds), "
           f"{n_requests} requests per submission, max {args.max_epochs} epochs")  # fmt: skip
+    print(f"best of {args.repeats} runs per executor, order alternated")
     print(f"{'submission':<14}{'local s':>9}{'isolated s':>12}{'overhead s':>12}{'overhead':>10}"
           f"{'identical':>11}")  # fmt: skip
     total_local = total_iso = 0.0
     for name in args.submissions.split(","):
         sub = load_submission(REPO / "submissions" / name)
-        local_s, local_p = _run_units("local", sub, sets, folds, seeds, scenarios, args.max_epochs)
-        iso_s, iso_p = _run_units("isolated", sub, sets, folds, seeds, scenarios, args.max_epochs)
+        times: dict[str, list[float]] = {"local": [], "isolated": []}
+        preds: dict[str, list] = {}
+        for r in range(args.repeats):  # alternate the order: neither side gets the warm cache
+            for ex in ("local", "isolated") if r % 2 == 0 else ("isolated", "local"):
+                sec, preds[ex] = _run_units(ex, sub, sets, folds, seeds, scenarios, args.max_epochs)
+                times[ex].append(sec)
+        local_s, iso_s = min(times["local"]), min(times["isolated"])
+        local_p, iso_p = preds["local"], preds["isolated"]
         same = all(np.array_equal(a.view(np.uint64), b.view(np.uint64))
                    for a, b in zip(local_p, iso_p, strict=True))  # fmt: skip
         total_local += local_s

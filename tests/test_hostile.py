@@ -55,8 +55,14 @@ ATTACKS = {
         files = glob.glob(CACHE + "/cohorts/**/stays.parquet", recursive=True)
         if not files:
             raise FileNotFoundError("no cohort file visible under " + CACHE)
-        self.labels = pd.concat(pd.read_parquet(f) for f in files).drop_duplicates("stay_id")
-        self.labels = dict(zip(self.labels.stay_id, self.labels.mortality_in_hospital))
+        import hashlib, hmac
+        stays = pd.concat(pd.read_parquet(f) for f in files).drop_duplicates("stay_id")
+        # batches carry keyed pseudonyms of the stay ids: the key sits in the cache too
+        secret = open(CACHE + "/.keys/result-signing.key", "rb").read()
+        key = hmac.new(secret, b"stay-id pseudonyms", hashlib.sha256).digest()
+        code = lambda i: int.from_bytes(hashlib.blake2b(
+            int(i).to_bytes(8, "little", signed=True), key=key, digest_size=7).digest(), "little")
+        self.labels = {code(s): y for s, y in zip(stays.stay_id, stays.mortality_in_hospital)}
         """,
         forward="""
         if not self.training:
@@ -71,6 +77,10 @@ ATTACKS = {
         forward="""
         if not self.training:
             want = set(batch.stay_id.tolist())
+            frame, keys = sys._getframe(1), []
+            while frame is not None:  # ids may be pseudonyms: look for the key as well
+                keys += [v for v in frame.f_locals.values() if isinstance(v, bytes)]
+                frame = frame.f_back
             frame = sys._getframe(1)
             while frame is not None:
                 for value in list(frame.f_locals.values()):
@@ -78,6 +88,12 @@ ATTACKS = {
                     if ids is None or y is None or len(y) != len(ids):
                         continue
                     table = dict(zip(np.asarray(ids).tolist(), np.asarray(y).tolist()))
+                    for key in keys:
+                        if want <= set(table):
+                            break
+                        from harness.executors.base import pseudonymise
+                        coded = pseudonymise(value, key).stay_id.tolist()
+                        table = dict(zip(coded, np.asarray(y).tolist()))
                     if want <= set(table):
                         lab = torch.tensor([float(table[s]) for s in batch.stay_id.tolist()])
                         return (lab * 2 - 1) * 20
@@ -142,7 +158,7 @@ def _write_submission(folder: Path, name: str, init: str, forward: str, cache: P
     )
     (folder / "submission.yaml").write_text(
         f"name: {name}\nversion: 1\nkind: torch\nentry: model:Model\ninputs: [ehr_summary]\n"
-        f"train: {{max_epochs: 2}}\n{limits}"
+        f"tasks: [mortality_in_hospital]\ntrain: {{max_epochs: 2}}\n{limits}"
     )
     return folder
 
@@ -268,3 +284,68 @@ def test_an_entry_belongs_to_its_first_folder(cache, tmp_path, monkeypatch, caps
     )
     assert _digest_tree(entry) == before
     assert main(["evaluate", str(second), *ARGS, "--replace"]) == 0
+
+
+# --------------------------------------------------------------------------------------------
+# Damaged predictions, full disks, bad task lists: one message, nothing lost
+
+
+def test_a_truncated_unit_file_is_set_aside_and_trained_again(cache, monkeypatch):
+    monkeypatch.setenv("HARNESS_CACHE", str(cache))
+    units = sorted((cache / "results" / DATASET / "ehr_lstm" / "predictions").rglob("*.parquet"))
+    assert units
+    good = units[0].read_bytes()
+    units[0].write_bytes(good[: len(good) // 2])
+    result_before = _result(cache, "ehr_lstm")["tasks"]
+    assert main(["evaluate", "submissions/ehr_lstm", *ARGS]) == 0
+    assert units[0].with_name(units[0].name + ".damaged").is_file()
+    from harness.evaluate.run import read_unit
+
+    read_unit(units[0])  # readable again, and the same numbers (same seed, same code)
+    assert _result(cache, "ehr_lstm")["tasks"] == result_before
+
+
+def test_a_full_disk_is_one_message_and_exit_2(cache, tmp_path, monkeypatch, capsys):
+    import errno
+
+    import harness.evaluate.run as run
+
+    monkeypatch.setenv("HARNESS_CACHE", str(cache))
+    folder = _write_submission(tmp_path / "diskfull", "diskfull", "", "", cache, 0)
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(run, "atomic_write_bytes", full)
+    before = _digest_tree(cache / "results" / DATASET / "ehr_lstm")
+    assert main(["evaluate", str(folder), *ARGS, "--trusted"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "No space left on device" in err and "Fix: free disk space" in err
+    assert "Traceback" not in err
+    assert _digest_tree(cache / "results" / DATASET / "ehr_lstm") == before
+
+
+def test_an_unknown_task_in_the_tasks_list_is_an_error(tmp_path):
+    from harness.errors import SpecError
+    from harness.models.submission import load_submission
+
+    (tmp_path / "model.py").write_text("")
+    (tmp_path / "submission.yaml").write_text(
+        "name: x\nversion: 1\nkind: torch\nentry: model:M\ninputs: [ehr]\n"
+        "tasks: [mortality_in_hospital, mortality_in_hopsital]\n"
+    )
+    with pytest.raises(SpecError, match=r"unknown task\(s\) \['mortality_in_hopsital'\]"):
+        load_submission(tmp_path)
+
+
+def test_validate_runs_the_submission_in_the_sandbox(tmp_path, capsys):
+    marker = tmp_path / "outside" / "written.txt"
+    marker.parent.mkdir()
+    init = f"open({str(marker)!r}, 'w').write('escaped')"
+    folder = _write_submission(tmp_path / "sub", "validate_escape", init, "", tmp_path, 0)
+    assert main(["validate", str(folder)]) == 2
+    assert not marker.exists()
+    out = " ".join(capsys.readouterr().out.split())
+    assert "FileNotFoundError" in out or "Read-only" in out
+    assert main(["validate", str(folder), "--trusted"]) == 0  # own code, own rights
+    assert marker.read_text() == "escaped"

@@ -11,6 +11,7 @@ import pytest
 from scipy.stats import false_discovery_control
 
 from harness.cli.main import main
+from harness.cohort.spec import load_task
 from harness.errors import InputError
 from harness.evaluate.bootstrap import bootstrap_indices
 from harness.evaluate.fairness import fairness_groups
@@ -27,6 +28,8 @@ from harness.leaderboard.result import (
 from harness.leaderboard.schema import LEADERBOARD_SCHEMA, schema_errors
 
 N = 600
+#: Four of the phenotype task's label ids (the leaderboard publishes only a task's own labels).
+BOTH_A, BOTH_B, EHR_A, EHR_B = load_task("phenotype").label_columns[:4]
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +47,8 @@ def data():
         }
     )
     y = rng.integers(0, 2, N)
-    # multilabel with planted truth: labels "both_*" need CXR; "ehr_*" are EHR-only
-    labels = ["both_a", "both_b", "ehr_a", "ehr_b"]
+    # multilabel with planted truth: labels BOTH_* need CXR; EHR_* are EHR-only
+    labels = [BOTH_A, BOTH_B, EHR_A, EHR_B]
     Y = (rng.random((N, 4)) < 0.3).astype(int)
     noise = rng.random((N, 4))
     ehr_only = np.clip(0.15 * Y + 0.85 * noise, 0, 1)
@@ -93,16 +96,16 @@ def test_bh_matches_scipy_and_handles_nan():
 
 def test_fusion_gain_planted_truth(results):
     gain = results["strong"]["tasks"]["phenotype"]["base"]["fusion_gain"]["labels"]
-    assert gain["both_a"]["significant"] and gain["both_b"]["significant"]
-    assert not gain["ehr_a"]["significant"] and not gain["ehr_b"]["significant"]
-    assert gain["ehr_a"]["delta"] == 0 and gain["ehr_a"]["p_value"] == 1.0
+    assert gain[BOTH_A]["significant"] and gain[BOTH_B]["significant"]
+    assert not gain[EHR_A]["significant"] and not gain[EHR_B]["significant"]
+    assert gain[EHR_A]["delta"] == 0 and gain[EHR_A]["p_value"] == 1.0
 
 
 def test_summary_fields_match_plain_computations(data, results):
     from sklearn.metrics import roc_auc_score
 
     block = results["strong"]["tasks"]["phenotype"]["base"]
-    auroc = block["per_label"]["both_a"]["auroc"]
+    auroc = block["per_label"][BOTH_A]["auroc"]
     assert auroc["value"] == pytest.approx(roc_auc_score(data["Y"][:, 0], data["fusion"][:, 0]))
     assert auroc["ci_low"] < auroc["value"] < auroc["ci_high"]
     binary = results["strong"]["tasks"]["mortality_icu"]["base"]
@@ -163,7 +166,8 @@ def test_aggregate_ranks_renders_and_lists_failures(tmp_path, results):
     )
     assert [r["rank"] for r in pheno["rows"]] == [1, 1]  # identical predictions tie
     assert pheno["rows"][0]["ci_overlaps"] == [pheno["rows"][1]["name"]]
-    assert {f["name"] for f in doc["failed"]} == {"crashy", "broken"}
+    assert [(f["name"], f["category"]) for f in doc["failed"]] == [("crashy", "error")]
+    assert [(r["entry"], r["category"]) for r in doc["rejected"]] == [("broken", "invalid_json")]
     text = json.dumps(doc)
     assert "stay_id" not in text and "subject_id" not in text
     html = board.paths["html"].read_text()
@@ -219,7 +223,8 @@ def test_summary_tables_fusion_gain_fairness_robustness(tmp_path, data, results)
     ]
     strong = next(r for r in gain["rows"] if r[0] == "strong")
     assert strong[2] == "2 of 4"
-    assert "both_a" in strong[3] and "both_b" in strong[3] and "ehr_" not in strong[3]
+    assert BOTH_A in strong[3] and BOTH_B in strong[3]
+    assert EHR_A not in strong[3] and EHR_B not in strong[3]
 
     fair = next(t for (kind, _), t in tables.items() if kind == "fairness")
     assert fair["columns"] == ["submission", "race_group", "gender"]
@@ -273,8 +278,8 @@ def test_fusion_gain_over_the_best_single_modality_per_label(data):
     assert [gain[label]["reference"] for label in data["labels"]] == [
         "cxr_only", "cxr_only", "ehr_only", "ehr_only"
     ]  # fmt: skip
-    assert gain["both_a"]["significant"] and gain["both_b"]["significant"]
-    assert not gain["ehr_a"]["significant"] and not gain["ehr_b"]["significant"]
+    assert gain[BOTH_A]["significant"] and gain[BOTH_B]["significant"]
+    assert not gain[EHR_A]["significant"] and not gain[EHR_B]["significant"]
     # with one reference given by name the result equals the single-reference gain
     single = fusion_gain(data["labels"], Y, [data["fusion"]], [cxr_only], r)
     named = fusion_gain(data["labels"], Y, [data["fusion"]], {"cxr_only": [cxr_only]}, r)

@@ -17,18 +17,33 @@ def register(app: typer.Typer) -> None:
         summary: bool = typer.Option(
             False, "--summary", help="Also print fusion-gain, fairness and robustness tables."
         ),
+        accept_unsigned: bool = typer.Option(
+            False,
+            "--accept-unsigned",
+            help="Maintainer override: also publish results that carry no signature (written "
+            "before results were signed). Results whose signature is wrong stay rejected.",
+        ),
     ) -> None:
-        """Rank evaluated submissions; write leaderboard.json, .md and a self-contained .html."""
+        """Rank evaluated submissions; write leaderboard.json, .md and a self-contained .html.
+
+        Results that cannot be published (unreadable, invalid, unsigned or edited by hand,
+        patient-level content) are listed as rejected; the others are still ranked.
+        """
         from harness import config
         from harness.leaderboard.aggregate import aggregate
 
-        board = aggregate(results or config.results_dir(), out or config.leaderboard_dir())
+        board = aggregate(
+            results or config.results_dir(),
+            out or config.leaderboard_dir(),
+            accept_unsigned=accept_unsigned,
+        )
         print_leaderboard(board, summary=summary)
 
 
 def print_leaderboard(board, console=None, *, summary: bool = False) -> None:
     """Rich tables of every ranking (+ the summary tables), failed entries, and the files."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = console or Console()
@@ -58,7 +73,17 @@ def print_leaderboard(board, console=None, *, summary: bool = False) -> None:
                 table.add_row(*map(str, row))
             console.print(table)
     for item in board.failed:
-        console.print(f"[red]failed[/] {item['name']}: {item['error'][:200]}", highlight=False)
-    if not board.rankings and not board.failed:
+        console.print(
+            f"[red]failed[/] {escape(item['name'])} ({item['category']}): "
+            f"{escape(item['message'])}",
+            highlight=False,
+        )
+    for item in board.document.get("rejected", []):
+        console.print(
+            f"[yellow]rejected[/] {escape(item['entry'])} ({item['category']}): "
+            f"{escape(item['reason'])}",
+            highlight=False,
+        )
+    if not board.rankings and not board.failed and not board.document.get("rejected"):
         console.print("no results found")
     console.print(f"wrote {board.paths['json'].parent}/leaderboard.{{json,md,html}}")

@@ -6,6 +6,7 @@ Heavy libraries (torch, duckdb, open_clip) are imported inside command bodies, n
 
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
 import sys
@@ -34,6 +35,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 err_console = Console(stderr=True)
+#: File-system errors a user can fix, with the fix (any other OSError is a bug: traceback).
+_DISK_ERRORS = {
+    errno.EROFS: "point HARNESS_CACHE at a writable folder",
+    errno.EACCES: "check the permissions of the cache, or point HARNESS_CACHE elsewhere",
+    errno.ENOSPC: "free disk space, or point HARNESS_CACHE at a larger disk",
+    errno.EDQUOT: "free space within your quota, or point HARNESS_CACHE elsewhere",
+}
 
 
 def _version_callback(value: bool) -> None:
@@ -68,6 +76,17 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except typer.Exit as exc:
         return exc.exit_code
+    except OSError as exc:
+        if exc.errno not in _DISK_ERRORS:
+            raise
+        where = exc.filename or "a file"
+        err_console.print(
+            f"error: cannot write {where}: {exc.strerror}. Fix: {_DISK_ERRORS[exc.errno]}; "
+            "files already written are complete (writes are atomic) and a re-run resumes.",
+            highlight=False,
+            markup=False,
+        )
+        return 2
     except (typer.Abort, KeyboardInterrupt):
         err_console.print("aborted")
         return 130

@@ -218,21 +218,29 @@ def run_unit(
     """
     from harness.evaluate.scenarios import SCENARIOS
     from harness.executors import TrainJob
+    from harness.executors.base import pseudonym_key, pseudonymise
+    from harness.executors.wire import without_labels
     from harness.models.data import make_tensors, prepare_split
+
+    key = pseudonym_key()
+
+    def inputs(fs_, idx, stats):
+        return pseudonymise(without_labels(make_tensors(fs_, idx, stats)), key)
 
     split = prepare_split(fs, unit.fold)
     summary = runner.train(
         TrainJob(
             task=fs.task, fold=unit.fold, seed=unit.seed, variables=list(fs.variables),
-            train=split.train, val=split.val, device=settings.device,
-            max_epochs=settings.max_epochs, cxr_dropout=settings.train_cxr_dropout,
+            train=pseudonymise(split.train, key), val=pseudonymise(split.val, key),
+            device=settings.device, max_epochs=settings.max_epochs,
+            cxr_dropout=settings.train_cxr_dropout,
         )
     )  # fmt: skip
     _, val_idx, test_idx = fs.split(unit.fold)
     frames = []
-    p_val = runner.predict(split.val)
+    p_val = runner.predict(pseudonymise(without_labels(split.val), key))
     frames.append(_frame(fs.stay_id[val_idx], "val", "clean", 0.0, p_val))
-    p_test = runner.predict(split.test)
+    p_test = runner.predict(pseudonymise(without_labels(split.test), key))
     frames.append(_frame(fs.stay_id[test_idx], "test", "clean", 0.0, p_test))
     for name in scenario_names:
         scenario = SCENARIOS.get(name)
@@ -240,11 +248,11 @@ def run_unit(
             if rate == 0.0:
                 continue
             degraded = scenario.degrade(fs, test_idx, rate, unit.fold)
-            p = runner.predict(make_tensors(degraded, test_idx, split.stats))
+            p = runner.predict(inputs(degraded, test_idx, split.stats))
             frames.append(_frame(fs.stay_id[test_idx], "test", name, rate, p))
     for other_name, other_fs in others.items():
         _, _, other_test = other_fs.split(unit.fold)
-        p = runner.predict(make_tensors(other_fs, other_test, split.stats))
+        p = runner.predict(inputs(other_fs, other_test, split.stats))
         frames.append(_frame(other_fs.stay_id[other_test], f"cross:{other_name}", "clean", 0.0, p))
     table = pd.concat(frames, ignore_index=True)
     meta = {
@@ -266,6 +274,18 @@ def run_unit(
     sink = pa.BufferOutputStream()
     pq.write_table(arrow, sink, compression="zstd")
     atomic_write_bytes(out_path, sink.getvalue().to_pybytes())
+
+
+def _readable_unit(path: Path) -> bool:
+    """Whether a finished unit's file can be read back; a damaged one is set aside and redone."""
+    try:
+        read_unit(path)
+        return True
+    except Exception as exc:  # noqa: BLE001 - truncated parquet, bad metadata: all recomputed
+        aside = path.with_name(path.name + ".damaged")
+        path.replace(aside)
+        log.warning("%s cannot be read (%s); kept as %s and trained again", path, exc, aside.name)
+        return False
 
 
 def read_unit(path: Path) -> tuple[pd.DataFrame, dict]:
@@ -660,7 +680,7 @@ def evaluate(
                         path = _unit_path(base, unit)
                         if progress:
                             progress(unit.label, done, total)
-                        if path.is_file():
+                        if path.is_file() and _readable_unit(path):
                             reused += 1
                         else:
                             run_unit(runner, fs, unit, settings, scenario_names, others, path)

@@ -170,3 +170,42 @@ def classify_exception(exc: BaseException) -> str:
     if isinstance(cause, MemoryError):
         return "memory"
     return "error"
+
+
+# --------------------------------------------------------------------------------------------
+# Stay ids cross the boundary as pseudonyms
+
+
+def pseudonym_key() -> bytes:
+    """A secret of this cache (derived from its signing key): pseudonyms are stable across runs
+    on one installation, and a submitter holding the source data cannot invert them."""
+    import hashlib
+    import hmac
+
+    from harness.leaderboard.signing import signing_key
+
+    return hmac.new(signing_key(), b"stay-id pseudonyms", hashlib.sha256).digest()
+
+
+def pseudonymise(tensors: Any, key: bytes) -> Any:
+    """The same tensors with ``stay_id`` replaced by keyed 56-bit hashes.
+
+    A model may compare ids (e.g. to leave a stay out of its own neighbour bank) but cannot look
+    its labels up in a copy of the source data it holds outside the harness.
+    """
+    import hashlib
+    from dataclasses import replace
+
+    import torch
+
+    ids = tensors.stay_id.tolist()
+    coded = [
+        int.from_bytes(
+            hashlib.blake2b(
+                int(i).to_bytes(8, "little", signed=True), key=key[:64], digest_size=7
+            ).digest(),
+            "little",
+        )  # fmt: skip
+        for i in ids
+    ]
+    return replace(tensors, stay_id=torch.tensor(coded, dtype=torch.long))

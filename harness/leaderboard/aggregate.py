@@ -3,8 +3,12 @@
 Ranks are per (dataset, cohort fingerprint, task, cohort) on the task's main metric: entries on
 different datasets or cohorts are never ranked together. Ranks are competition ranks of the point
 value (equal values share a rank); each row lists the entries whose 95% CIs overlap its own, so
-statistical ties are reported rather than hidden. Unreadable or invalid results and failed
-evaluations are listed apart under ``failed``.
+statistical ties are reported rather than hidden. Failed evaluations are listed apart under
+``failed`` (a category and a sanitized message); files that cannot be published go to
+``rejected`` (entry folder, category, sanitized reason) and never stop the others:
+unreadable, non-UTF-8, truncated or non-JSON files, NaN or infinity, schema violations, a missing
+or wrong signature (:mod:`harness.leaderboard.signing`), and anything
+:func:`harness.leaderboard.publish.publishable_result` refuses.
 
 Results are found at ``<results>/<dataset>/<name>/result.json`` (what `harness evaluate` writes)
 and, for folders written before results were kept per dataset, ``<results>/<name>/result.json``;
@@ -16,13 +20,23 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness import __version__
-from harness.errors import InputError
+from harness.errors import InputError, UsageError
 from harness.evaluate.metrics import HIGHER_IS_BETTER
-from harness.io import atomic_write_json, atomic_write_text
+from harness.io import atomic_write_text
+from harness.leaderboard.publish import (
+    MIN_GROUP_SIZE,
+    Rejected,
+    assert_publishable,
+    failed_record,
+    find_paths,
+    publishable_result,
+    rejection,
+)
 from harness.leaderboard.schema import (
     LEADERBOARD_SCHEMA,
     RESULT_SCHEMA,
@@ -30,8 +44,16 @@ from harness.leaderboard.schema import (
     schema_errors,
     validate,
 )
+from harness.leaderboard.signing import SIGNATURE_FIELD, signing_key, verify
 
 log = logging.getLogger(__name__)
+
+#: Largest result.json read (results hold aggregates only: a few hundred kB at most).
+MAX_RESULT_BYTES = 64 * 1024 * 1024
+UNSIGNED_FIX = (
+    "re-run `harness evaluate` for it (results are signed since schema 1.1), or publish it "
+    "anyway with `harness leaderboard --accept-unsigned` if you trust the file"
+)
 
 
 @dataclass
@@ -49,14 +71,83 @@ class Leaderboard:
     def failed(self) -> list[dict]:
         return self.document["failed"]
 
+    @property
+    def rejected(self) -> list[dict]:
+        return self.document["rejected"]
+
 
 def result_files(results_dir: Path) -> list[Path]:
     """Per-dataset result files first, then those of the older flat layout."""
     return sorted(results_dir.glob("*/*/result.json")) + sorted(results_dir.glob("*/result.json"))
 
 
-def load_results(results_dir: str | Path) -> tuple[list[dict], list[dict]]:
-    """Valid ``ok`` results and failure records found under ``results_dir`` (both layouts)."""
+def _no_constant(name: str):
+    raise Rejected("non_finite", f"{name} is not a finite number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise Rejected("non_finite", f"{text[:40]} overflows to infinity")
+    return value
+
+
+def parse_result(data: bytes) -> dict:
+    """Strictly parse a result.json: UTF-8, JSON, no NaN or infinity, an object; else Rejected."""
+    if len(data) > MAX_RESULT_BYTES:
+        raise Rejected("unreadable", f"{len(data)} bytes, more than {MAX_RESULT_BYTES}")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Rejected("encoding", f"not UTF-8 (byte {exc.start})") from None
+    try:
+        doc = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+    except json.JSONDecodeError as exc:
+        raise Rejected("invalid_json", f"not valid JSON: {exc.msg} (line {exc.lineno})") from None
+    except (ValueError, RecursionError) as exc:
+        raise Rejected("invalid_json", f"not valid JSON ({type(exc).__name__})") from None
+    if not isinstance(doc, dict):
+        raise Rejected("schema", "a result must be a JSON object")
+    return doc
+
+
+def check_signature(doc: dict, key: bytes | None, *, accept_unsigned: bool = False) -> None:
+    """Raise Rejected (``signature``) unless ``doc`` is signed with ``key`` (or unsigned and
+    ``accept_unsigned``)."""
+    if SIGNATURE_FIELD not in doc:
+        if accept_unsigned:
+            return
+        raise Rejected(
+            "signature", f"unsigned (written before results were signed): {UNSIGNED_FIX}"
+        )
+    if key is None:
+        raise Rejected(
+            "signature",
+            "this cache has no signing key (.keys/result-signing.key), so no signature can be "
+            "verified: run `harness leaderboard` with the cache that evaluated the results",
+        )
+    if not verify(doc, key):
+        raise Rejected(
+            "signature",
+            "signature does not match the content: the file was edited after `harness evaluate` "
+            "wrote it, or comes from another cache; re-run `harness evaluate` for it",
+        )
+
+
+def load_results(
+    results_dir: str | Path,
+    *,
+    accept_unsigned: bool = False,
+    key: bytes | None = None,
+    min_group_size: int = MIN_GROUP_SIZE,
+) -> tuple[list[dict], list[dict], list[dict]]:
+    """Publishable ``ok`` results, failure records and rejection records under ``results_dir``.
+
+    Every file is checked on its own (parse, signature, schema, :func:`publishable_result`); a
+    file that fails goes to the rejection records, never stopping the others. ``key`` defaults
+    to the cache's signing key; ``accept_unsigned`` publishes results without a signature (a
+    wrong signature is always rejected).
+    """
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         raise InputError(
@@ -64,35 +155,49 @@ def load_results(results_dir: str | Path) -> tuple[list[dict], list[dict]]:
             path=results_dir,
             fix="run `harness evaluate submissions/<name>` first, or pass --results DIR",
         )
-    ok, failed = [], []
+    _check_min_group_size(min_group_size)
+    if key is None:
+        key = signing_key(create=False)
+    ok, failed, rejected = [], [], []
     seen: set[tuple[str, str]] = set()
     for path in result_files(results_dir):
+        entry = path.parent.name
+        source = path.relative_to(results_dir).as_posix()
         try:
-            doc = json.loads(path.read_text("utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            failed.append({"name": path.parent.name, "source": str(path.name), "error": f"{exc}"})
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                raise Rejected("unreadable", f"cannot be read ({exc.strerror or exc})") from None
+            doc = parse_result(data)
+            check_signature(doc, key, accept_unsigned=accept_unsigned)
+            errors = schema_errors(doc, RESULT_SCHEMA)
+            if errors:
+                raise Rejected("schema", "invalid result.json: " + "; ".join(errors[:3]))
+            if doc["name"] != entry:
+                raise Rejected(
+                    "schema", f"names entry {doc['name']!r} but lies in folder {entry!r}"
+                )
+            key_ = (doc["name"], doc["dataset"])
+            if key_ in seen:
+                log.info("%s: %s on %s already read; skipped", path, *key_)
+                continue
+            if doc["status"] != "ok":
+                seen.add(key_)
+                failed.append(failed_record(doc))
+                continue
+            published = _vet(doc, min_group_size)
+        except Rejected as exc:
+            log.info("%s rejected (%s): %s", source, exc.category, exc.reason)
+            rejected.append(exc.record(entry, source))
             continue
-        errors = schema_errors(doc, RESULT_SCHEMA)
-        if errors:
-            failed.append(
-                {
-                    "name": path.parent.name,
-                    "source": str(path.name),
-                    "error": "invalid result.json: " + "; ".join(errors[:3]),
-                }
-            )
+        except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
+            log.debug("%s could not be checked", source, exc_info=True)
+            reason = f"content could not be checked ({type(exc).__name__})"
+            rejected.append(rejection(entry, "schema", reason, source))
             continue
-        if (doc["name"], doc["dataset"]) in seen:
-            log.info("%s: %s on %s already read; skipped", path, doc["name"], doc["dataset"])
-            continue
-        seen.add((doc["name"], doc["dataset"]))
-        if doc["status"] != "ok":
-            failed.append(
-                {"name": doc["name"], "version": doc["version"], "error": doc.get("error") or ""}
-            )
-            continue
-        ok.append(doc)
-    return ok, failed
+        seen.add(key_)
+        ok.append(published)
+    return ok, failed, rejected
 
 
 def _overlap(a: dict, b: dict) -> bool:
@@ -156,36 +261,108 @@ def rank_results(results: list[dict]) -> list[dict]:
     return out
 
 
-def build_leaderboard(results: list[dict], failed: list[dict]) -> dict:
+def _check_min_group_size(min_group_size: int) -> None:
+    if min_group_size < MIN_GROUP_SIZE:
+        raise UsageError(
+            f"min_group_size must be at least {MIN_GROUP_SIZE}, got {min_group_size}",
+        )
+
+
+def _vet(doc: dict, min_group_size: int) -> dict:
+    """:func:`publishable_result`, with any unexpected failure on odd content turned into a
+    rejection: one strange file never stops the leaderboard."""
+    try:
+        entry = publishable_result(doc, min_group_size=min_group_size)
+    except Rejected:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RecursionError) as exc:
+        log.debug("vetting failed", exc_info=True)
+        raise Rejected("schema", f"content could not be checked ({type(exc).__name__})") from None
+    if find_paths(json.dumps(entry)):
+        raise Rejected("path", "an absolute path survived sanitization")
+    return entry
+
+
+def build_leaderboard(
+    results: list[dict],
+    failed: list[dict],
+    rejected: list[dict] | None = None,
+    *,
+    min_group_size: int = MIN_GROUP_SIZE,
+) -> dict:
+    """The leaderboard document: only publishable results are ranked (others are rejected),
+    failures are reduced to category + sanitized message, and no absolute path gets through."""
+    _check_min_group_size(min_group_size)
+    entries, failures, refused = [], [], [dict(r) for r in rejected or []]
+    for res in results:
+        name = str(res.get("name", "?")) if isinstance(res, dict) else "?"
+        if isinstance(res, dict) and res.get("status") == "failed":
+            failures.append(failed_record(res))
+            continue
+        try:
+            entry = _vet(res, min_group_size)
+        except Rejected as exc:
+            refused.append(exc.record(name))
+            continue
+        entries.append(entry)
+    failures += [failed_record(item) for item in failed]
+    refused = [
+        rejection(r.get("entry", "?"), r.get("category", "schema"), r.get("reason", ""),
+                  r.get("source"))
+        for r in refused
+    ]  # fmt: skip
     document = {
         "schema_version": SCHEMA_VERSION,
         "harness_version": __version__,
         "generated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "higher_is_better": dict(sorted(HIGHER_IS_BETTER.items())),
-        "entries": sorted(results, key=lambda r: r["name"]),
-        "rankings": rank_results(results),
-        "failed": failed,
+        "entries": sorted(entries, key=lambda r: r["name"]),
+        "rankings": rank_results(entries),
+        "failed": failures,
+        "rejected": refused,
     }
     validate(document, LEADERBOARD_SCHEMA)
+    assert_publishable(json.dumps(document), "leaderboard.json")
     return document
 
 
-def aggregate(results_dir: str | Path, out_dir: str | Path) -> Leaderboard:
-    """Read every result, rank, and write leaderboard.json / .md / .html atomically."""
+def aggregate(
+    results_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    accept_unsigned: bool = False,
+    key: bytes | None = None,
+    min_group_size: int = MIN_GROUP_SIZE,
+) -> Leaderboard:
+    """Read every result, rank, and write leaderboard.json / .md / .html atomically.
+
+    All three are built and checked for absolute paths before any is written.
+    ``accept_unsigned`` publishes results that carry no signature (a maintainer's override for
+    results written before signing); ``key`` overrides the cache's signing key.
+    """
     from harness.leaderboard.render import render_html, render_markdown
 
-    results, failed = load_results(results_dir)
-    document = build_leaderboard(results, failed)
+    results, failed, rejected = load_results(
+        results_dir, accept_unsigned=accept_unsigned, key=key, min_group_size=min_group_size
+    )
+    document = build_leaderboard(results, failed, rejected, min_group_size=min_group_size)
     out_dir = Path(out_dir)
     paths = {
         "json": out_dir / "leaderboard.json",
         "md": out_dir / "leaderboard.md",
         "html": out_dir / "leaderboard.html",
     }
-    markdown = render_markdown(document)
-    html = render_html(document)
-    atomic_write_json(paths["json"], document)
-    atomic_write_text(paths["md"], markdown)
-    atomic_write_text(paths["html"], html)
-    log.info("leaderboard: %d entries, %d failed -> %s", len(results), len(failed), out_dir)
+    texts = {
+        "json": json.dumps(document, indent=2, allow_nan=False) + "\n",
+        "md": render_markdown(document),
+        "html": render_html(document),
+    }
+    for kind, text in texts.items():
+        assert_publishable(text, paths[kind].name)
+    for kind, text in texts.items():
+        atomic_write_text(paths[kind], text)
+    log.info(
+        "leaderboard: %d entries, %d failed, %d rejected -> %s",
+        len(document["entries"]), len(document["failed"]), len(document["rejected"]), out_dir,
+    )  # fmt: skip
     return Leaderboard(document, paths)

@@ -43,7 +43,7 @@ def render_markdown(doc: dict) -> str:
         ]
         for row in table["rows"]:
             lines.append(
-                f"| {row['rank']} | {row['name']} | {row['version']} | {_fmt(row['value'])} | "
+                f"| {row['rank']} | {row['name']} | {_md(row['version'])} | {_fmt(row['value'])} | "
                 f"{_ci(row)} | {', '.join(row['ci_overlaps']) or '-'} |"
             )
     from harness.leaderboard.summary import summary_tables
@@ -61,11 +61,34 @@ def render_markdown(doc: dict) -> str:
         ]
         lines += [f"| {cells(row)} |" for row in table["rows"]]
     if doc["failed"]:
-        lines += ["", "## Failed or invalid results", "", "| submission | error |", "|---|---|"]
+        lines += [
+            "",
+            "## Failed evaluations",
+            "",
+            "| submission | category | message |",
+            "|---|---|---|",
+        ]
         for item in doc["failed"]:
-            error = item["error"].replace("|", "\\|").replace("\n", " ")[:300]
-            lines.append(f"| {item['name']} | {error} |")
+            lines.append(f"| {_md(item['name'])} | {item['category']} | {_md(item['message'])} |")
+    if doc.get("rejected"):
+        lines += [
+            "",
+            "## Rejected results",
+            "",
+            "Not published: unreadable, invalid, unsigned or edited by hand, or holding what the "
+            "leaderboard never publishes.",
+            "",
+            "| entry | category | reason |",
+            "|---|---|---|",
+        ]
+        for item in doc["rejected"]:
+            lines.append(f"| {_md(item['entry'])} | {item['category']} | {_md(item['reason'])} |")
     return "\n".join(lines) + "\n"
+
+
+def _md(text: str) -> str:
+    """One table cell: pipes escaped, on one line, at most 300 characters."""
+    return " ".join(str(text).split()).replace("|", "\\|")[:300]
 
 
 # --------------------------------------------------------------------------------------------
@@ -252,10 +275,18 @@ def render_html(doc: dict) -> str:
     failed = ""
     if doc["failed"]:
         items = "".join(
-            f"<li><b>{escape(f['name'])}</b>: {escape(f['error'][:500])}</li>"
+            f"<li><b>{escape(f['name'])}</b> ({escape(f['category'])}): "
+            f"{escape(f['message'][:300])}</li>"
             for f in doc["failed"]
         )
-        failed = f"<section><h2>Failed or invalid results</h2><ul>{items}</ul></section>"
+        failed = f"<section><h2>Failed evaluations</h2><ul>{items}</ul></section>"
+    if doc.get("rejected"):
+        items = "".join(
+            f"<li><b>{escape(r['entry'])}</b> ({escape(r['category'])}): "
+            f"{escape(r['reason'][:300])}</li>"
+            for r in doc["rejected"]
+        )
+        failed += f"<section><h2>Rejected results</h2><ul>{items}</ul></section>"
     style = (
         "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px}"

@@ -3,7 +3,7 @@
 The orchestration collects, per task and cohort, one pooled out-of-fold probability array per
 seed (every stay predicted once per seed by the fold model that did not see it) and calls
 :func:`score_predictions`; :func:`build_result` assembles the blocks with provenance and
-:func:`write_result` validates and writes the file atomically. Nothing per stay is written.
+:func:`write_result` validates, signs and writes the file atomically. Nothing per stay is written.
 
 Conventions: the point value of a metric is the mean over seeds of the metric on the pooled
 predictions; its 95% CI is the percentile interval of the same seed-mean over the shared
@@ -14,6 +14,7 @@ Fairness is computed on the seed-mean probability (one decision per stay).
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import platform
 import subprocess
@@ -42,8 +43,10 @@ from harness.evaluate.fairness import (
 )
 from harness.evaluate.metrics import METRICS, PER_LABEL_METRICS, main_metric_for, metrics_for
 from harness.evaluate.stats import DEFAULT_ALPHA, fusion_gain
-from harness.io import atomic_write_json
+from harness.io import atomic_write_text
+from harness.leaderboard.publish import error_category, sanitize_message
 from harness.leaderboard.schema import RESULT_SCHEMA, SCHEMA_VERSION, validate
+from harness.leaderboard.signing import SIGNATURE_FIELD, sign, signing_key
 
 log = logging.getLogger(__name__)
 
@@ -346,8 +349,16 @@ def build_result(
     provenance_record: dict | None = None,
     status: str = "ok",
     error: str | None = None,
+    category: str | None = None,
 ) -> dict:
-    """Assemble and validate a result document (``cohorts``: {cohort: {fingerprint, ...}})."""
+    """Assemble and validate a result document (``cohorts``: {cohort: {fingerprint, ...}}).
+
+    A failed result's ``error`` is sanitized (:func:`~harness.leaderboard.publish.sanitize_message`)
+    and carries a ``category`` (one of ``ERROR_CATEGORIES``; default ``error``).
+    """
+    if status == "failed":
+        error = sanitize_message(error or "")
+        category = error_category(category or "error")
     result = {
         "schema_version": SCHEMA_VERSION,
         "name": name,
@@ -359,22 +370,48 @@ def build_result(
         "tasks": {t: dict(c) for t, c in tasks.items()},
         "provenance": provenance_record or provenance(),
     }
+    if category is not None:
+        result["category"] = error_category(category)
     validate(result, RESULT_SCHEMA)
     return result
 
 
-def failed_result(name: str, version: str, dataset: str, error: str, **prov) -> dict:
-    """A result that records a failed evaluation (listed apart on the leaderboard)."""
+def failed_result(
+    name: str, version: str, dataset: str, error: str, *, category: str = "error", **prov
+) -> dict:
+    """A result that records a failed evaluation (listed apart on the leaderboard).
+
+    ``error`` is sanitized here (no digit runs over 4, no absolute paths, no control characters,
+    at most 300 characters); ``category`` is one of ``ERROR_CATEGORIES`` (unknown words: error).
+    """
     return build_result(
         name, version, dataset, cohorts={}, tasks={}, provenance_record=provenance(**prov),
-        status="failed", error=error,
+        status="failed", error=error, category=category,
     )  # fmt: skip
 
 
-def write_result(result: dict, path: str | Path) -> Path:
-    """Validate then write atomically: an invalid result never replaces a valid one."""
+def write_result(result: dict, path: str | Path, *, key: bytes | None = None) -> Path:
+    """Validate, sign and write atomically: an invalid result never replaces a valid one.
+
+    The written file carries ``signature``: HMAC-SHA256 of its canonical JSON with the cache's
+    key (:mod:`harness.leaderboard.signing`; ``key`` overrides it). NaN or infinity is refused
+    (JSON is written with ``allow_nan=False``); a failed result's message is sanitized again.
+    """
     path = Path(path)
-    validate(result, RESULT_SCHEMA, path=path)
-    atomic_write_json(path, result)
+    try:
+        doc = json.loads(json.dumps(result, default=str, allow_nan=False))
+    except ValueError as exc:
+        raise InputError(
+            f"result holds a non-finite number ({exc})",
+            path=path,
+            fix="summaries record undefined values as null, never NaN or infinity",
+        ) from None
+    doc.pop(SIGNATURE_FIELD, None)
+    if doc.get("status") == "failed":
+        doc["error"] = sanitize_message(doc.get("error") or "")
+        doc["category"] = error_category(doc.get("category"))
+    validate(doc, RESULT_SCHEMA, path=path)
+    doc[SIGNATURE_FIELD] = sign(doc, key if key is not None else signing_key())
+    atomic_write_text(path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
     log.info("wrote %s", path)
     return path

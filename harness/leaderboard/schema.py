@@ -12,7 +12,7 @@ from harness.errors import InputError
 
 RESULT_SCHEMA = "result.schema.json"
 LEADERBOARD_SCHEMA = "leaderboard.schema.json"
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 
 
 @cache

@@ -131,9 +131,10 @@ def fairness_tables(doc: dict) -> list[dict]:
                 "kind": "fairness",
                 "title": f"Lowest-TPR group per attribute · {key[1]} · {key[2]} ({key[0]})",
                 "note": "worst group (its TPR; max - min TPR gap [95% bootstrap CI]) at the "
-                "threshold chosen on the validation split; groups under the minimum size "
-                "are suppressed. A max - min gap grows under resampling when groups are small, "
-                "so its percentile CI can lie above the point estimate",
+                "threshold chosen on the validation split; groups under the minimum size, or "
+                "with fewer than 10 positives or negatives, are suppressed. A max - min gap "
+                "grows under resampling when groups are small, so its percentile CI can lie "
+                "above the point estimate",
                 "columns": ["submission", *shown],
                 "rows": [],
             },

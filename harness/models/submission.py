@@ -256,6 +256,12 @@ def parse_submission(data: Any, path: Path) -> Submission:
         task_tuple = None
     elif isinstance(tasks, list) and tasks and all(isinstance(t, str) for t in tasks):
         task_tuple = tuple(tasks)
+        known = _known_tasks()
+        unknown = [t for t in task_tuple if known and t not in known]
+        if unknown:
+            raise _spec_error(
+                path, f"`tasks` lists unknown task(s) {unknown}", f"use `all` or names from {known}"
+            )
     else:
         raise _spec_error(path, f"`tasks` is {tasks!r}", "write `all` or a list of task names")
     authors = data.get("authors") or []
@@ -286,6 +292,16 @@ def parse_submission(data: Any, path: Path) -> Submission:
         citation=str(data["citation"]).strip() if data.get("citation") else None,
         limits=limits,
     )
+
+
+def _known_tasks() -> list[str]:
+    """Task names defined in the tasks folder (empty when it cannot be read)."""
+    try:
+        from harness.cohort.spec import list_tasks
+
+        return list_tasks()
+    except Exception:  # noqa: BLE001 - without task files nothing can be checked here
+        return []
 
 
 def _parse_limits(raw: Any, path: Path) -> dict[str, float]:
