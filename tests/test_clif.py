@@ -57,6 +57,8 @@ def reference(clif_dir: Path) -> dict:
     hosp = hosp.assign(hid=hosp["hospitalization_id"].astype(str))
     st = st.merge(hosp, on="hid").merge(pat, on="patient_id", how="left")
     n_all = len(st)
+    st = st[st["age_at_admission"].between(0, 120)]
+    n_plausible = len(st)
     st = st[st["age_at_admission"] >= 18]
     n_adult = len(st)
     st = st[(st["out"] - st["in"]) >= pd.Timedelta(hours=48)]
@@ -70,7 +72,7 @@ def reference(clif_dir: Path) -> dict:
     in_hosp = expired | (death.notna() & (death <= disch))
     icu_death = (death >= st["in"]) & (death <= st["out"])
     return {
-        "funnel": [n_all, n_adult, n_long, len(st)],
+        "funnel": [n_all, n_plausible, n_adult, n_long, len(st)],
         "n_subjects": st["patient_id"].nunique(),
         "in_hospital_deaths": int(in_hosp.sum()),
         "icu_deaths": int(icu_death.sum()),

@@ -423,6 +423,8 @@ def test_planted_cases(mini):
     assert funnel == {
         "icu_stays": 7,
         "linked_patient_and_admission": 7,
+        "intime_not_after_outtime": 7,
+        "age_between_0_and_120": 7,
         "age_at_least_18": 6,
         "icu_stay_at_least_48h": 5,
         "alive_at_prediction": 4,

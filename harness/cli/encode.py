@@ -24,8 +24,17 @@ def register(app: typer.Typer) -> None:
         num_workers: int = typer.Option(None, "--workers", min=0, help="DataLoader workers."),
         device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: auto)."),
         list_: bool = typer.Option(False, "--list", help="List encoder families and exit."),
+        repair: bool = typer.Option(
+            False,
+            "--repair",
+            help="Verify every stored chunk and re-encode the missing or damaged ones.",
+        ),
     ) -> None:
-        """Encode every linked CXR image (once per encoder) and the cohort's hourly EHR tensors."""
+        """Encode every linked CXR image (once per encoder) and the cohort's hourly EHR tensors.
+
+        Stored chunks are verified against their checksums; a missing or damaged one stops the
+        run with an error naming it, and `--repair` re-encodes it.
+        """
         if list_:
             _print_list()
             return
@@ -44,11 +53,40 @@ def register(app: typer.Typer) -> None:
                 num_workers=num_workers,
                 device=device,
                 progress=True,
+                repair=repair,
             )
             _print_report(report)
 
 
+def _print_repair(report) -> None:
+    res = report.repair
+    if res is None:
+        return
+    if not res.damaged:
+        console.print(f"[green]store verified[/]: {res.checked} committed chunks, none damaged")
+    else:
+        console.print(
+            f"[yellow]repair[/]: {len(res.damaged)} damaged block(s) found; "
+            f"{len(res.reencode)} chunk(s) re-encoded, {len(res.restored_ids)} id chunk(s) "
+            f"restored, {len(res.restored_markers)} commit marker(s) restored, "
+            f"{len(res.retired)} chunk(s) retired"
+        )
+        for p in res.damaged[:5]:
+            console.print(f"  {p.describe()}", highlight=False)
+    if res.adopted:
+        console.print(f"recorded checksums for {res.adopted} chunk(s) written without them")
+    for k in res.left:
+        owners = ", ".join(res.left_owners.get(k, [])) or "another cohort"
+        console.print(
+            f"[yellow]chunk {k} is damaged but holds images of {owners}[/]: run "
+            "`harness encode --repair` for that cohort"
+        )
+    if report.ehr_repaired:
+        console.print("EHR features rewritten")
+
+
 def _print_report(report) -> None:
+    _print_repair(report)
     if report.forward_calls == 0:
         console.print(
             f"[green]nothing to encode[/]: all {report.n_images} images already in the store "

@@ -26,10 +26,12 @@ from harness import __version__, config
 from harness.cohort import hourly as hourly_sql
 from harness.cohort.fingerprint import combine, fingerprint_parts, hourly_digest
 from harness.cohort.folds import assign_folds
+from harness.cohort.load import DATA_FILES, build_problem, file_sha256
 from harness.cohort.sources import (
     CXR_METADATA_COLUMNS,
     open_mimic_cxr,
     open_mimic_iv,
+    source_error,
     version_guess,
 )
 from harness.cohort.spec import (
@@ -50,6 +52,8 @@ SCHEMA_VERSION = 1
 """Version of the cohort directory layout; part of every input key and manifest."""
 COHORTS = ("base", "matched")
 """The cohorts one build writes, in order; ``matched`` keeps the ``base`` stays with a CXR."""
+AGE_RANGE = (0, 120)
+"""Plausible ages in years: stays outside are excluded by their own funnel step (data errors)."""
 
 
 def _dataset_name(mimic_iv: Path) -> str:
@@ -79,9 +83,13 @@ def _sql_label_columns(spec: CohortSpec, los_edges: list[float]) -> str:
 
 
 def _funnel(con: Any, spec: CohortSpec) -> list[dict[str, Any]]:
+    lo, hi = AGE_RANGE
     steps = [
         ("icu_stays", "true"),
         ("linked_patient_and_admission", "has_patient AND has_admission AND outtime IS NOT NULL"),
+        # data errors get their own steps instead of passing as "short stay" or "minor"
+        ("intime_not_after_outtime", "intime <= outtime"),
+        (f"age_between_{lo}_and_{hi}", f"age BETWEEN {lo} AND {hi}"),
         (f"age_at_least_{spec.min_age:g}", f"age >= {spec.min_age}"),
         (f"icu_stay_at_least_{spec.min_icu_hours:g}h", f"icu_hours >= {spec.min_icu_hours}"),
         ("alive_at_prediction", "alive_at_prediction"),
@@ -111,7 +119,8 @@ def existing_build(dataset: str, input_key: str) -> dict[str, Path] | None:
     """Return ``{cohort: directory}`` of a finished build of ``dataset`` from ``input_key``.
 
     Follows each cohort's latest pointer and accepts it only when its manifest records the same
-    input key; returns None as soon as one cohort is missing or was built from other inputs.
+    input key and its files verify (:func:`harness.cohort.load.build_problem`); returns None as
+    soon as one cohort is missing, damaged or was built from other inputs.
     """
     out = {}
     for cohort in COHORTS:
@@ -122,7 +131,14 @@ def existing_build(dataset: str, input_key: str) -> dict[str, Path] | None:
         manifest = path / "manifest.json"
         if not manifest.is_file():
             return None
-        if json.loads(manifest.read_text()).get("input_key") != input_key:
+        try:
+            if json.loads(manifest.read_text()).get("input_key") != input_key:
+                return None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            logger.warning("%s is unreadable: rebuilding", manifest)
+            return None
+        if problem := build_problem(path):
+            logger.warning("cohort %s cannot be reused (%s): rebuilding", path, problem)
             return None
         out[cohort] = path
     return out
@@ -189,18 +205,17 @@ def build_cohorts(
             else:
                 cols = ", ".join(f'NULL::{t} AS "{c}"' for c, t in CXR_METADATA_COLUMNS.items())
                 con.execute(f"CREATE VIEW cxr_metadata AS SELECT {cols} WHERE false")
+            _check_inputs(con, tables)
             stays, hourly_path, dropped, missing = _run_sql(
                 con, work, spec, variables, phenotypes, los.bin_edges_days
             )
             funnel = stays.attrs.pop("funnel")
         except duckdb.Error as exc:
-            raise InputError(
-                f"could not read the source tables: {exc}",
-                path=mimic_iv,
-                fix="check that the files are complete, unmodified MIMIC-IV / MIMIC-CXR-JPG CSVs",
-            ) from None
+            sources = [*tables.values(), *([cxr_table] if cxr_table else [])]
+            raise source_error(exc, sources, mimic_iv) from None
         finally:
             con.close()
+        _check_funnel(funnel, tables)
 
         stays["fold"] = assign_folds(stays["subject_id"].to_numpy(), spec.n_folds)
         source = {
@@ -251,6 +266,62 @@ def build_cohorts(
                 t0=t0,
             )
     return out
+
+
+def _check_inputs(con: Any, tables: dict[str, Any]) -> None:
+    """Reject inputs that would give a silently wrong cohort: no ICU stays, duplicated ids."""
+    icu = tables["icu/icustays"].path
+    if con.execute("SELECT count(*) FROM icustays").fetchone()[0] == 0:
+        raise InputError(
+            "the ICU stays table has no rows: there is nothing to build a cohort from",
+            path=icu,
+            fix="point --mimic-iv at a complete MIMIC-IV copy (icu/icustays lists every ICU stay)",
+        )
+    for view, key, name in (
+        ("icustays", "stay_id", "icu/icustays"),
+        ("admissions", "hadm_id", "hosp/admissions"),
+    ):
+        n_dup, examples = con.execute(
+            f"""SELECT count(*), list({key} ORDER BY {key})[1:3] FROM (
+                  SELECT {key} FROM {view} WHERE {key} IS NOT NULL
+                  GROUP BY {key} HAVING count(*) > 1)"""
+        ).fetchone()
+        if n_dup:
+            raise InputError(
+                f"{n_dup} {key} value(s) appear on more than one row (e.g. "
+                f"{', '.join(str(x) for x in examples)}); each {key} must be unique",
+                path=tables[name].path,
+                fix="remove the duplicated rows (a file concatenated twice?) or re-download it",
+            )
+
+
+def _check_funnel(funnel: list[dict[str, Any]], tables: dict[str, Any]) -> None:
+    """Warn about data errors the funnel excluded; reject a cohort left with no stay."""
+    icustays = tables["icu/icustays"].path
+    counts = {r["step"]: r["n_stays"] for r in funnel}
+    steps = list(counts)
+    lo, hi = AGE_RANGE
+    for step, what, where in (
+        ("intime_not_after_outtime", "have an intime after their outtime", icustays),
+        (
+            f"age_between_{lo}_and_{hi}",
+            f"have an age outside {lo}..{hi}",
+            tables["hosp/patients"].path,
+        ),
+    ):
+        if step in counts:
+            n = counts[steps[steps.index(step) - 1]] - counts[step]
+            if n:
+                logger.warning(
+                    "%s: %d ICU stays %s: excluded (funnel step %s)", where, n, what, step
+                )
+    if funnel and funnel[-1]["n_stays"] == 0:
+        trail = ", ".join(f"{r['step']} {r['n_stays']}" for r in funnel)
+        raise InputError(
+            f"no ICU stay passes the cohort rules (stays left after each step: {trail})",
+            path=icustays,
+            fix="check the source tables (and tasks/cohort.yaml); a cohort needs at least one stay",
+        )
 
 
 def label_columns(phenotypes: list[Any]) -> list[str]:
@@ -569,14 +640,18 @@ def write_cohort(
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     manifest["build"] = {**common["build"], "wall_s": round(time.perf_counter() - t0, 2)}
+    manifest["label_columns"] = list(label_cols)
     final = config.cohorts_dir() / dataset / f"{cohort}-{fingerprint[:12]}"
-    if final.exists() and not overwrite:
+    problem = build_problem(final) if final.exists() and not overwrite else None
+    if final.exists() and not overwrite and problem is None:
         logger.info("cohort %s is unchanged (%s): keeping %s", cohort, fingerprint[:12], final)
         old = json.loads((final / "manifest.json").read_text())
         if old.get("input_key") != common["input_key"]:  # same content from new source files
             atomic_write_json(final / "manifest.json", {**old, "input_key": common["input_key"]})
     else:
-        with atomic_directory(final, overwrite=overwrite) as tmp:
+        if problem is not None:
+            logger.warning("rewriting %s (%s)", final, problem)
+        with atomic_directory(final, overwrite=overwrite or final.exists()) as tmp:
             stays.to_parquet(tmp / "stays.parquet", index=False)
             # the base series is also the source of the matched one: copy it, move the other
             if cohort == "base":
@@ -584,6 +659,8 @@ def write_cohort(
             else:
                 os.replace(tmp_hourly, tmp / "hourly.parquet")
             stays[["stay_id", "subject_id", "fold"]].to_csv(tmp / "splits.csv", index=False)
+            # checksums of what was written: loading verifies them (harness.cohort.load)
+            manifest["files"] = {name: file_sha256(tmp / name) for name in DATA_FILES}
             atomic_write_json(tmp / "manifest.json", manifest)
         logger.info("wrote cohort %s (%d stays) to %s", cohort, len(stays), final)
     atomic_write_text(_latest_pointer(dataset, cohort), final.name + "\n")

@@ -1,8 +1,18 @@
-"""Read a built cohort (stays, manifest, lazily the hourly series) by name or by directory."""
+"""Read a built cohort (stays, manifest, lazily the hourly series) by name or by directory.
+
+Loading verifies the build: the fingerprint parts of stays.parquet (stay ids, folds, labels, chosen
+images) are recomputed and compared with the manifest, and the sha256 of every data file recorded
+in the manifest's ``files`` field at build time is checked. A mismatch raises :class:`InputError`
+naming the file and the command that rebuilds it. Builds made before ``files`` existed get the
+fingerprint check only, with a warning.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,7 +22,14 @@ import pandas as pd
 from harness import config
 from harness.errors import InputError
 
+log = logging.getLogger(__name__)
+
 _BUILD_FIX = "run `harness cohort build` (or pass the directory of a build)"
+#: Data files of a build whose sha256 the manifest records (``files``).
+DATA_FILES = ("stays.parquet", "hourly.parquet", "splits.csv")
+#: Outcome label columns in stays.parquet order (phenotype columns follow).
+OUTCOME_LABELS = ("mortality_in_hospital", "mortality_icu", "los_days", "los_class")
+_warned_unverified: set[str] = set()
 
 
 @dataclass
@@ -67,22 +84,195 @@ def resolve_cohort_dir(
     return target
 
 
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def rebuild_command(manifest: dict[str, Any] | None) -> str:
+    """The `harness cohort build` command that rebuilds the build described by ``manifest``."""
+    manifest = manifest or {}
+    source = manifest.get("source") or {}
+    dataset = manifest.get("dataset")
+    kind = source.get("kind")
+    if kind == "mimic" and dataset == config.DEFAULT_DATASET:
+        return "harness cohort build"
+    args = []
+    if kind == "mimic" and source.get("mimic_iv"):
+        args += ["--mimic-iv", source["mimic_iv"]]
+        if source.get("mimic_cxr"):
+            args += ["--mimic-cxr", source["mimic_cxr"]]
+    elif kind == "clif" and source.get("clif"):
+        args += ["--clif", source["clif"]]
+    elif kind == "carebench" and source.get("carebench"):
+        args += ["--carebench", source["carebench"]]
+        if source.get("mimic_cxr"):
+            args += ["--cxr-root", source["mimic_cxr"]]
+    else:
+        return "harness cohort build (with the source options of the original build)"
+    if dataset:
+        args += ["--dataset", dataset]
+    return "harness cohort build " + " ".join(args)
+
+
+def _rebuild_fix(manifest: dict[str, Any] | None) -> str:
+    return (
+        f"rebuild it with `{rebuild_command(manifest)}` (a damaged or modified build is "
+        "detected and rewritten)"
+    )
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    """The parsed manifest.json of a build.
+
+    Raises:
+        InputError: the file is missing, truncated or not a JSON object.
+    """
+    path = Path(directory) / "manifest.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(
+            "not a cohort build (no manifest.json)", path=path, fix=_BUILD_FIX
+        ) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(
+            f"unreadable manifest (truncated or damaged: {exc})",
+            path=path,
+            fix=_rebuild_fix(None),
+        ) from None
+    if not isinstance(data, dict) or "fingerprint" not in data:
+        raise InputError(
+            "not a cohort manifest (no fingerprint field)", path=path, fix=_rebuild_fix(None)
+        )
+    return data
+
+
+def manifest_label_columns(manifest: dict[str, Any], stays: pd.DataFrame) -> list[str]:
+    """The label columns the build's fingerprint covers, in order.
+
+    Recorded as ``label_columns`` since file checksums exist; older manifests list the binary
+    labels (outcomes then phenotypes) and ``los_class`` in ``label_prevalence``.
+    """
+    if "label_columns" in manifest:
+        return list(manifest["label_columns"])
+    prevalence = list((manifest.get("label_prevalence") or {}).keys())
+    outcomes = [
+        c
+        for c in OUTCOME_LABELS
+        if c in stays.columns and c not in manifest.get("labels_unavailable", [])
+    ]
+    return outcomes + [c for c in prevalence if c not in OUTCOME_LABELS]
+
+
+def verify_build(directory: Path, manifest: dict[str, Any], stays: pd.DataFrame) -> None:
+    """Check a build's files against its manifest (see the module docstring).
+
+    Raises:
+        InputError: naming the file that does not match and the command that rebuilds it.
+    """
+    from harness.cohort.fingerprint import combine, fingerprint_parts
+
+    directory = Path(directory)
+    fix = _rebuild_fix(manifest)
+    recorded = manifest.get("fingerprint_parts") or {}
+    stays_path = directory / "stays.parquet"
+    try:
+        label_cols = manifest_label_columns(manifest, stays)
+        parts = fingerprint_parts(
+            stays, label_cols, recorded.get("hourly", ""), manifest.get("spec_hashes") or {}
+        )
+    except KeyError as exc:
+        raise InputError(
+            f"a column the fingerprint covers is missing ({exc})", path=stays_path, fix=fix
+        ) from None
+    differing = [k for k in ("stays", "folds", "labels", "cxr") if parts[k] != recorded.get(k)]
+    if differing:
+        raise InputError(
+            f"does not match the cohort's fingerprint: the {', '.join(differing)} part(s) differ "
+            "from what was built (the file was modified after the build)",
+            path=stays_path,
+            fix=fix,
+        )
+    fingerprint = str(manifest.get("fingerprint"))
+    name = directory.name
+    cohort = str(manifest.get("cohort", ""))
+    named = re.fullmatch(rf"{re.escape(cohort)}-([0-9a-f]{{12}})", name)
+    if combine(recorded) != fingerprint or (named and named.group(1) != fingerprint[:12]):
+        raise InputError(
+            "the fingerprint does not match its parts or the directory name (the manifest was "
+            "modified after the build)",
+            path=directory / "manifest.json",
+            fix=fix,
+        )
+    files = manifest.get("files")
+    if files is None:
+        if str(directory) not in _warned_unverified:
+            _warned_unverified.add(str(directory))
+            log.warning(
+                "%s was built before file checksums existed: only its fingerprint was verified "
+                "(hourly.parquet and splits.csv are not); `%s --overwrite` records them",
+                directory,
+                rebuild_command(manifest),
+            )
+        return
+    for fname, digest in files.items():
+        path = directory / fname
+        if not path.is_file():
+            raise InputError("file of the build is missing", path=path, fix=fix)
+        if file_sha256(path) != digest:
+            raise InputError(
+                "file differs from the one written by the build (sha256 mismatch: modified or "
+                "damaged after the build)",
+                path=path,
+                fix=fix,
+            )
+
+
 def load_cohort(
     cohort: str = "base", dataset: str | None = None, path: Path | None = None
 ) -> Cohort:
-    """Load a built cohort by name (newest build of ``dataset``) or from its directory."""
+    """Load a built cohort by name (newest build of ``dataset``) or from its directory.
+
+    The build is verified first (:func:`verify_build`).
+
+    Raises:
+        InputError: the cohort is not built, or a file of the build is missing, damaged or was
+            modified after the build.
+    """
     directory = resolve_cohort_dir(cohort, dataset, path)
-    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest = read_manifest(directory)
     stays_path = directory / "stays.parquet"
     if not stays_path.is_file():
         raise InputError(
-            "incomplete cohort build (no stays.parquet)", path=directory, fix=_BUILD_FIX
+            "incomplete cohort build (no stays.parquet)", path=directory, fix=_rebuild_fix(manifest)
         )
+    try:
+        stays = pd.read_parquet(stays_path)
+    except Exception as exc:  # pyarrow raises several types for a damaged file
+        raise InputError(
+            f"unreadable stays table ({type(exc).__name__}: {str(exc).splitlines()[0]})",
+            path=stays_path,
+            fix=_rebuild_fix(manifest),
+        ) from None
+    verify_build(directory, manifest, stays)
     return Cohort(
         name=manifest.get("cohort", cohort),
         dataset=manifest.get("dataset", dataset or ""),
         path=directory,
-        stays=pd.read_parquet(stays_path),
+        stays=stays,
         manifest=manifest,
         fingerprint=manifest["fingerprint"],
     )
+
+
+def build_problem(directory: Path) -> str | None:
+    """Why the build in ``directory`` cannot be reused as it is (None: intact and complete)."""
+    try:
+        load_cohort(path=directory)
+    except InputError as exc:
+        return str(exc).splitlines()[0]
+    if "files" not in read_manifest(directory):
+        return "built before file checksums existed"
+    return None

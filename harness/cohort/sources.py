@@ -212,3 +212,92 @@ def version_guess(root: Path, tables: dict[str, SourceTable]) -> str:
     if "caregiver_id" in tables["icu/chartevents"].header:
         return "2.2+"
     return "2.0-2.1"
+
+
+_CSV_LINE = re.compile(r"CSV Error on Line: (\d+)")
+_CSV_FILE = re.compile(r"^\s*file = (.+?)\s*$", re.M)
+_CSV_COLUMN = re.compile(
+    r'Error when converting column "([^"]+)"\. Could not convert string "(.*)" to'
+)
+_CAST = re.compile(
+    r"Could not convert string '(.*)' to (\w+) when casting from source column (\w+)"
+)
+_READ_FIX = "correct or blank the value, or re-download the file"
+
+
+def _short(value: str, n: int = 40) -> str:
+    return value if len(value) <= n else value[: n - 3] + "..."
+
+
+def source_error(exc: Exception, tables: list[SourceTable], root: Path) -> InputError:
+    """One-line :class:`InputError` for a DuckDB error raised while reading the source tables:
+    the file, the column and the line (CSV) or row (parquet) of an unreadable value."""
+    text = str(exc)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    first = lines[0] if lines else type(exc).__name__
+    by_path = {str(t.path): t for t in tables}
+    line, file = _CSV_LINE.search(text), _CSV_FILE.search(text)
+    if line and file:
+        table = by_path.get(file.group(1))
+        col = _CSV_COLUMN.search(text)
+        if col:
+            name, value = col.group(1), col.group(2)
+            kind = table.columns.get(name, "?") if table else "?"
+            return InputError(
+                f"line {line.group(1)}, column {name}: {_short(value)!r} is not a {kind} value",
+                path=file.group(1),
+                fix=_READ_FIX,
+            )
+        detail = next(
+            (ln for ln in lines[1:] if not ln.startswith("Original Line")), first.split(": ")[-1]
+        )
+        return InputError(
+            f"line {line.group(1)}: {detail}",
+            path=file.group(1),
+            fix="correct that line, or re-download the file",
+        )
+    cast = _CAST.search(text)
+    if cast:
+        value, kind, name = cast.groups()
+        located = _locate_bad_value(tables, name, kind)
+        if located is not None:
+            table, row = located
+            return InputError(
+                f"row {row}, column {name}: {_short(value)!r} is not a {kind} value",
+                path=table.path,
+                fix=_READ_FIX,
+            )
+        return InputError(
+            f"column {name}: {_short(value)!r} is not a {kind} value",
+            path=root,
+            fix=_READ_FIX,
+        )
+    return InputError(
+        f"could not read the source tables: {first}",
+        path=root,
+        fix="check that the files are complete, unmodified MIMIC-IV / MIMIC-CXR-JPG tables",
+    )
+
+
+def _locate_bad_value(tables: list[SourceTable], column: str, kind: str) -> tuple[Any, int] | None:
+    """The first parquet table and row (1-based) whose ``column`` does not convert to ``kind``."""
+    import duckdb
+
+    con = duckdb.connect()
+    try:
+        for t in tables:
+            if not t.is_parquet or column not in t.columns:
+                continue
+            path = str(t.path).replace("'", "''")
+            row = con.execute(
+                f"""SELECT file_row_number FROM read_parquet('{path}', file_row_number=true)
+                    WHERE "{column}" IS NOT NULL AND TRY_CAST("{column}" AS {kind}) IS NULL
+                    ORDER BY file_row_number LIMIT 1"""
+            ).fetchone()
+            if row is not None:
+                return t, int(row[0]) + 1
+    except duckdb.Error:
+        return None
+    finally:
+        con.close()
+    return None

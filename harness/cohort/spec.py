@@ -25,6 +25,7 @@ TASK_KINDS = ("binary", "multilabel", "multiclass")
 VARIABLE_SOURCES = ("chartevents", "labevents", "outputevents")
 AGGREGATES = ("mean", "sum", "onehot_last")
 CONVERSIONS = ("fahrenheit_to_celsius", "fraction_to_percent")
+ICD_KEYS = ("icd9", "icd10")
 
 
 def spec_hash(data: Any) -> str:
@@ -210,20 +211,48 @@ def _load_phenotypes_with_hash(path: Path | None = None) -> tuple[list[Phenotype
             where=f"phenotypes[{i}]",
             required={"id", "name", "ccs_id", "type", "icd9", "icd10"},
         )
+        codes = {v: _icd_codes(p[v], path, f"phenotypes[{i}] ({p['id']}).{v}") for v in ICD_KEYS}
+        if not any(codes.values()):
+            raise SpecError(
+                f"phenotype {p['id']!r} (phenotypes[{i}]) lists no ICD code: both icd9 and icd10 "
+                "are empty, so its label would be 0 for every stay",
+                path=path,
+                fix=f"list the codes of {p['id']!r} under icd9 and/or icd10, or remove it",
+            )
         out.append(
             PhenotypeSpec(
                 id=str(p["id"]),
                 name=str(p["name"]),
                 ccs_id=int(p["ccs_id"]),
                 type=str(p["type"]),
-                icd9=tuple(str(c).replace(".", "").upper() for c in p["icd9"] or ()),
-                icd10=tuple(str(c).replace(".", "").upper() for c in p["icd10"] or ()),
+                icd9=codes["icd9"],
+                icd10=codes["icd10"],
             )
+        )
+    if not out:
+        raise SpecError(
+            "no phenotype is listed", path=path, fix="restore the file from the repository"
         )
     ids = [p.id for p in out]
     if len(set(ids)) != len(ids):
         raise SpecError("phenotype ids must be unique", path=path)
     return out, spec_hash(data)
+
+
+def _icd_codes(value: Any, path: Path, where: str) -> tuple[str, ...]:
+    """A code list (null = empty), upper-cased without dots; blank entries are errors."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise SpecError(
+            f"{where} must be a list of codes, got {type(value).__name__} {value!r}",
+            path=path,
+            fix="write one code per list item (- '5845')",
+        )
+    codes = tuple(str(c).strip().replace(".", "").upper() for c in value if c is not None)
+    if len(codes) != len(value) or not all(codes):
+        raise SpecError(f"{where} has a blank code", path=path, fix="remove the blank entry")
+    return codes
 
 
 # ------------------------------------------------------------------------------------------ cohort

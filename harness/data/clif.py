@@ -456,6 +456,7 @@ def read_clif(
     patient death_dttm no later than discharge_dttm; the death time is death_dttm, else (Expired)
     discharge_dttm; ``mortality_icu`` = that death time in [intime, outtime] of the stay.
     """
+    from harness.cohort.build import AGE_RANGE
     from harness.cohort.spec import load_cohort_spec
 
     clif_dir = Path(clif_dir) if clif_dir is not None else default_clif_dir()
@@ -504,6 +505,18 @@ def read_clif(
 
     funnel = [_funnel_row("icu_stays", stays)]
     stays["age"] = stays["age_at_admission"].astype("float64")
+    lo, hi = AGE_RANGE  # implausible ages are data errors: their own step, as in the MIMIC build
+    plausible = stays["age"].between(lo, hi)
+    if not plausible.all():
+        log.warning(
+            "%s: %d ICU stays have an age outside %g..%g: excluded",
+            tables.path("hospitalization"),
+            int((~plausible).sum()),
+            lo,
+            hi,
+        )
+    stays = stays[plausible]
+    funnel.append(_funnel_row(f"age_between_{lo}_and_{hi}", stays))
     stays = stays[stays["age"] >= rules.min_age]
     funnel.append(_funnel_row(f"age_at_least_{rules.min_age:g}", stays))
     hours = (stays["outtime"] - stays["intime"]).dt.total_seconds() / 3600

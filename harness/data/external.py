@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from harness import __version__, config
+from harness.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,22 @@ def write_cohorts(
                 extra_files(path, pd.read_parquet(path / "stays.parquet"))
         return existing
 
+    where = source.get(source.get("kind", ""), dataset)  # the source folder
+    dup = stays["stay_id"].duplicated(keep=False)
+    if dup.any():  # would crash the encode stage later: reject here, naming the source
+        ids = sorted(stays.loc[dup, "stay_id"].unique())
+        raise InputError(
+            f"{len(ids)} stay_id value(s) appear on more than one row (e.g. "
+            f"{', '.join(str(x) for x in ids[:3])}); each stay must be listed once",
+            path=where,
+            fix="remove the duplicated rows from the source tables",
+        )
+    if stays.empty:
+        raise InputError(
+            "no ICU stay passes the cohort rules: the cohort would be empty",
+            path=where,
+            fix="check the source tables (and tasks/cohort.yaml); a cohort needs at least one stay",
+        )
     stays = stays.copy()
     for col, empty in CXR_COLUMNS.items():
         if col not in stays:

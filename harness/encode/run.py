@@ -19,11 +19,16 @@ import pandas as pd
 from harness.errors import InputError
 from harness.store import (
     CXR_CHUNK_ROWS,
+    EHR_REPAIR_FIX,
     STATUS_OK,
     CXRStoreWriter,
+    RepairResult,
     ehr_store_exists,
     ehr_store_key,
+    ehr_store_path,
+    integrity_error,
     read_cxr,
+    verify_ehr,
     write_ehr,
 )
 
@@ -49,6 +54,8 @@ class EncodeReport:
     device: str = "cpu"
     encoder: str = ""
     failures: list[tuple[str, str, str]] = field(default_factory=list)
+    repair: RepairResult | None = None
+    ehr_repaired: bool = False
 
 
 @dataclass
@@ -59,6 +66,7 @@ class ImageRunStats:
     forward_calls: int
     seconds: float
     n_pending_elsewhere: int
+    repair: RepairResult | None = None
 
 
 def default_num_workers() -> int:
@@ -147,8 +155,14 @@ def encode_images(
     progress: bool = False,
     chunk_rows: int = CXR_CHUNK_ROWS,
     source: dict[str, Any] | None = None,
+    repair: bool = False,
 ) -> ImageRunStats:
-    """Encode the images (``dicom_id -> path``) not yet committed in store ``key``."""
+    """Encode the images (``dicom_id -> path``) not yet committed in store ``key``.
+
+    The chunks holding these images are verified first: a missing or damaged one raises
+    :class:`InputError` unless ``repair``, which re-encodes such chunks in place (see
+    :meth:`CXRStoreWriter.repair`).
+    """
     import torch
     from torch.utils.data import DataLoader
 
@@ -163,6 +177,12 @@ def encode_images(
     }
     forward_before = encoder.forward_calls
     with CXRStoreWriter(key, dim=encoder.dim, attrs=attrs, chunk_rows=chunk_rows) as store:
+        repaired = None
+        if repair:
+            repaired = store.repair(set(images))
+            _log_repair(store.path, repaired)
+        else:
+            store.check(list(images))
         committed_before = _committed_ids(store)
         n_reused = sum(1 for d in images if d in committed_before)
         store.plan(list(images), source=source)
@@ -193,8 +213,7 @@ def encode_images(
             ds = _ImageDataset(items, encoder.transform, encoder.input_size)
             loader = DataLoader(
                 ds,  # type: ignore[arg-type]
-                batch_size=batch_size,
-                shuffle=False,
+                batch_sampler=_chunk_batches(runnable, batch_size),
                 num_workers=workers,
                 collate_fn=_collate,
                 pin_memory=device.startswith("cuda"),
@@ -231,7 +250,39 @@ def encode_images(
         forward_calls=encoder.forward_calls - forward_before,
         seconds=time.perf_counter() - t0,
         n_pending_elsewhere=n_elsewhere,
+        repair=repaired,
     )
+
+
+def _log_repair(path: Path, res: RepairResult) -> None:
+    if not res.damaged:
+        log.info("%s: %d committed chunks verified, none damaged", path, res.checked)
+    for k in res.retired:
+        log.warning(
+            "%s: chunk %d had unrecoverable image ids: retired, its images re-planned", path, k
+        )
+    for k in res.left:
+        owners = ", ".join(res.left_owners.get(k, [])) or "another cohort"
+        log.warning(
+            "%s: damaged chunk %d holds images of %s, not of this cohort: run "
+            "`harness encode --repair` for that cohort",
+            path,
+            k,
+            owners,
+        )
+
+
+def _chunk_batches(runnable: list[tuple[int, list[str]]], batch_size: int) -> list[list[int]]:
+    """Batches of item positions that never span two chunks and start at each chunk's first
+    image: a chunk is always encoded in the same batches (a clean run, a resumed one or a
+    repair), so its bytes do not depend on which other chunks were encoded with it."""
+    out: list[list[int]] = []
+    pos = 0
+    for _, ids in runnable:
+        n = sum(1 for d in ids if d)
+        out += [list(range(pos + i, pos + min(i + batch_size, n))) for i in range(0, n, batch_size)]
+        pos += n
+    return out
 
 
 def _committed_ids(store: CXRStoreWriter) -> set[str]:
@@ -315,13 +366,28 @@ def cohort_images(cohort: Any) -> dict[str, Path | None]:
     return out
 
 
-def encode_ehr(cohort: Any) -> tuple[str, bool]:
-    """Write the cohort's EHR store unless it exists; returns (key, reused)."""
+def encode_ehr(cohort: Any, *, repair: bool = False) -> tuple[str, bool]:
+    """Write the cohort's EHR store unless it exists and verifies; returns (key, reused).
+
+    A damaged existing store raises :class:`InputError` unless ``repair``, which rewrites it (as
+    it does a store written before checksums existed).
+    """
     from harness.encode.ehr import build_ehr_tensors
 
     key = ehr_store_key(cohort)
+    replace = False
     if ehr_store_exists(cohort):
-        return key, True
+        problems = verify_ehr(cohort)
+        if problems is not None and not problems:
+            return key, True
+        if not repair:
+            if problems is None:  # no checksums: nothing more to check
+                return key, True
+            raise integrity_error(ehr_store_path(cohort), problems, fix=EHR_REPAIR_FIX)
+        log.warning(
+            "rewriting the EHR features %s (%s)", key, "damaged" if problems else "no checksums"
+        )
+        replace = True
     feats = build_ehr_tensors(
         cohort.hourly(),
         cohort.stays["stay_id"].to_numpy(np.int64),
@@ -337,6 +403,7 @@ def encode_ehr(cohort: Any) -> tuple[str, bool]:
             "cohort_fingerprint": str(cohort.fingerprint),
             "n_stays": int(len(feats.stay_id)),
         },
+        replace=replace,
     )
     return key, False
 
@@ -350,8 +417,10 @@ def encode_cohort(
     device: str | None = None,
     progress: bool = False,
     chunk_rows: int = CXR_CHUNK_ROWS,
+    repair: bool = False,
 ) -> EncodeReport:
-    """Encode a loaded cohort with a built encoder (images, then EHR)."""
+    """Encode a loaded cohort with a built encoder (images, then EHR); ``repair`` re-encodes
+    what is missing or damaged in the stores instead of raising."""
     from harness.encode.registry import encoder_key
 
     t0 = time.perf_counter()
@@ -372,8 +441,10 @@ def encode_cohort(
         progress=progress,
         chunk_rows=chunk_rows,
         source=source,
+        repair=repair,
     )
-    ehr_key, ehr_reused = encode_ehr(cohort)
+    ehr_existed = ehr_store_exists(cohort)
+    ehr_key, ehr_reused = encode_ehr(cohort, repair=repair)
     ids = sorted(images)
     feats = read_cxr(key, ids) if ids else None
     failures: list[tuple[str, str, str]] = []
@@ -401,6 +472,8 @@ def encode_cohort(
         device=resolve_device(device),
         encoder=encoder.name,
         failures=failures,
+        repair=stats.repair,
+        ehr_repaired=ehr_existed and not ehr_reused,
     )
 
 
@@ -415,11 +488,13 @@ def encode(
     device: str | None = None,
     progress: bool = False,
     chunk_rows: int = CXR_CHUNK_ROWS,
+    repair: bool = False,
 ) -> EncodeReport:
     """Encode every distinct linked image of a cohort (CXR store) and its EHR store.
 
     Idempotent: images already committed under the encoder's key are reused without any forward
-    pass; an interrupted run resumes at the first uncommitted chunk.
+    pass; an interrupted run resumes at the first uncommitted chunk. Stored chunks are verified
+    first; ``repair`` re-encodes missing or damaged ones instead of raising.
     """
     from harness.cohort import load_cohort
     from harness.encode.registry import get_encoder
@@ -434,4 +509,5 @@ def encode(
         device=device,
         progress=progress,
         chunk_rows=chunk_rows,
+        repair=repair,
     )

@@ -581,12 +581,24 @@ def load_feature_set(
     dicom = stays["dicom_id"].astype(object).where(stays["dicom_id"].notna(), None)
     linked = stays["has_cxr"].fillna(False).astype(bool).to_numpy() & dicom.notna().to_numpy()
     ids = [str(d) for d in dicom[linked]]
+    # read_cxr verifies every chunk it reads: a missing or damaged one raises (the fix is
+    # `harness encode --repair`) instead of reading back as zeros.
     feats = store.read_cxr(key, ids)
     emb = np.asarray(feats.embedding, dtype=np.float32)
     cxr = np.zeros((len(stays), emb.shape[1] if emb.ndim == 2 else 0), dtype=np.float32)
     ok = np.zeros(len(stays), dtype=bool)
     cxr[linked] = emb
     ok[linked] = np.asarray(feats.ok, dtype=bool)
+    zero = ok & ~cxr.any(axis=1) if cxr.shape[1] else np.zeros_like(ok)
+    if zero.any():  # never pass an all-zero vector off as an image embedding
+        log.warning(
+            "%d images have an all-zero embedding in store %s: treated as missing "
+            "(check the store with `harness encode --repair`)",
+            int(zero.sum()),
+            key,
+        )
+        ok &= ~zero
+    cxr[~ok] = 0.0
     if linked.sum() and not ok[linked].all():
         log.warning("%d linked images have no usable embedding", int((~ok[linked]).sum()))
     cxr_time = stays["cxr_time_hours"].to_numpy(dtype=np.float32, na_value=np.nan)
