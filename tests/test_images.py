@@ -105,3 +105,15 @@ def test_missing_and_corrupt_files_have_reasons(tmp_path: Path) -> None:
     with pytest.raises(ImageReadError) as truncated:
         load_image(trunc)
     assert truncated.value.reason == DECODE_ERROR
+
+
+def test_huge_images_are_refused_with_a_clear_record(tmp_path, monkeypatch, recwarn):
+    """A 12000 x 12000 JPEG is not decoded (1.1 GB as RGB): one record, no Pillow warning."""
+    path = tmp_path / "huge.jpg"
+    Image.new("L", (12000, 12000), 128).save(path, quality=10)
+    with pytest.raises(ImageReadError, match=r"12000 x 12000 = 144 M pixels exceeds the cap") as e:
+        load_image(path, min_size=224)
+    assert e.value.reason == DECODE_ERROR
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
+    monkeypatch.setenv("HARNESS_MAX_IMAGE_PIXELS", str(200_000_000))
+    assert load_image(path, min_size=224).size[0] >= 224  # the cap is the only reason

@@ -22,6 +22,29 @@ MISSING_FILE = "missing_file"
 DECODE_ERROR = "decode_error"
 
 DICOM_SUFFIXES = {".dcm", ".dicom"}
+#: Largest image (width x height) decoded; MIMIC-CXR radiographs hold about 9-15 M pixels.
+#: ``HARNESS_MAX_IMAGE_PIXELS`` overrides it. Larger files are recorded as ``decode_error``
+#: with the size in the reason, instead of allocating gigabytes.
+MAX_IMAGE_PIXELS = 50_000_000
+
+
+def max_image_pixels() -> int:
+    import os
+
+    return int(os.environ.get("HARNESS_MAX_IMAGE_PIXELS", MAX_IMAGE_PIXELS))
+
+
+def _too_large(path: Path, width: int, height: int) -> ImageReadError | None:
+    cap = max_image_pixels()
+    if width * height <= cap:
+        return None
+    return ImageReadError(
+        f"image of {width} x {height} = {width * height / 1e6:.0f} M pixels exceeds the cap of "
+        f"{cap / 1e6:.0f} M pixels",
+        path=path,
+        reason=DECODE_ERROR,
+        fix="downscale the file, or raise HARNESS_MAX_IMAGE_PIXELS if it really is a radiograph",
+    )
 
 
 class ImageReadError(InputError):
@@ -84,16 +107,38 @@ def load_image(path: str | Path, *, min_size: int | None = None) -> Image.Image:
             reason=MISSING_FILE,
             fix="check the cohort's cxr_root and that the image files were downloaded",
         )
+    import warnings
+
     try:
         if _is_dicom(path):
+            import pydicom
+
+            head = pydicom.dcmread(str(path), stop_before_pixels=True)
+            too_large = _too_large(path, int(head.get("Columns", 0)), int(head.get("Rows", 0)))
+            if too_large:
+                raise too_large
             return Image.fromarray(dicom_to_array(path), mode="L")
-        with Image.open(path) as img:
+        with warnings.catch_warnings():
+            # the cap below replaces Pillow's decompression-bomb warning with a clear record
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        with img:
+            too_large = _too_large(path, *img.size)
+            if too_large:
+                raise too_large
             if img.format == "JPEG" and min_size:
                 img.draft(img.mode if img.mode in ("L", "RGB") else "RGB", (min_size, min_size))
             img.load()
             return _to_8bit(img)
     except ImageReadError:
         raise
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(
+            f"image exceeds the cap of {max_image_pixels() / 1e6:.0f} M pixels ({exc})",
+            path=path,
+            reason=DECODE_ERROR,
+            fix="downscale the file, or raise HARNESS_MAX_IMAGE_PIXELS if it really is a radiograph",
+        ) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageReadError(
             f"cannot decode image ({type(exc).__name__}: {exc})",
