@@ -26,6 +26,7 @@ DICOM_SUFFIXES = {".dcm", ".dicom"}
 #: ``HARNESS_MAX_IMAGE_PIXELS`` overrides it. Larger files are recorded as ``decode_error``
 #: with the size in the reason, instead of allocating gigabytes.
 MAX_IMAGE_PIXELS = 50_000_000
+TOO_LARGE_FIX = "downscale the file, or raise HARNESS_MAX_IMAGE_PIXELS if it really is a radiograph"
 
 
 def max_image_pixels() -> int:
@@ -43,7 +44,7 @@ def _too_large(path: Path, width: int, height: int) -> ImageReadError | None:
         f"{cap / 1e6:.0f} M pixels",
         path=path,
         reason=DECODE_ERROR,
-        fix="downscale the file, or raise HARNESS_MAX_IMAGE_PIXELS if it really is a radiograph",
+        fix=TOO_LARGE_FIX,
     )
 
 
@@ -137,7 +138,7 @@ def load_image(path: str | Path, *, min_size: int | None = None) -> Image.Image:
             f"image exceeds the cap of {max_image_pixels() / 1e6:.0f} M pixels ({exc})",
             path=path,
             reason=DECODE_ERROR,
-            fix="downscale the file, or raise HARNESS_MAX_IMAGE_PIXELS if it really is a radiograph",
+            fix=TOO_LARGE_FIX,
         ) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageReadError(
