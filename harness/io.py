@@ -61,3 +61,28 @@ def atomic_directory(final: str | Path, *, overwrite: bool = False) -> Iterator[
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def exclusive_lock(target: str | Path, *, log_wait: Any = None) -> Iterator[None]:
+    """Inter-process lock on ``target`` (a sibling ``<name>.lock`` file, flock-based).
+
+    Concurrent writers of the same artefact take turns; ``log_wait(target)`` is called once when
+    this process has to wait for another.
+    """
+    import fcntl
+
+    target = Path(target)
+    lock_path = target.with_name(target.name + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("a+") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if log_wait is not None:
+                log_wait(target)
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)

@@ -25,7 +25,6 @@ Writers hold an exclusive ``fcntl.flock`` on ``<store>.lock``; readers need no l
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -128,18 +127,13 @@ def encoder_key_for(name: str) -> str:
 @contextlib.contextmanager
 def store_lock(store: Path, *, wait_log_after: float = 0.0) -> Iterator[None]:
     """Exclusive inter-process lock for writing ``store`` (a sibling ``.lock`` file)."""
-    lock_path = store.with_name(store.name + ".lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with lock_path.open("a+") as fh:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.warning("%s is being written by another process; waiting for it", store)
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    from harness.io import exclusive_lock
+
+    def waiting(target: Path) -> None:
+        log.warning("%s is being written by another process; waiting for it", target)
+
+    with exclusive_lock(store, log_wait=waiting):
+        yield
 
 
 # --------------------------------------------------------------------------------------------

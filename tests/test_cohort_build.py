@@ -557,3 +557,25 @@ def test_parquet_sources_give_the_same_cohort(tmp_path, mini):
 def test_load_cohort_not_built_names_the_command():
     with pytest.raises(InputError, match="harness cohort build"):
         load_cohort("base", dataset="never-built")
+
+
+def test_three_concurrent_builds_take_turns(tmp_path):
+    """Three `harness cohort build` processes at once: all exit 0, one directory per cohort."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HARNESS_CACHE": str(tmp_path / "cache")}
+    harness = [sys.executable, "-m", "harness.cli.main"]
+    synth = ["synth", "--n-patients", "300", "--image-size", "64"]
+    subprocess.run([*harness, *synth], env=env, check=True, capture_output=True)
+    procs = [
+        subprocess.Popen([*harness, "cohort", "build"], env=env, stderr=subprocess.PIPE)
+        for _ in range(3)
+    ]
+    errors = [p.communicate(timeout=600)[1].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], errors
+    assert not any("Traceback" in e for e in errors)
+    built = sorted(p.name for p in (tmp_path / "cache/cohorts/synthetic-default").iterdir())
+    dirs = [b for b in built if not b.endswith((".lock", ".latest"))]
+    assert len(dirs) == 2 and {d.split("-")[0] for d in dirs} == {"base", "matched"}, built

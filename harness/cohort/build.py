@@ -44,7 +44,7 @@ from harness.cohort.spec import (
     spec_hashes,
 )
 from harness.errors import InputError
-from harness.io import atomic_directory, atomic_write_json, atomic_write_text
+from harness.io import atomic_directory, atomic_write_json, atomic_write_text, exclusive_lock
 
 logger = logging.getLogger(__name__)
 
@@ -642,6 +642,14 @@ def write_cohort(
     manifest["build"] = {**common["build"], "wall_s": round(time.perf_counter() - t0, 2)}
     manifest["label_columns"] = list(label_cols)
     final = config.cohorts_dir() / dataset / f"{cohort}-{fingerprint[:12]}"
+    with exclusive_lock(final, log_wait=lambda p: logger.warning("waiting: %s is being built", p)):
+        _write_cohort(final, stays, tmp_hourly, manifest, common, cohort, fingerprint, overwrite)
+    atomic_write_text(_latest_pointer(dataset, cohort), final.name + "\n")
+    return final
+
+
+def _write_cohort(final, stays, tmp_hourly, manifest, common, cohort, fingerprint, overwrite):
+    """Write (or keep) one cohort directory; the caller holds its lock, so builds take turns."""
     problem = build_problem(final) if final.exists() and not overwrite else None
     if final.exists() and not overwrite and problem is None:
         logger.info("cohort %s is unchanged (%s): keeping %s", cohort, fingerprint[:12], final)
@@ -663,5 +671,3 @@ def write_cohort(
             manifest["files"] = {name: file_sha256(tmp / name) for name in DATA_FILES}
             atomic_write_json(tmp / "manifest.json", manifest)
         logger.info("wrote cohort %s (%d stays) to %s", cohort, len(stays), final)
-    atomic_write_text(_latest_pointer(dataset, cohort), final.name + "\n")
-    return final
