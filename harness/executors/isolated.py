@@ -232,11 +232,11 @@ class IsolatedRunner(Runner):
             self.stderr_tail.append(raw[:500].decode("utf-8", "replace").rstrip())
 
     def _read_replies(self) -> None:
-        from harness.executors.wire import WireError, read_message
+        from harness.executors.wire import MAX_ANSWER_BYTES, WireError, read_message
 
         while True:
             try:
-                self.replies.put(read_message(self.proc.stdout))
+                self.replies.put(read_message(self.proc.stdout, max_array_bytes=MAX_ANSWER_BYTES))
             except (EOFError, WireError, ValueError, OSError) as exc:
                 self.replies.put(exc)
                 return

@@ -20,6 +20,8 @@ MAGIC = b"HXW1"
 #: Largest header and largest single array the harness accepts from a worker.
 MAX_HEADER_BYTES = 1 << 20
 MAX_ARRAY_BYTES = 1 << 31
+#: Largest array a worker may answer with (predictions: stays x outputs x 8 bytes).
+MAX_ANSWER_BYTES = 1 << 28
 
 
 class WireError(Exception):
@@ -56,7 +58,9 @@ def write_message(
     fh.flush()
 
 
-def read_message(fh: IO[bytes]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def read_message(
+    fh: IO[bytes], *, max_array_bytes: int = MAX_ARRAY_BYTES
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Read one message written by `write_message`; raises `EOFError` at a clean end of stream."""
     magic = fh.read(len(MAGIC))
     if not magic:
@@ -78,7 +82,7 @@ def read_message(fh: IO[bytes]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
             name, nbytes = str(item["name"]), int(item["nbytes"])
         except (KeyError, TypeError, ValueError):
             raise WireError("malformed array entry in message header") from None
-        if not 0 < nbytes <= MAX_ARRAY_BYTES:
+        if not 0 < nbytes <= max_array_bytes:
             raise WireError(f"array {name!r} of {nbytes} bytes is outside the accepted size")
         try:
             arrays[name] = np.lib.format.read_array(
