@@ -59,7 +59,8 @@ ATTACKS = {
         stays = pd.concat(pd.read_parquet(f) for f in files).drop_duplicates("stay_id")
         # batches carry keyed pseudonyms of the stay ids: the key sits in the cache too
         secret = open(CACHE + "/.keys/result-signing.key", "rb").read()
-        key = hmac.new(secret, b"stay-id pseudonyms", hashlib.sha256).digest()
+        scope = b"stay-id pseudonyms/mortality_in_hospital/base/1"
+        key = hmac.new(secret, scope, hashlib.sha256).digest()
         code = lambda i: int.from_bytes(hashlib.blake2b(
             int(i).to_bytes(8, "little", signed=True), key=key, digest_size=7).digest(), "little")
         self.labels = {code(s): y for s, y in zip(stays.stay_id, stays.mortality_in_hospital)}
@@ -129,6 +130,45 @@ ATTACKS = {
             hoard.append(b"x" * (64 << 20))
         """,
         category="memory",
+    ),
+    # rewrite a host-wide kernel setting (core_pattern runs a program as root on a crash)
+    "write_host_sysctl": dict(
+        init="""
+        with open("/proc/sys/kernel/core_pattern", "w") as fh:
+            fh.write(open("/proc/sys/kernel/core_pattern").read())
+        """,
+        forward="",
+        category="sandbox_denied",
+    ),
+    # fill the sandbox's file systems to exhaust the host's memory (tmpfs is RAM)
+    "fill_tmpfs": dict(
+        init="""
+        for target in ("/dev/fill", "/fill", "/tmp/fill"):
+            try:
+                with open(target, "wb") as fh:
+                    for _ in range(16):
+                        fh.write(b"x" * (64 << 20))
+            except PermissionError:
+                continue
+        """,
+        forward="",
+        category="sandbox_denied",
+    ),
+    # answer for the worker: an oversized message on every pipe it can find
+    "forge_answers": dict(
+        init="",
+        forward="""
+        if not self.training:
+            import json, struct
+            head = json.dumps({"ok": True, "arrays": [{"name": "p", "nbytes": 1 << 30}]}).encode()
+            for fd in os.listdir("/proc/self/fd"):
+                try:
+                    os.write(int(fd), b"HXW1" + struct.pack(">Q", len(head)) + head)
+                except OSError:
+                    pass
+            time.sleep(30)
+        """,
+        category="invalid_output",
     ),
     "sys_exit_zero": dict(init="", forward="sys.exit(0)", category="exited"),
     "os_exit_zero": dict(init="", forward="os._exit(0)", category="exited"),
@@ -349,3 +389,77 @@ def test_validate_runs_the_submission_in_the_sandbox(tmp_path, capsys):
     assert "FileNotFoundError" in out or "Read-only" in out
     assert main(["validate", str(folder), "--trusted"]) == 0  # own code, own rights
     assert marker.read_text() == "escaped"
+
+
+MEMO_MODEL = """
+import torch
+from torch import nn
+
+SEEN = {}  # image embedding bytes -> label, kept by the process across units
+
+
+class Model(nn.Module):
+    def __init__(self, spec):
+        super().__init__()
+        self.head = nn.Linear(spec.ehr_summary_dim, 1)
+
+    def fit_setup(self, train):
+        for x, has, y in zip(train.cxr, train.has_cxr, train.y):
+            if has > 0:
+                SEEN[x.numpy().tobytes()] = float(y)
+
+    def forward(self, batch):
+        if not self.training:
+            hits = sum(x.numpy().tobytes() in SEEN for x, h in zip(batch.cxr, batch.has_cxr) if h)
+            if hits:
+                raise RuntimeError(f"remembered {hits} test stays from an earlier unit")
+        return self.head(batch.ehr_summary)[:, 0]
+"""
+
+
+def test_a_worker_never_outlives_its_fold(cache, tmp_path, monkeypatch, capsys):
+    """Fold 2's test stays train fold 1: a worker serving both could remember their labels."""
+    monkeypatch.setenv("HARNESS_CACHE", str(cache))
+    folder = tmp_path / "memo"
+    folder.mkdir()
+    (folder / "model.py").write_text(MEMO_MODEL)
+    (folder / "submission.yaml").write_text(
+        "name: memo\nversion: 1\nkind: torch\nentry: model:Model\n"
+        "inputs: [ehr_summary, cxr]\ntasks: [mortality_in_hospital]\ntrain: {max_epochs: 1}\n"
+    )
+    args = [a if a != "--quick" else "--folds" for a in ARGS]
+    args.insert(args.index("--folds") + 1, "1,2")
+    args += ["--seeds", "0", "--cohort", "matched"]
+    assert main(["evaluate", str(folder), *args]) == 0  # sandboxed: nothing to remember
+    capsys.readouterr()
+    trusted = tmp_path / "memo_trusted"
+    (trusted).mkdir()
+    (trusted / "model.py").write_text(MEMO_MODEL)
+    (trusted / "submission.yaml").write_text(
+        (folder / "submission.yaml").read_text().replace("name: memo", "name: memo_trusted")
+    )
+    assert main(["evaluate", str(trusted), *args, "--trusted"]) == 2  # in-process: it remembers
+    assert "remembered" in " ".join(capsys.readouterr().err.split())
+
+
+def test_a_stderr_flood_does_not_grow_the_harness(cache, tmp_path, monkeypatch):
+    import resource
+
+    monkeypatch.setenv("HARNESS_CACHE", str(cache))
+    flood = "sys.stderr.write('x' * (64 << 20)); sys.stderr.flush()\n" * 6 + "sys.exit(3)"
+    folder = _write_submission(tmp_path / "flood", "flood", flood, "", cache, 0)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert main(["evaluate", str(folder), *ARGS]) == 2
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mb < 100, f"the harness grew by {grown_mb:.0f} MB reading 384 MB of stderr"
+    assert _result(cache, "flood")["category"] == "exited"
+
+
+def test_links_in_a_submission_folder_are_refused(tmp_path, cache):
+    from harness.errors import SpecError
+    from harness.models.submission import load_submission
+
+    folder = _write_submission(tmp_path / "linked", "linked", "", "", cache, 0)
+    (folder / "helper.py").symlink_to("/proc/self/pagemap")
+    with pytest.raises(SpecError, match="helper.py is a link or a special file"):
+        load_submission(folder)

@@ -176,15 +176,17 @@ def classify_exception(exc: BaseException) -> str:
 # Stay ids cross the boundary as pseudonyms
 
 
-def pseudonym_key() -> bytes:
-    """A secret of this cache (derived from its signing key): pseudonyms are stable across runs
-    on one installation, and a submitter holding the source data cannot invert them."""
+def pseudonym_key(scope: str = "") -> bytes:
+    """A secret of this cache (derived from its signing key) for one ``scope`` (task/cohort/fold):
+    pseudonyms are stable across runs on one installation but differ between scopes, so ids
+    cannot be linked across folds, and a submitter holding the source data cannot invert them."""
     import hashlib
     import hmac
 
     from harness.leaderboard.signing import signing_key
 
-    return hmac.new(signing_key(), b"stay-id pseudonyms", hashlib.sha256).digest()
+    label = b"stay-id pseudonyms/" + scope.encode()
+    return hmac.new(signing_key(), label, hashlib.sha256).digest()
 
 
 def pseudonymise(tensors: Any, key: bytes) -> Any:

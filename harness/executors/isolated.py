@@ -22,6 +22,7 @@ import os
 import queue
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -55,6 +56,10 @@ STARTUP_SECONDS = 180.0
 #: Virtual address space a worker needs beyond its resident limit (shared libraries of torch).
 ADDRESS_SPACE_HEADROOM_MB = 8192
 TMP_SIZE_BYTES = 512 * 2**20
+#: The unprivileged uid/gid a root-run harness drops the payload to ("nobody").
+SANDBOX_UID = 65534
+#: Largest submission folder copied into the sandbox (its files are snapshot at start).
+MAX_SUBMISSION_BYTES = 2 * 2**30
 POLL_SECONDS = 0.05
 INSTALL_HINT = (
     "install bubblewrap (Debian/Ubuntu: `apt-get install bubblewrap`; Fedora: `dnf install "
@@ -122,19 +127,46 @@ def sandbox_command(submission_dir: Path, inbox: Path, argv: list[str]) -> list[
             f"untrusted submissions run in a sandbox, but `bwrap` was not found: {INSTALL_HINT}"
         )
     roots = _python_roots()
-    cmd = [bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+    cmd = [bwrap, "--die-with-parent", "--new-session"]
+    as_root = os.geteuid() == 0
+    if as_root:
+        # Root gets no user namespace from bwrap: the payload would run as host uid 0 (able to
+        # write /proc/sys). It is started through setpriv as an unprivileged uid instead.
+        setpriv = shutil.which("setpriv")
+        if not setpriv:
+            raise UsageError(
+                "the harness runs as root, so sandboxed submissions must drop to an unprivileged "
+                "user with `setpriv`, which was not found. Fix: install util-linux "
+                "(`apt-get install util-linux`), or run the harness as an ordinary user"
+            )
+        cmd += ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
+                "--unshare-cgroup-try"]  # fmt: skip
+        argv = [setpriv, f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_UID}", "--clear-groups",
+                "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", *argv]  # fmt: skip
+    else:
+        cmd += ["--unshare-all", "--cap-drop", "ALL"]
     cmd += _system_binds()
+    made: set[str] = set()
+
+    def ro_bind(path: Path) -> None:
+        # parents of a bind target are created world-traversable: the payload is not root
+        for parent in reversed(path.parents[:-1]):
+            if str(parent) not in made and not str(parent).startswith(("/usr", "/lib", "/bin")):
+                made.add(str(parent))
+                cmd.extend(["--perms", "0755", "--dir", str(parent)])
+        cmd.extend(["--ro-bind", str(path), str(path)])
+
     for r in roots:
-        cmd += ["--ro-bind", str(r), str(r)]
+        ro_bind(r)
     for h in _hidden_paths(roots):
         cmd += ["--tmpfs", str(h)] if h.is_dir() else ["--ro-bind", "/dev/null", str(h)]
     cmd += ["--proc", "/proc", "--dev", "/dev"]
-    cmd += ["--size", str(TMP_SIZE_BYTES), "--tmpfs", "/tmp"]
+    cmd += ["--perms", "1777", "--size", str(TMP_SIZE_BYTES), "--tmpfs", "/tmp"]
     if config.tasks_dir().is_dir():  # public task definitions (read by `harness validate`)
-        cmd += ["--ro-bind", str(config.tasks_dir()), str(config.tasks_dir())]
+        ro_bind(config.tasks_dir())
     cmd += ["--ro-bind", str(submission_dir.resolve()), SUBMISSION_MOUNT]
     cmd += ["--ro-bind", str(inbox), INBOX_MOUNT]
-    cmd += ["--chdir", "/tmp", "--hostname", "sandbox", "--clearenv"]
+    cmd += ["--remount-ro", "/", "--chdir", "/tmp", "--hostname", "sandbox", "--clearenv"]
     env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp", "PYTHONHASHSEED": "0",
            "PYTHONDONTWRITEBYTECODE": "1"}  # fmt: skip
     for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "LANG"):
@@ -184,6 +216,44 @@ def _tree_rss(pid: int) -> int:
     return total
 
 
+def stage_submission(folder: Path, dest: Path) -> Path:
+    """Copy the submission's regular files into ``dest`` (world-readable, read-only for it).
+
+    The sandbox sees this snapshot, not the folder: later edits cannot change a running
+    evaluation, and links or special files (a FIFO, a link to a device) never reach it.
+    """
+    from harness.errors import SubmissionError
+
+    folder = Path(folder)
+    total = 0
+    for root, dirs, files in os.walk(folder, followlinks=False):
+        rel = Path(root).relative_to(folder)
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        (dest / rel).mkdir(parents=True, exist_ok=True)
+        os.chmod(dest / rel, 0o755)
+        for name in [*files, *dirs]:
+            src = Path(root) / name
+            st = src.lstat()
+            if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+                raise SubmissionError(
+                    f"{folder.name}/{(rel / name).as_posix()}: submission folders may hold only "
+                    "regular files and folders (no links, pipes or devices). Fix: replace it "
+                    "with a copy of the file"
+                )
+            if stat.S_ISDIR(st.st_mode):
+                continue
+            total += st.st_size
+            if total > MAX_SUBMISSION_BYTES:
+                raise SubmissionError(
+                    f"{folder.name}: the submission folder holds more than "
+                    f"{MAX_SUBMISSION_BYTES >> 30} GB. Fix: keep only code and small weights"
+                )
+            shutil.copyfile(src, dest / rel / name, follow_symlinks=False)
+            os.chmod(dest / rel / name, 0o644)
+    os.chmod(dest, 0o755)
+    return dest
+
+
 class IsolatedRunner(Runner):
     """One sandboxed worker process for one submission; requests are served one at a time."""
 
@@ -197,11 +267,21 @@ class IsolatedRunner(Runner):
         self.task: Any = None
         self.deadline = 0.0
         self.dead: UnitFailure | None = None
-        self.inbox = Path(tempfile.mkdtemp(prefix="harness-inbox-"))
+        self.scratch = Path(tempfile.mkdtemp(prefix="harness-sandbox-"))
+        self.inbox = self.scratch / "inbox"
+        self.inbox.mkdir()
+        os.chmod(self.scratch, 0o755)
+        os.chmod(self.inbox, 0o755)
         self._n = 0
         self.peak_rss = 0
+        self.answer_limit = 0
+        try:
+            staged = stage_submission(sub.path, self.scratch / "submission")
+        except BaseException:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            raise
         argv = [sys.executable, "-I", "-m", "harness.executors.worker"]
-        cmd = sandbox_command(sub.path, self.inbox, argv)
+        cmd = sandbox_command(staged, self.inbox, argv)
         ceiling = (limits.memory_mb + ADDRESS_SPACE_HEADROOM_MB) * 2**20
 
         def limit_address_space() -> None:  # runs in the child before exec
@@ -213,8 +293,8 @@ class IsolatedRunner(Runner):
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             preexec_fn=limit_address_space, start_new_session=True,
         )  # fmt: skip
-        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=200)
-        self.replies: queue.Queue = queue.Queue()
+        self.stderr_tail: collections.deque[bytes] = collections.deque(maxlen=16)
+        self.replies: queue.Queue = queue.Queue(maxsize=1)
         threading.Thread(target=self._drain_stderr, daemon=True).start()
         threading.Thread(target=self._read_replies, daemon=True).start()
         self.deadline = time.monotonic() + STARTUP_SECONDS
@@ -228,15 +308,26 @@ class IsolatedRunner(Runner):
     # -- plumbing ------------------------------------------------------------------------
 
     def _drain_stderr(self) -> None:
-        for raw in iter(self.proc.stderr.readline, b""):
-            self.stderr_tail.append(raw[:500].decode("utf-8", "replace").rstrip())
+        """Keep only the last 64 KB of the worker's stderr (read in bounded chunks)."""
+        for chunk in iter(lambda: self.proc.stderr.read1(4096), b""):
+            self.stderr_tail.append(chunk)
+
+    def _stderr_lines(self, n: int = 3) -> str:
+        text = b"".join(self.stderr_tail).decode("utf-8", "replace")
+        return " | ".join(line[:300] for line in text.strip().splitlines()[-n:])
 
     def _read_replies(self) -> None:
         from harness.executors.wire import MAX_ANSWER_BYTES, WireError, read_message
 
         while True:
             try:
-                self.replies.put(read_message(self.proc.stdout, max_array_bytes=MAX_ANSWER_BYTES))
+                # arrays may total what the pending request can need (nothing when none is
+                # pending): an unsolicited or oversized answer is refused before it is read
+                message = read_message(
+                    self.proc.stdout,
+                    max_array_bytes=lambda: min(self.answer_limit, MAX_ANSWER_BYTES),
+                )
+                self.replies.put(message)  # blocks until the harness takes it: bounded memory
             except (EOFError, WireError, ValueError, OSError) as exc:
                 self.replies.put(exc)
                 return
@@ -324,7 +415,7 @@ class IsolatedRunner(Runner):
                     raise self._exit_reason()
         if isinstance(item, EOFError):
             if startup:
-                tail = " | ".join(list(self.stderr_tail)[-3:])
+                tail = self._stderr_lines()
                 raise self._fail("exited", f"the sandboxed worker failed to start: {tail}")
             raise self._exit_reason()
         if isinstance(item, Exception):
@@ -360,14 +451,16 @@ class IsolatedRunner(Runner):
             "max_epochs": job.max_epochs,
             "cxr_dropout": job.cxr_dropout,
         }
+        self.answer_limit = 0  # the training answer carries no array
+        started = time.perf_counter()
         reply, _ = self._request(header, {**train_arrays, **val_arrays})
         try:
+            score = float("nan") if reply.get("val_score") is None else float(reply["val_score"])
             return TrainSummary(
-                val_score=float("nan")
-                if reply.get("val_score") is None
-                else float(reply["val_score"]),
-                best_epoch=int(reply["best_epoch"]),
-                train_seconds=float(reply["train_seconds"]),
+                val_score=score if -1e9 < score < 1e9 else float("nan"),
+                best_epoch=min(max(int(reply["best_epoch"]), 0), 10**6),
+                # measured here, not taken from the worker: it is published in provenance
+                train_seconds=round(time.perf_counter() - started, 3),
             )
         except (KeyError, TypeError, ValueError):
             raise self._fail(
@@ -378,7 +471,12 @@ class IsolatedRunner(Runner):
         from harness.executors.wire import tensors_to_wire, without_labels
 
         meta, arrays = tensors_to_wire(without_labels(tensors), "x")
-        _, out = self._request({"op": "predict", "inputs": meta}, arrays)
+        width = 1 if self.task.kind == "binary" else self.task.n_outputs
+        self.answer_limit = len(tensors) * width * 8 + 4096  # float64 .npy with its header
+        try:
+            _, out = self._request({"op": "predict", "inputs": meta}, arrays)
+        finally:
+            self.answer_limit = 0
         if "p" not in out:
             raise self._fail("invalid_output", "the worker's prediction answer has no array")
         return check_probabilities(out["p"], self.task, len(tensors))
@@ -393,7 +491,7 @@ class IsolatedRunner(Runner):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=10)
         self._kill()
-        shutil.rmtree(self.inbox, ignore_errors=True)
+        shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 class IsolatedExecutor(Executor):

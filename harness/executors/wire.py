@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import struct
+from collections.abc import Callable
 from dataclasses import fields, replace
 from typing import IO, Any
 
@@ -59,9 +60,13 @@ def write_message(
 
 
 def read_message(
-    fh: IO[bytes], *, max_array_bytes: int = MAX_ARRAY_BYTES
+    fh: IO[bytes], *, max_array_bytes: int | Callable[[], int] = MAX_ARRAY_BYTES
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Read one message written by `write_message`; raises `EOFError` at a clean end of stream."""
+    """Read one message written by `write_message`; raises `EOFError` at a clean end of stream.
+
+    ``max_array_bytes`` bounds the arrays of the message *together*; a callable is asked once
+    the header has arrived (what the request pending at that moment can need).
+    """
     magic = fh.read(len(MAGIC))
     if not magic:
         raise EOFError("stream closed")
@@ -77,13 +82,15 @@ def read_message(
     if not isinstance(header, dict) or not isinstance(header.get("arrays"), list):
         raise WireError("message header is not a mapping with an array list")
     arrays: dict[str, np.ndarray] = {}
+    budget = max_array_bytes() if callable(max_array_bytes) else max_array_bytes
     for item in header.pop("arrays"):
         try:
             name, nbytes = str(item["name"]), int(item["nbytes"])
         except (KeyError, TypeError, ValueError):
             raise WireError("malformed array entry in message header") from None
-        if not 0 < nbytes <= max_array_bytes:
+        if not 0 < nbytes <= budget:
             raise WireError(f"array {name!r} of {nbytes} bytes is outside the accepted size")
+        budget -= nbytes
         try:
             arrays[name] = np.lib.format.read_array(
                 io.BytesIO(_read_exact(fh, nbytes)), allow_pickle=False

@@ -345,6 +345,7 @@ def load_submission(path: str | Path) -> Submission:
             path=yaml_path,
             fix="fix the YAML syntax (indentation, a missing colon or quote)",
         ) from None
+    _check_plain_files(yaml_path.parent)
     sub = parse_submission(data, yaml_path)
     if not sub.module_path.is_file():
         raise SpecError(
@@ -353,6 +354,25 @@ def load_submission(path: str | Path) -> Submission:
             fix=f"add {sub.module_path.name} to the folder or correct `entry`",
         )
     return sub
+
+
+def _check_plain_files(folder: Path) -> None:
+    """A submission folder holds regular files and folders only: a link could point the harness
+    at a cache file, a device or a pipe when it hashes or copies the folder."""
+    import os
+    import stat
+
+    for root, dirs, files in os.walk(folder, followlinks=False):
+        for name in [*dirs, *files]:
+            path = Path(root) / name
+            mode = path.lstat().st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                raise SpecError(
+                    f"{path.relative_to(folder).as_posix()} is a link or a special file",
+                    path=folder,
+                    fix="replace it with a copy of the file: submission folders hold only "
+                    "regular files and folders",
+                )
 
 
 def import_by_path(module_path: Path, yaml_path: Path) -> Any:

@@ -174,11 +174,13 @@ def validate_isolated(
     failed ``sandbox`` check naming the reason.
     """
     import json
+    import os
+    import resource
     import subprocess
     import sys
     import tempfile
 
-    from harness.executors.isolated import require_sandbox, sandbox_command
+    from harness.executors.isolated import require_sandbox, sandbox_command, stage_submission
     from harness.executors.worker import SUBMISSION_MOUNT
 
     path = Path(path)
@@ -191,28 +193,48 @@ def validate_isolated(
     argv = [sys.executable, "-I", "-m", "harness.models.validate", SUBMISSION_MOUNT,
             str(n), str(max_epochs), str(seed)]  # fmt: skip
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="harness-inbox-") as inbox:
-        try:
-            proc = subprocess.run(
-                sandbox_command(folder, Path(inbox), argv),
-                capture_output=True, timeout=timeout, start_new_session=True,
-            )  # fmt: skip
-        except subprocess.TimeoutExpired:
-            report.checks.append(Check("sandbox", False, f"validation ran past {timeout:g} s"))
-            return report
+    with tempfile.TemporaryDirectory(prefix="harness-validate-") as tmp:
+        os.chmod(tmp, 0o755)
+        staged = stage_submission(folder, Path(tmp) / "submission")
+        out_path, err_path = Path(tmp) / "stdout", Path(tmp) / "stderr"
+
+        def cap_output() -> None:  # a worker cannot fill the disk through its output
+            resource.setrlimit(resource.RLIMIT_FSIZE, (OUTPUT_CAP_BYTES, OUTPUT_CAP_BYTES))
+
+        with out_path.open("wb") as out, err_path.open("wb") as err:
+            try:
+                proc = subprocess.run(
+                    sandbox_command(staged, Path(tmp), argv), stdout=out, stderr=err,
+                    timeout=timeout, start_new_session=True, preexec_fn=cap_output,
+                )  # fmt: skip
+            except subprocess.TimeoutExpired:
+                report.checks.append(Check("sandbox", False, f"validation ran past {timeout:g} s"))
+                return report
+        stdout = _tail(out_path)
+        stderr = _tail(err_path)
     try:
-        data = json.loads(proc.stdout.decode("utf-8").strip().splitlines()[-1])
+        data = json.loads(stdout.decode("utf-8").strip().splitlines()[-1])
         report.name = data.get("name")
         for c in data["checks"]:
             message = str(c["message"]).replace(SUBMISSION_MOUNT + "/", f"{folder.name}/")
             report.checks.append(Check(str(c["name"]), bool(c["ok"]), message, float(c["seconds"])))
     except (ValueError, KeyError, IndexError, TypeError):
-        tail = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-3:]
+        tail = stderr.decode("utf-8", "replace").strip().splitlines()[-3:]
         report.checks.append(
             Check("sandbox", False, f"the validation worker exited with code {proc.returncode} "
                   f"without a report: {' | '.join(tail)}", time.perf_counter() - t0)
         )  # fmt: skip
     return report
+
+
+#: Bytes of output a sandboxed validation may write (its report is one short line).
+OUTPUT_CAP_BYTES = 16 * 2**20
+
+
+def _tail(path: Path, size: int = 65536) -> bytes:
+    with path.open("rb") as fh:
+        fh.seek(max(path.stat().st_size - size, 0))
+        return fh.read()
 
 
 def _main(argv: list[str]) -> int:
