@@ -1,9 +1,10 @@
 """Cost of the sandbox: the same units run in-process (``local``) and in the bubblewrap worker.
 
 Both executors train and predict the same units (every fold and seed asked for, all scenarios,
-both cohorts) from the same `FeatureSet`s; the script checks that their predictions are
-byte-identical and prints the wall time of each, the worker's start-up and the per-request cost
-of moving tensors across the boundary. It builds a small synthetic dataset in a temporary cache.
+both cohorts) from the same `FeatureSet`s, with one worker per (cohort, fold) as `harness
+evaluate` starts them. The script checks that the predictions are byte-identical and prints the
+wall time of each executor and the worker's start-up. It builds a small synthetic dataset in a
+temporary cache.
 
     python benchmarks/isolation_overhead.py --n-patients 600 --folds 1,2 --seeds 0 \
         --submissions ehr_lstm,late_fusion,tabular_gbm
@@ -31,16 +32,18 @@ def _run_units(executor_name, sub, sets, folds, seeds, scenarios, max_epochs) ->
     executor = get_executor(executor_name)
     out = []
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp, executor.session(sub, Limits()) as runner:
+    with tempfile.TemporaryDirectory() as tmp:
         for cohort, fs in sets.items():
             others = {o: f for o, f in sets.items() if o != cohort}
             for k in folds:
-                for s in seeds:
-                    path = Path(tmp) / f"{cohort}_{k}_{s}.parquet"
-                    run_unit(runner, fs, Unit(fs.task.name, cohort, k, s), settings, scenarios,
-                             others, path)  # fmt: skip
-                    frame, _ = read_unit(path)
-                    out.append(frame.filter(like="prob_").to_numpy())
+                # one worker per (task, cohort, fold), as `harness evaluate` does
+                with executor.session(sub, Limits()) as runner:
+                    for s in seeds:
+                        path = Path(tmp) / f"{cohort}_{k}_{s}.parquet"
+                        unit = Unit(fs.task.name, cohort, k, s)
+                        run_unit(runner, fs, unit, settings, scenarios, others, path)
+                        frame, _ = read_unit(path)
+                        out.append(frame.filter(like="prob_").to_numpy())
     return time.perf_counter() - started, out
 
 

@@ -25,7 +25,8 @@ L = 5
 def _ece_pandas(y, p, w):
     w = np.ones(len(y)) if w is None else w
     df = pd.DataFrame({"y": y, "p": p, "w": w})
-    df["bin"] = pd.cut(df["p"], np.linspace(0, 1, 11), right=False, include_lowest=True)
+    # edges b / 10 (the decimals): linspace's 0.30000000000000004 would put p = 0.3 a bin low
+    df["bin"] = pd.cut(df["p"], np.arange(11) / 10, right=False, include_lowest=True)
     df.loc[df["p"] == 1.0, "bin"] = df["bin"].cat.categories[-1]
     df["wy"] = df.w * df.y
     df["wp"] = df.w * df.p
@@ -38,7 +39,7 @@ def _reference(name: str, y, s, w):
     """Independent reference values: scikit-learn's public functions on the same inputs."""
     pred = (
         s.argmax(axis=1)
-        if s.ndim == 2 and name in {"accuracy", "f1_macro", "kappa_linear"}
+        if s.ndim == 2 and name in {"accuracy", "f1_macro", "kappa_linear", "kappa_unweighted"}
         else None
     )
     refs = {
@@ -52,6 +53,9 @@ def _reference(name: str, y, s, w):
         ),
         "kappa_linear": lambda: skm.cohen_kappa_score(
             y, pred, weights="linear", labels=list(range(K)), sample_weight=w
+        ),
+        "kappa_unweighted": lambda: skm.cohen_kappa_score(
+            y, pred, labels=list(range(K)), sample_weight=w
         ),
         "auroc_ovr_macro": lambda: skm.roc_auc_score(
             y, s, multi_class="ovr", average="macro", sample_weight=w
@@ -164,6 +168,7 @@ def test_main_metric_names():
     assert main_metric_for("multilabel", "macro_auroc") == "auroc_macro"
     assert main_metric_for("multilabel", "auprc_macro") == "auprc_macro"
     assert main_metric_for("binary", "AUPRC") == "auprc"
-    for kind, default in MAIN_METRIC.items():  # unknown or absent: the kind's default
+    for kind, default in MAIN_METRIC.items():  # absent: the kind's default; unknown: an error
         assert main_metric_for(kind, None) == default
-        assert main_metric_for(kind, "nonsense") == default
+        with pytest.raises(KeyError, match="valid names"):
+            main_metric_for(kind, "nonsense")

@@ -131,9 +131,14 @@ def test_selection_score_matches_sklearn():
     p = rng.random((50, 3))
     task = TaskInfo("t", "multilabel", ("a", "b", "c"), None, "macro_auroc")
     assert selection_score(task, y, p) == pytest.approx(roc_auc_score(y, p, average="macro"))
-    binary = TaskInfo("t", "binary", ("a",), None, None)
+    binary = TaskInfo("t", "binary", ("a",), None, "auprc")
     assert selection_score(binary, y[:, 0], p[:, 0]) == pytest.approx(
         average_precision_score(y[:, 0], p[:, 0])
+    )
+    # no main_metric: the kind's default headline (one vocabulary with the scorer)
+    unnamed = TaskInfo("t", "binary", ("a",), None, None)
+    assert selection_score(unnamed, y[:, 0], p[:, 0]) == pytest.approx(
+        roc_auc_score(y[:, 0], p[:, 0])
     )
     yc = rng.integers(0, 4, size=50)
     pc = rng.random((50, 4))

@@ -64,6 +64,13 @@ def register(app: typer.Typer) -> None:
         replace_entry: bool = typer.Option(
             False, "--replace", help="Take over an entry name another folder has used."
         ),
+        protocol: str = typer.Option(
+            "honest",
+            "--protocol",
+            help="Protocol profile: honest (default) or carebench (selection on validation "
+            "PRAUC/accuracy, threshold 0.5, seeds 42,123,1234, unweighted kappa, ICU mortality; "
+            "entries named <name>.carebench, ranked apart).",
+        ),
     ) -> None:
         """Train per fold x seed, predict every scenario, write <dataset>/<name>/result.json."""
         from rich.console import Console
@@ -93,6 +100,7 @@ def register(app: typer.Typer) -> None:
             "n_resamples": n_resamples,
             "executor": "local" if trusted else None,
             "replace": True if replace_entry else None,
+            "protocol": protocol,
         }
         overrides = {k: v for k, v in overrides.items() if v is not None}
         settings = EvalSettings.quick(**overrides) if quick else EvalSettings(**overrides)

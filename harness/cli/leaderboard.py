@@ -49,9 +49,11 @@ def print_leaderboard(board, console=None, *, summary: bool = False) -> None:
     console = console or Console()
     for ranking in board.rankings:
         arrow = "↑" if ranking["higher_is_better"] else "↓"
+        protocol = (ranking.get("protocol") or {}).get("label") or "protocol not recorded"
         table = Table(
             title=f"{ranking['task']} · {ranking['cohort']} · {ranking['metric']} {arrow}"
-            f"  ({ranking['dataset']}, {ranking['fingerprint'][:12]})"
+            f"  ({ranking['dataset']}, {ranking['fingerprint'][:12]})",
+            caption=f"protocol: {protocol}",
         )
         for col, justify in (("rank", "right"), ("submission", "left"), ("value", "right"),
                              ("95% CI", "left"), ("CI overlaps", "left")):  # fmt: skip
@@ -63,9 +65,9 @@ def print_leaderboard(board, console=None, *, summary: bool = False) -> None:
             table.add_row(str(row["rank"]), row["name"], value, ci, overlaps)
         console.print(table)
     if summary:
-        from harness.leaderboard.summary import summary_tables
+        from harness.leaderboard.render import summary_by_protocol
 
-        for spec in summary_tables(board.document):
+        for spec in summary_by_protocol(board.document):
             table = Table(title=spec["title"], caption=spec["note"])
             for col in spec["columns"]:
                 table.add_column(col)

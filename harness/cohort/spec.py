@@ -417,6 +417,7 @@ def load_task(name: str) -> TaskSpec:
         label_names = class_names
     if data["kind"] == "binary" and len(label_columns) != 1:
         raise SpecError("a binary task has exactly one label column", path=path)
+    _check_main_metric(data["kind"], data["main_metric"], path)
     return TaskSpec(
         name=name,
         version=int(data["version"]),
@@ -430,6 +431,25 @@ def load_task(name: str) -> TaskSpec:
         path=path,
         sha256=spec_hash(hashes) if len(hashes) > 1 else hashes[0],
     )
+
+
+def _check_main_metric(kind: str, name: Any, path: Path) -> None:
+    """``main_metric`` must name a registered metric of the task's kind (selection and headline
+    read the same registry); otherwise the file, the field and the valid names are reported."""
+    from harness.evaluate.metrics import main_metric_for, metric_names
+
+    try:
+        main_metric_for(kind, str(name) if name is not None else "")
+        ok = name is not None and str(name).strip() != ""
+    except UnknownNameError:
+        ok = False
+    if not ok:
+        raise SpecError(
+            f"main_metric {name!r} is not a metric of a {kind} task; valid names: "
+            f"{', '.join(metric_names(kind))}",
+            path=path,
+            fix="set `main_metric:` to one of the valid names",
+        )
 
 
 def spec_hashes() -> dict[str, str]:

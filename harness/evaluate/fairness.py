@@ -1,4 +1,4 @@
-"""Group fairness tables with fairlearn's MetricFrame, with suppression and bootstrap CIs on gaps.
+"""Group fairness tables with fairlearn's MetricFrame, with suppression and tests of the gaps.
 
 Rules this module fixes (and states in every report):
 
@@ -7,9 +7,26 @@ Rules this module fixes (and states in every report):
   Missing attribute values form the group ``Unknown``.
 - Threshold: per stay, chosen on the VALIDATION split by maximising Youden's J (TPR - FPR); the
   caller passes it (one value, or one per stay when folds have their own thresholds). The test
-  split is never used to choose it.
-- Groups with fewer than ``min_group_size`` stays (default 20) are suppressed: reported as
-  ``{"group": ..., "suppressed": true}`` with no numbers, and left out of across-group statistics.
+  split is never used to choose it. The harness chooses it per fold on the seed-mean validation
+  predictions, the same kind of prediction (seed mean) the tables then score.
+- Groups with fewer than ``min_group_size`` stays (default 20), and for binary targets groups
+  with fewer than :data:`MIN_CLASS_COUNT` (10) positives or negatives, are suppressed: reported
+  as ``{"group": ..., "suppressed": true}`` with no numbers, and left out of across-group
+  statistics. This is the rule publication applies (``harness.leaderboard.publish``), applied
+  where the numbers are computed, so publishing has nothing left to remove.
+- ``Unknown`` (a missing attribute value, alone or in an intersection) is reported as a group but
+  is not compared: the across-group summary (min, max, difference, worst group), the gap tests
+  and the group-vs-rest differences use the known groups only. A missing-data bucket is never
+  the "worst group".
+- Gaps: the max - min difference of a rate across groups is reported with the p-value of an
+  exact-null permutation test of equal rates (group labels permuted within the positives for
+  TPR, within the negatives for FPR, over all stays for selection rate; equalized odds takes the
+  larger of the TPR and FPR gaps under both permutations). The permuted group counts are drawn
+  as multivariate hypergeometric variates, which is the permutation distribution, vectorised.
+  A percentile bootstrap CI of a max - min gap is biased upward (a maximum over noisy groups) and
+  is not computed. Each known group's TPR and FPR also comes with a Wilson CI and its difference
+  from the other known groups pooled ("rest") with a Newcombe hybrid-score CI (method 10). Both
+  treat stays as independent (several stays of one patient make them slightly optimistic).
 - Binary tasks get the full table; multilabel tasks are scored per label (each label is a binary
   problem with its own validation threshold); multiclass tasks get threshold-free group metrics
   (accuracy, linear-weighted kappa, one-vs-rest AUROC) on the argmax prediction.
@@ -19,15 +36,16 @@ from __future__ import annotations
 
 import itertools
 import logging
-import warnings
+import math
 from collections.abc import Callable, Sequence
+from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
 
 from harness.errors import InputError
-from harness.evaluate.bootstrap import Resamples, percentile_ci
-from harness.evaluate.metrics import METRICS, batched_auroc
+from harness.evaluate.bootstrap import CI_LEVEL, DEFAULT_BOOTSTRAP_SEED
+from harness.evaluate.metrics import METRICS
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +60,20 @@ FAIRNESS_ATTRIBUTES = (
 AGE_EDGES = (18, 40, 60, 80, np.inf)
 AGE_LABELS = ("18-40", "40-60", "60-80", "80+")
 DEFAULT_MIN_GROUP_SIZE = 20
-DEFAULT_CI_RESAMPLES = 200
+#: Fewest positives and negatives of a binary group with numbers (publication's rule too).
+MIN_CLASS_COUNT = 10
+#: Permutations of the gap tests (exact multivariate hypergeometric draws: cheap).
+DEFAULT_PERMUTATIONS = 10_000
 THRESHOLD_RULE = "youden_j_on_validation"
 UNKNOWN = "Unknown"
+GAP_TEST = "permutation"
+GAP_TEST_NAMES = (
+    "tpr_difference",
+    "fpr_difference",
+    "equalized_odds_difference",
+    "demographic_parity_difference",
+)
+VS_REST_CI = "newcombe_hybrid_score"
 
 
 def fairness_groups(
@@ -185,6 +214,11 @@ def _metric_frame(metrics, y, p, decision, groups):
     )
 
 
+def is_unknown(group: str) -> bool:
+    """True for ``Unknown`` and for intersections with an ``Unknown`` part (``F|Unknown``)."""
+    return UNKNOWN in str(group).split("|")
+
+
 def group_table(
     y_true: np.ndarray,
     y_prob: np.ndarray,
@@ -193,16 +227,26 @@ def group_table(
     decision: np.ndarray | None = None,
     metrics: dict[str, tuple[Callable, bool | None]] | None = None,
     min_group_size: int = DEFAULT_MIN_GROUP_SIZE,
+    min_class_count: int = 0,
 ) -> dict:
-    """Per-group metrics and across-group summary for one attribute (suppressed groups hidden)."""
+    """Per-group metrics and across-group summary for one attribute (suppressed groups hidden).
+
+    Groups under ``min_group_size`` stays, or (binary ``y_true``) with fewer than
+    ``min_class_count`` positives or negatives, are suppressed; the summary compares the kept
+    groups that are not :func:`is_unknown`.
+    """
     metrics = metrics or BINARY_GROUP_METRICS
     y = np.asarray(y_true)
     p = np.asarray(y_prob)
     g = np.asarray(groups).astype(str)
     decision = np.zeros(y.shape[0], dtype=int) if decision is None else np.asarray(decision)
     sizes = pd.Series(g).value_counts()
-    kept = sorted(sizes.index[sizes >= min_group_size])
-    suppressed = sorted(sizes.index[sizes < min_group_size])
+    large = sizes >= min_group_size
+    if min_class_count > 0:
+        positives = pd.Series(y == 1).groupby(g).sum().reindex(sizes.index)
+        large &= (positives >= min_class_count) & (sizes - positives >= min_class_count)
+    kept = sorted(sizes.index[large])
+    suppressed = sorted(sizes.index[~large])
     rows: list[dict] = []
     summary: dict = {}
     out = {"groups": rows, "n_suppressed_groups": len(suppressed), "summary": summary}
@@ -216,9 +260,10 @@ def group_table(
             rows.append(row)
     rows.extend({"group": group, "suppressed": True} for group in suppressed)
     rows.sort(key=lambda r: r["group"])
-    if len(kept) < 2:
+    compared = [group for group in kept if not is_unknown(group)]
+    if len(compared) < 2:
         return out
-    table = frame.by_group.astype(float)
+    table = frame.by_group.astype(float).loc[compared]
     for name, (_, higher) in metrics.items():
         if name == "n":
             continue
@@ -244,40 +289,131 @@ def group_table(
     return out
 
 
-def _batched_gaps(y, p, decision, groups, kept, counts) -> dict[str, np.ndarray]:
-    """Across-group gaps for every resample row of ``counts`` (kept groups only)."""
-    y = np.asarray(y).astype(np.float64)
+def wilson_interval(k: float, n: float, level: float = CI_LEVEL) -> tuple[float, float]:
+    """Wilson score interval of the proportion ``k / n`` (NaN when ``n`` is 0)."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    z = NormalDist().inv_cdf(0.5 + level / 2)
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def newcombe_interval(
+    k1: float, n1: float, k2: float, n2: float, level: float = CI_LEVEL
+) -> tuple[float, float]:
+    """Newcombe's hybrid score interval (1998, method 10) of ``k1 / n1 - k2 / n2``.
+
+    Built from the two Wilson intervals; unlike a percentile bootstrap of a max - min it has no
+    upward bias and keeps close to its level for small groups and rates near 0 or 1.
+    """
+    if n1 <= 0 or n2 <= 0:
+        return float("nan"), float("nan")
+    p1, p2 = k1 / n1, k2 / n2
+    l1, u1 = wilson_interval(k1, n1, level)
+    l2, u2 = wilson_interval(k2, n2, level)
+    d = p1 - p2
+    return d - math.hypot(p1 - l1, u2 - p2), d + math.hypot(u1 - p1, p2 - l2)
+
+
+def _spread(rates: np.ndarray) -> np.ndarray:
+    return rates.max(axis=-1) - rates.min(axis=-1)
+
+
+def _permutation_null(
+    n: np.ndarray, x: np.ndarray, n_permutations: int, rng: np.random.Generator
+) -> tuple[float, np.ndarray] | None:
+    """Observed max - min of ``x / n`` and its permutation distribution (None: < 2 groups).
+
+    Permuting the group labels of the stays holding ``n.sum()`` outcomes, ``x.sum()`` of them
+    positive decisions, gives each group a multivariate hypergeometric count of them: drawing
+    those counts is the permutation test without materialising a single permutation.
+    """
+    keep = n > 0
+    n, x = n[keep].astype(np.int64), x[keep].astype(np.int64)
+    if n.size < 2:
+        return None
+    draws = rng.multivariate_hypergeometric(n, int(x.sum()), size=n_permutations)
+    return float(_spread(x / n)), _spread(draws / n)
+
+
+def _p_value(observed: float, null: np.ndarray) -> float:
+    """(1 + #{null >= observed}) / (1 + B): never 0, exact level under the permutation null."""
+    return float((1 + np.count_nonzero(null >= observed - 1e-12)) / (1 + null.size))
+
+
+def gap_inference(
+    y: np.ndarray,
+    decision: np.ndarray,
+    groups: np.ndarray,
+    compared: Sequence[str],
+    *,
+    n_permutations: int = DEFAULT_PERMUTATIONS,
+    seed: int = DEFAULT_BOOTSTRAP_SEED,
+    level: float = CI_LEVEL,
+) -> tuple[dict, dict]:
+    """Permutation tests of the max - min gaps and group-vs-rest differences with CIs.
+
+    Returns (``gap_test``, ``vs_rest``) over the ``compared`` groups: ``gap_test[name]`` holds
+    the observed ``difference`` and its permutation ``p_value`` for ``tpr_difference``,
+    ``fpr_difference``, ``equalized_odds_difference`` and ``demographic_parity_difference``;
+    ``vs_rest[rate]`` lists, per group, the rate with its Wilson CI and the difference from the
+    other compared groups pooled with its Newcombe CI, for ``tpr`` and ``fpr``.
+    """
+    rng = np.random.default_rng(seed)
+    codes = pd.Index(list(compared)).get_indexer(np.asarray(groups).astype(str))
+    inside = codes >= 0
+    pos = np.asarray(y).astype(int) == 1
     d = np.asarray(decision).astype(np.float64)
-    onehot = (np.asarray(groups)[:, None] == np.asarray(kept)[None, :]).astype(np.float64)
-    parts = np.concatenate(
-        [onehot * (y * d)[:, None], onehot * y[:, None], onehot * ((1 - y) * d)[:, None],
-         onehot * (1 - y)[:, None], onehot * d[:, None], onehot],
-        axis=1,
-    )  # fmt: skip
-    sums = (counts.astype(np.float64) @ parts).reshape(counts.shape[0], 6, len(kept))
-    tp, pos, fp, neg, sel, n = (sums[:, i] for i in range(6))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        tpr = np.where(pos > 0, tp / pos, np.nan)
-        fpr = np.where(neg > 0, fp / neg, np.nan)
-        sr = np.where(n > 0, sel / n, np.nan)
-    auroc = np.stack(
-        [batched_auroc(y[onehot[:, k] > 0], p[onehot[:, k] > 0], counts[:, onehot[:, k] > 0])
-         for k in range(len(kept))],
-        axis=1,
-    )  # fmt: skip
+    k = len(compared)
 
-    def spread(v):
-        with warnings.catch_warnings():  # all-NaN rows (a group absent from a resample)
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return np.nanmax(v, axis=1) - np.nanmin(v, axis=1)
+    def counts(mask):
+        m = mask & inside
+        return (
+            np.bincount(codes[m], minlength=k).astype(np.int64),
+            np.bincount(codes[m], weights=d[m], minlength=k).round().astype(np.int64),
+        )
 
-    tpr_gap, fpr_gap = spread(tpr), spread(fpr)
-    return {
-        "auroc_difference": spread(auroc),
-        "tpr_difference": tpr_gap,
-        "equalized_odds_difference": np.fmax(tpr_gap, fpr_gap),
-        "demographic_parity_difference": spread(sr),
+    n_pos, tp = counts(pos)
+    n_neg, fp = counts(~pos)
+    n_all, sel = counts(np.ones_like(pos))
+    nulls = {
+        "tpr_difference": _permutation_null(n_pos, tp, n_permutations, rng),
+        "fpr_difference": _permutation_null(n_neg, fp, n_permutations, rng),
+        "demographic_parity_difference": _permutation_null(n_all, sel, n_permutations, rng),
     }
+    if nulls["tpr_difference"] and nulls["fpr_difference"]:
+        (t_obs, t_null), (f_obs, f_null) = nulls["tpr_difference"], nulls["fpr_difference"]
+        nulls["equalized_odds_difference"] = (max(t_obs, f_obs), np.maximum(t_null, f_null))
+    gap_test = {
+        name: {"difference": null[0], "p_value": _p_value(*null)}
+        for name in GAP_TEST_NAMES
+        if (null := nulls.get(name))
+    }
+    vs_rest: dict[str, list[dict]] = {}
+    for rate, n, x in (("tpr", n_pos, tp), ("fpr", n_neg, fp)):
+        rows = []
+        for j, group in enumerate(compared):
+            n_rest, x_rest = n.sum() - n[j], x.sum() - x[j]
+            if n[j] == 0 or n_rest == 0:
+                continue
+            low, high = wilson_interval(x[j], n[j], level)
+            d_low, d_high = newcombe_interval(x[j], n[j], x_rest, n_rest, level)
+            rows.append(
+                {
+                    "group": group,
+                    "value": float(x[j] / n[j]),
+                    "ci_low": low,
+                    "ci_high": high,
+                    "difference": float(x[j] / n[j] - x_rest / n_rest),
+                    "difference_ci_low": d_low,
+                    "difference_ci_high": d_high,
+                }
+            )
+        vs_rest[rate] = rows
+    return gap_test, vs_rest
 
 
 def binary_fairness(
@@ -287,14 +423,16 @@ def binary_fairness(
     *,
     threshold: float | np.ndarray,
     min_group_size: int = DEFAULT_MIN_GROUP_SIZE,
-    resamples: Resamples | None = None,
-    n_ci_resamples: int = DEFAULT_CI_RESAMPLES,
+    min_class_count: int = MIN_CLASS_COUNT,
+    n_permutations: int = DEFAULT_PERMUTATIONS,
+    seed: int = DEFAULT_BOOTSTRAP_SEED,
 ) -> dict:
     """Fairness tables for one binary target over every column of ``groups``.
 
     ``threshold`` is a scalar or one value per stay (chosen on validation, see module docs).
-    With ``resamples``, the first ``n_ci_resamples`` shared resamples give percentile CIs on the
-    gaps (AUROC and TPR differences, equalized-odds and demographic-parity differences).
+    Each attribute with two or more compared groups gets ``gap_test`` (permutation p-values of
+    the TPR, FPR, equalized-odds and demographic-parity gaps, ``n_permutations`` draws with
+    ``seed``) and ``vs_rest`` (each group's TPR and FPR against the other groups, with CIs).
     """
     y = np.asarray(y_true).astype(int)
     p = np.asarray(y_prob, dtype=np.float64)
@@ -304,25 +442,31 @@ def binary_fairness(
             fix="pass one groups row per scored stay, in the same order",
         )
     decision = (p >= np.asarray(threshold, dtype=np.float64)).astype(int)
-    counts = (
-        resamples.head(min(n_ci_resamples, resamples.n_resamples)).counts if resamples else None
-    )
     attributes = {}
     for attr in groups.columns:
         g = groups[attr].to_numpy().astype(str)
-        table = group_table(y, p, g, decision=decision, min_group_size=min_group_size)
+        table = group_table(
+            y, p, g, decision=decision, min_group_size=min_group_size,
+            min_class_count=min_class_count,
+        )  # fmt: skip
         kept = [r["group"] for r in table["groups"] if not r["suppressed"]]
-        if counts is not None and len(kept) >= 2:
-            gaps = _batched_gaps(y, p, decision, g, kept, counts)
-            table["gap_ci"] = {}
-            for name, values in gaps.items():
-                low, high = percentile_ci(values)
-                table["gap_ci"][name] = {"ci_low": _num(low), "ci_high": _num(high)}
+        compared = [group for group in kept if not is_unknown(group)]
+        if len(compared) >= 2:
+            table["gap_test"], table["vs_rest"] = gap_inference(
+                y, decision, g, compared, n_permutations=n_permutations, seed=seed
+            )
         attributes[attr] = table
     return {
         "threshold_rule": THRESHOLD_RULE,
         "min_group_size": min_group_size,
-        "n_ci_resamples": 0 if counts is None else int(counts.shape[0]),
+        "min_class_count": min_class_count,
+        "gap_inference": {
+            "test": GAP_TEST,
+            "n_permutations": int(n_permutations),
+            "seed": int(seed),
+            "vs_rest_ci": VS_REST_CI,
+            "level": CI_LEVEL,
+        },
         "attributes": attributes,
     }
 
@@ -348,6 +492,5 @@ def multiclass_fairness(
     return {
         "threshold_rule": "argmax",
         "min_group_size": min_group_size,
-        "n_ci_resamples": 0,
         "attributes": attributes,
     }

@@ -12,15 +12,16 @@ equals the plain metric on the resampled rows; ``tests/test_bootstrap.py`` check
 Definitions worth stating:
 
 - ``ece``: expected calibration error of the positive-class probability with 10 equal-width bins
-  on [0, 1] (edges ``numpy.linspace(0, 1, 11)``); bin ``b`` holds ``edge[b] <= p < edge[b+1]``
-  and the last bin also holds ``p == 1``.
+  on [0, 1] (edges ``b / 10``, so p = 0.3 falls in [0.3, 0.4)); bin ``b`` holds
+  ``edge[b] <= p < edge[b+1]`` and the last bin also holds ``p == 1``.
   ECE = sum over bins of (bin weight / total weight) * |mean label - mean probability|.
 - multilabel ``*_macro`` averages the per-label values over labels where the metric is defined
   (both classes present); ``*_weighted`` weights labels by their (weighted) positive count, as
   scikit-learn does; ``*_micro`` scores the flattened label matrix.
 - multiclass metrics take ``y_score`` of shape (n, K) probabilities; the predicted class is the
   argmax; ``f1_macro`` averages over all K classes (absent classes score 0); ``kappa_linear`` is
-  Cohen's kappa with linear disagreement weights |i - j| over the K ordered classes.
+  Cohen's kappa with linear disagreement weights |i - j| over the K ordered classes;
+  ``kappa_unweighted`` counts every disagreement alike (what the CareBench profile reports).
 """
 
 from __future__ import annotations
@@ -73,18 +74,33 @@ _TASK_METRIC_NAMES = {
 
 
 def main_metric_for(kind: str, task_metric: str | None = None) -> str:
-    """The scorer's headline metric for a task: its YAML ``main_metric`` when the scorer knows it.
+    """The registered metric a task's YAML ``main_metric`` names (its headline and selection).
 
-    Checkpoint selection (training) and the headline (ranks, paired deltas, robustness curves)
-    then follow one setting, the task YAML's. ``macro_auroc`` and ``auroc_macro`` are the same
-    name; an unknown or absent name falls back to :data:`MAIN_METRIC` for the kind.
+    Checkpoint selection (`harness.models.train.selection_score`) and the headline (ranks,
+    paired deltas, robustness curves) read this one registry, with its direction
+    (:data:`HIGHER_IS_BETTER`). ``macro_auroc`` and ``auroc_macro`` are the same name; an absent
+    name gives :data:`MAIN_METRIC` for the kind; a name the registry does not know raises
+    :class:`~harness.errors.UnknownNameError` listing the valid ones (:func:`metric_names`).
     """
+    if not (task_metric or "").strip():
+        return MAIN_METRIC[kind]
     names = _TASK_METRIC_NAMES.get(kind, {})
-    key = (task_metric or "").strip().lower().replace("-", "_")
+    key = task_metric.strip().lower().replace("-", "_")
     if key in metrics_for(kind):
         return key
-    key = key.replace("macro_", "").replace("_macro", "")
-    return names.get(key, MAIN_METRIC[kind])
+    found = names.get(key.replace("macro_", "").replace("_macro", ""))
+    if found is None:
+        from harness.errors import UnknownNameError
+
+        raise UnknownNameError(
+            f"{task_metric!r} is not a {kind} metric; valid names: {', '.join(metric_names(kind))}"
+        )
+    return found
+
+
+def metric_names(kind: str) -> list[str]:
+    """Every spelling a task's ``main_metric`` may use for ``kind`` (registered names + aliases)."""
+    return sorted(set(metrics_for(kind)) | set(_TASK_METRIC_NAMES.get(kind, {})))
 
 
 #: Per-label metrics reported for multilabel tasks (each is a binary metric applied per column).
@@ -212,9 +228,14 @@ def _batched_brier(y_true, y_score, weights):
         return np.where(total > 0, (w @ err) / total, np.nan)
 
 
+#: Inner ECE bin edges 0.1, ..., 0.9 as exact quotients ``b / 10`` (the doubles nearest to the
+#: decimals; ``linspace`` gives 0.30000000000000004 and would put p = 0.3 in the bin below).
+_ECE_INNER_EDGES = np.arange(1, ECE_BINS) / ECE_BINS
+
+
 def _ece_bins(p: np.ndarray) -> np.ndarray:
-    edges = np.linspace(0.0, 1.0, ECE_BINS + 1)
-    return np.clip(np.searchsorted(edges, p, side="right") - 1, 0, ECE_BINS - 1)
+    """Bin index ``b`` with ``b / 10 <= p < (b + 1) / 10``; p = 1 (and above) in the last bin."""
+    return np.digitize(np.asarray(p, dtype=np.float64), _ECE_INNER_EDGES, right=False)
 
 
 def _batched_ece(y_true, y_score, weights):
@@ -399,6 +420,17 @@ def _batched_kappa_linear(y_true, y_score, weights):
     return np.where((total > 0) & (expected_dis > 0), kappa, np.nan)
 
 
+def _batched_kappa_unweighted(y_true, y_score, weights):
+    cm = _confusion(y_true, y_score, weights)
+    total = cm.sum(axis=(1, 2))
+    safe = np.where(total > 0, total, 1.0)
+    observed = np.trace(cm, axis1=1, axis2=2) / safe
+    expected = np.einsum("bi,bi->b", cm.sum(axis=2), cm.sum(axis=1)) / safe**2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        kappa = (observed - expected) / (1.0 - expected)
+    return np.where((total > 0) & (expected < 1.0), kappa, np.nan)
+
+
 def _batched_auroc_ovr(y_true, y_score, weights):
     s = np.asarray(y_score, dtype=np.float64)
     onehot = np.eye(s.shape[1], dtype=np.int8)[np.asarray(y_true).astype(np.int64)]
@@ -417,6 +449,7 @@ for _name, _b, _doc in (
     ("accuracy", _batched_accuracy, "Accuracy of the argmax class."),
     ("f1_macro", _batched_f1_macro, "F1 averaged over all K classes (absent classes score 0)."),
     ("kappa_linear", _batched_kappa_linear, "Cohen's kappa, linear weights, K ordered classes."),
+    ("kappa_unweighted", _batched_kappa_unweighted, "Cohen's kappa, unweighted (CareBench's)."),
     ("auroc_ovr_macro", _batched_auroc_ovr, "One-vs-rest AUROC averaged over defined classes."),
 ):
     _f = _multiclass_fn(_b)

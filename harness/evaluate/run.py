@@ -15,6 +15,13 @@ Tasks whose labels the dataset lacks, and empty cohorts, are skipped with a note
 Scoring pools the out-of-fold test predictions per seed and hands them to
 :func:`harness.leaderboard.result.score_predictions` together with the reference submissions'
 predictions on the same stays (paired deltas), the robustness scenarios and the fairness groups.
+References are chosen on their stored *validation* predictions (never on the test fold they are
+compared on), and only among references evaluated under the same training protocol.
+
+A protocol profile (:data:`PROFILES`: ``honest``, the default, or ``carebench``) fixes the seeds,
+the tasks, the checkpoint-selection and headline metrics and the decision threshold; the profile
+and the run's folds, seeds, epoch cap and resamples are recorded as ``provenance.protocol``, and
+the leaderboard ranks entries of one protocol only against each other.
 """
 
 from __future__ import annotations
@@ -39,27 +46,94 @@ log = logging.getLogger(__name__)
 
 #: Reference submissions a result is compared with (paired deltas on shared resamples).
 #: The EHR-only reference of a task and cohort is the best of these that has been evaluated
-#: (by the main metric): a fusion gain over a weak EHR baseline would overstate what the image adds.
+#: (by the headline metric on the references' validation predictions): a fusion gain over a weak
+#: EHR baseline would overstate what the image adds.
 EHR_REFERENCES = ("ehr_lstm", "ehr_transformer")
 CXR_REFERENCES = ("cxr_probe",)
 UNIMODAL_REFERENCES = (*EHR_REFERENCES, *CXR_REFERENCES)
 DEFAULT_TASKS = ("mortality_in_hospital", "mortality_icu", "phenotype", "los")
 DEFAULT_COHORTS = ("base", "matched")
-DEFAULT_FOLDS = (1, 2, 3, 4, 5)
 DEFAULT_SEEDS = (0, 1, 2)
 #: Epoch cap of ``--quick`` runs (the submission's own patience still applies).
 QUICK_MAX_EPOCHS = 15
 UNIT_SCHEMA_VERSION = 1
+#: How the decision threshold of the fairness metrics is set when a profile does not fix one.
+VALIDATION_THRESHOLD_RULE = "youden_j_on_validation"
+
+
+@dataclass(frozen=True)
+class ProtocolProfile:
+    """A named evaluation protocol: seeds, tasks, selection and headline metrics, threshold."""
+
+    name: str
+    description: str
+    seeds: tuple[int, ...]
+    tasks: tuple[str, ...]
+    #: Checkpoint-selection metric per task kind (registry names); None: the task YAML's
+    #: ``main_metric``.
+    selection: dict[str, str] | None = None
+    #: Headline metric per task kind (ranks, deltas, curves); None: the selection metric.
+    headline: dict[str, str] | None = None
+    #: Fixed decision threshold of the fairness metrics; None: chosen on validation (Youden's J).
+    threshold: float | None = None
+    #: Tasks the profile does not evaluate, with the reason.
+    excluded_tasks: tuple[tuple[str, str], ...] = ()
+
+    def selection_metric(self, task) -> str:
+        from harness.evaluate.metrics import main_metric_for
+
+        if self.selection is None:
+            return main_metric_for(task.kind, task.main_metric)
+        return self.selection[task.kind]
+
+    def headline_metric(self, task) -> str:
+        return self.headline[task.kind] if self.headline else self.selection_metric(task)
+
+    @property
+    def threshold_rule(self) -> str:
+        return VALIDATION_THRESHOLD_RULE if self.threshold is None else f"fixed_{self.threshold:g}"
+
+
+#: The protocols `harness evaluate --protocol` knows. ``honest`` is the harness's own: selection
+#: and headline on the task YAML's main metric, thresholds chosen on validation. ``carebench``
+#: reproduces the reference study's choices so its numbers can be compared with the paper's;
+#: its entries are named ``<name>.carebench`` and never ranked with honest ones.
+PROFILES: dict[str, ProtocolProfile] = {
+    "honest": ProtocolProfile(
+        "honest",
+        "selection and headline on the task's main_metric, thresholds chosen on validation",
+        seeds=DEFAULT_SEEDS,
+        tasks=DEFAULT_TASKS,
+    ),
+    "carebench": ProtocolProfile(
+        "carebench",
+        "CareBench: selection on validation PRAUC (mortality, phenotypes) and accuracy (LoS), "
+        "threshold 0.5, seeds 42/123/1234, unweighted kappa, ICU mortality",
+        seeds=(42, 123, 1234),
+        tasks=("mortality_icu", "phenotype", "los"),
+        selection={"binary": "auprc", "multilabel": "auprc_macro", "multiclass": "accuracy"},
+        headline={"binary": "auprc", "multilabel": "auprc_macro", "multiclass": "kappa_unweighted"},
+        threshold=0.5,
+        excluded_tasks=(
+            ("mortality_in_hospital", "its mortality task is ICU mortality (mortality_icu)"),
+        ),
+    ),
+}
+DEFAULT_PROTOCOL = "honest"
 
 
 @dataclass
 class EvalSettings:
-    """What one evaluation covers; ``quick()`` gives one fold and one seed."""
+    """What one evaluation covers; ``quick()`` gives one fold and one seed.
 
-    tasks: tuple[str, ...] = DEFAULT_TASKS
+    ``tasks`` and ``seeds`` default to the protocol profile's; ``folds`` to every fold of the
+    cohort (`resolve_folds`, from the cohort's fold column: ``n_folds`` of ``cohort.yaml``).
+    """
+
+    tasks: tuple[str, ...] | None = None
     cohorts: tuple[str, ...] = DEFAULT_COHORTS
-    folds: tuple[int, ...] = DEFAULT_FOLDS
-    seeds: tuple[int, ...] = DEFAULT_SEEDS
+    folds: tuple[int, ...] | None = None
+    seeds: tuple[int, ...] | None = None
     dataset: str | None = None
     encoder: str = "default"
     device: str | None = None
@@ -76,12 +150,95 @@ class EvalSettings:
     executor: str | None = None
     #: Let this folder take over an entry name another folder has used (``--replace``).
     replace: bool = False
+    #: Protocol profile (:data:`PROFILES`): part of the entry's name and of its ranking key.
+    protocol: str = DEFAULT_PROTOCOL
+
+    def __post_init__(self) -> None:
+        from harness.errors import UsageError
+
+        if self.protocol not in PROFILES:
+            raise UsageError(
+                f"unknown protocol {self.protocol!r}; valid protocols: {', '.join(PROFILES)}"
+            )
+        profile = PROFILES[self.protocol]
+        if self.tasks is None:
+            self.tasks = profile.tasks
+        if self.seeds is None:
+            self.seeds = profile.seeds
+        for task, reason in profile.excluded_tasks:
+            if task in self.tasks:
+                raise UsageError(
+                    f"the {profile.name} protocol does not evaluate {task}: {reason}; "
+                    "drop it from --task"
+                )
+
+    @property
+    def profile(self) -> ProtocolProfile:
+        return PROFILES[self.protocol]
 
     @classmethod
     def quick(cls, **overrides: Any) -> EvalSettings:
-        base = {"folds": (1,), "seeds": (0,), "max_epochs": QUICK_MAX_EPOCHS}
+        protocol = overrides.get("protocol") or DEFAULT_PROTOCOL
+        seeds = PROFILES[protocol].seeds[:1] if protocol in PROFILES else (0,)
+        base = {"folds": (1,), "seeds": seeds, "max_epochs": QUICK_MAX_EPOCHS}
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
+
+
+def cohort_n_folds(cohort) -> int:
+    """Folds of a built cohort: its own partition's (a CareBench folder), else its fold column's
+    highest value (``n_folds`` of ``cohort.yaml`` at build time); 0 for an empty cohort."""
+    from harness.data.carebench import SPLITS_FILE
+
+    given = Path(getattr(cohort, "path", "") or "") / SPLITS_FILE
+    if getattr(cohort, "path", None) is not None and given.is_file():
+        return int(pd.read_parquet(given, columns=["fold"])["fold"].max())
+    folds = cohort.stays["fold"] if "fold" in cohort.stays.columns else pd.Series(dtype=float)
+    return int(folds.max()) if len(folds.dropna()) else 0
+
+
+def resolve_folds(settings: EvalSettings, cohorts: dict[str, Any]) -> EvalSettings:
+    """``settings`` with its folds set: every fold of the cohorts when none were asked for.
+
+    The cohorts of one dataset share their fold assignment; folds outside 1..n_folds are an
+    error naming the valid ones.
+    """
+    from dataclasses import replace
+
+    counts = {c: cohort_n_folds(cohort) for c, cohort in cohorts.items()}
+    known = {n for n in counts.values() if n > 0}
+    if len(known) > 1:
+        raise InputError(
+            f"the cohorts have different fold counts ({counts})",
+            fix="rebuild the cohorts together with `harness cohort build`",
+        )
+    n_folds = known.pop() if known else 0
+    if settings.folds is None:
+        return replace(settings, folds=tuple(range(1, n_folds + 1)))
+    bad = [k for k in settings.folds if n_folds and not 1 <= k <= n_folds]
+    if bad:
+        raise InputError(
+            f"fold(s) {bad} do not exist: the cohort has folds 1..{n_folds}",
+            fix=f"pass --folds with numbers between 1 and {n_folds}",
+        )
+    return settings
+
+
+def protocol_record(settings: EvalSettings, tasks: Sequence[str]) -> dict:
+    """``provenance.protocol``: what makes two entries comparable (part of the ranking key)."""
+    from harness.cohort.spec import load_task
+    from harness.evaluate.bootstrap import DEFAULT_N_RESAMPLES
+
+    profile = settings.profile
+    return {
+        "profile": profile.name,
+        "folds": [int(k) for k in settings.folds or ()],
+        "seeds": [int(s) for s in settings.seeds],
+        "max_epochs": settings.max_epochs,
+        "n_resamples": int(settings.n_resamples or DEFAULT_N_RESAMPLES),
+        "selection": {t: profile.selection_metric(load_task(t)) for t in tasks},
+        "threshold": profile.threshold_rule,
+    }
 
 
 @dataclass
@@ -147,6 +304,8 @@ def run_key(sub, settings: EvalSettings, encoder_key: str, scenarios: Sequence[s
     }
     if settings.train_cxr_dropout is not None:
         payload["train_cxr_dropout"] = settings.train_cxr_dropout
+    if settings.protocol != DEFAULT_PROTOCOL:  # another selection metric: other checkpoints
+        payload["protocol"] = settings.protocol
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -216,21 +375,25 @@ def run_unit(
     each scenario and rate and the other cohort. Thresholds are chosen here from the validation
     labels the model's answers are compared with.
     """
+    from dataclasses import replace
+
     from harness.evaluate.scenarios import SCENARIOS
     from harness.executors import TrainJob
     from harness.executors.base import pseudonym_key, pseudonymise
     from harness.executors.wire import without_labels
     from harness.models.data import make_tensors, prepare_split
 
-    key = pseudonym_key()
+    key = pseudonym_key(f"{unit.task}/{unit.cohort}/{unit.fold}")
 
     def inputs(fs_, idx, stats):
         return pseudonymise(without_labels(make_tensors(fs_, idx, stats)), key)
 
     split = prepare_split(fs, unit.fold)
+    # checkpoint selection on the profile's metric (honest: the task YAML's main_metric)
+    task = replace(fs.task, main_metric=settings.profile.selection_metric(fs.task))
     summary = runner.train(
         TrainJob(
-            task=fs.task, fold=unit.fold, seed=unit.seed, variables=list(fs.variables),
+            task=task, fold=unit.fold, seed=unit.seed, variables=list(fs.variables),
             train=pseudonymise(split.train, key), val=pseudonymise(split.val, key),
             device=settings.device, max_epochs=settings.max_epochs,
             cxr_dropout=settings.train_cxr_dropout,
@@ -308,7 +471,9 @@ class Pooled:
     fold: np.ndarray
     clean: list[np.ndarray]  # per seed
     scenarios: dict[str, dict[float, list[np.ndarray]]]
-    thresholds: np.ndarray | None  # per row (binary) or per row and label (multilabel)
+    #: per row (binary) or per row and label (multilabel): Youden's J of the row's fold on the
+    #: seed-mean validation predictions
+    thresholds: np.ndarray | None
     cross: dict[str, tuple[np.ndarray, list[np.ndarray]]]  # other cohort -> (stay ids, per seed)
     train_seconds: float
 
@@ -334,16 +499,18 @@ def pool_units(fs, base: Path, folds: Sequence[int], seeds: Sequence[int]) -> Po
     for k in folds:
         row_fold[test_rows[k]] = k
     ids = fs.stay_id[rows]
-    clean, scen, cross, thr_parts = [], {}, {}, []
+    clean, scen, cross = [], {}, {}
+    val_probs: dict[int, tuple[np.ndarray, list[np.ndarray]]] = {}  # fold -> (ids, per seed)
     seconds = 0.0
-    for s_i, seed in enumerate(seeds):
+    for seed in seeds:
         parts = []
         for k in folds:
             frame, meta = read_unit(_unit_path(base, Unit(fs.task.name, "", k, seed)))
             parts.append(frame)
             seconds += meta["train_seconds"]
-            if meta["thresholds"]:
-                thr_parts.append((k, s_i, np.asarray(meta["thresholds"])))
+            val = frame[frame["part"] == "val"]
+            val_ids = val_probs[k][0] if k in val_probs else np.sort(val["stay_id"].to_numpy())
+            val_probs.setdefault(k, (val_ids, []))[1].append(_probs(val, val_ids, squeeze))
         frame = pd.concat(parts, ignore_index=True)
         test = frame[frame["part"] == "test"]
         clean.append(_probs(test[test["scenario"] == "clean"], ids, squeeze))
@@ -355,14 +522,19 @@ def pool_units(fs, base: Path, folds: Sequence[int], seeds: Sequence[int]) -> Po
             cross.setdefault(other, (other_ids, []))[1].append(_probs(sub, other_ids, squeeze))
     for name in scen:
         scen[name][0.0] = clean
+    # Youden's J per fold (and label) on the fold's seed-mean validation predictions: the
+    # fairness tables score the seed-mean test predictions, so the threshold is chosen on the
+    # same kind of prediction (the mean of per-seed thresholds is no threshold of that mean).
     thresholds = None
-    if thr_parts:
-        width = thr_parts[0][2].size
-        acc = np.zeros((len(rows), width))
-        for k, _, thr in thr_parts:
-            acc[np.isin(rows, test_rows[k])] += thr
-        thresholds = acc / len(seeds)
-        if squeeze:
+    if fs.task.kind in ("binary", "multilabel"):
+        position = pd.Index(fs.stay_id)
+        for k, (val_ids, per_seed) in val_probs.items():
+            y_val = fs.y[position.get_indexer(val_ids)]
+            thr = np.asarray(_thresholds(fs.task.kind, y_val, np.mean(per_seed, axis=0)))
+            if thresholds is None:
+                thresholds = np.zeros((len(rows), thr.size))
+            thresholds[np.isin(rows, test_rows[k])] = thr
+        if squeeze and thresholds is not None:
             thresholds = thresholds[:, 0]
     return Pooled(rows, row_fold[rows], clean, scen, thresholds, cross, seconds)
 
@@ -378,34 +550,54 @@ def _groups_for(fs, cohort, rows: np.ndarray) -> pd.DataFrame:
     return fairness_groups(stays).reset_index(drop=True)
 
 
-def _reference_probs(
-    ref: str,
-    task: str,
-    cohort_dir: str,
-    folds,
-    seeds,
-    ids: np.ndarray,
-    squeeze: bool,
-    dataset: str | None = None,
-) -> list[np.ndarray] | None:
-    """A reference submission's pooled clean test predictions on the same stays, if available."""
+def reference_entry(ref: str, settings: EvalSettings) -> str:
+    """The entry name of reference submission ``ref`` under the settings' protocol profile."""
+    return ref if settings.protocol == DEFAULT_PROTOCOL else f"{ref}.{settings.protocol}"
+
+
+def _same_training(prov: dict, settings: EvalSettings) -> bool:
+    """Whether a reference's units were trained under this evaluation's profile and epoch cap."""
+    protocol = prov.get("protocol") or {}
+    profile = protocol.get("profile", DEFAULT_PROTOCOL)
+    return profile == settings.protocol and prov.get("max_epochs") == settings.max_epochs
+
+
+def _reference_frames(
+    ref: str, task: str, cohort_dir: str, settings: EvalSettings, dataset: str | None = None
+) -> list[pd.DataFrame] | None:
+    """Per seed, a reference's unit rows over the settings' folds, or None.
+
+    None when it was not evaluated on these folds and seeds, or under another training protocol
+    (profile or epoch cap): a paired delta against it would compare two protocols.
+    """
     path = result_path(ref, dataset)
     if not path.is_file():
         return None
     try:
-        key = json.loads(path.read_text())["provenance"]["run_key"]
-    except (KeyError, json.JSONDecodeError):
+        prov = json.loads(path.read_text())["provenance"]
+        key = prov["run_key"]
+    except (KeyError, json.JSONDecodeError, TypeError):
+        return None
+    if not _same_training(prov, settings):
+        log.info("reference %s was trained under another protocol; not compared", ref)
         return None
     base = predictions_dir(ref, task, cohort_dir, key, dataset)
     out = []
-    for seed in seeds:
+    for seed in settings.seeds:
         frames = []
-        for k in folds:
+        for k in settings.folds:
             path = _unit_path(base, Unit(task, "", k, seed))
             if not path.is_file():
                 return None
             frames.append(read_unit(path)[0])
-        frame = pd.concat(frames, ignore_index=True)
+        out.append(pd.concat(frames, ignore_index=True))
+    return out
+
+
+def _test_runs(frames: list[pd.DataFrame], ids: np.ndarray, squeeze: bool):
+    """Pooled clean test predictions per seed on the stays ``ids``, or None if some are missing."""
+    out = []
+    for frame in frames:
         test = frame[(frame["part"] == "test") & (frame["scenario"] == "clean")]
         if not np.isin(ids, test["stay_id"].to_numpy()).all():
             return None
@@ -413,29 +605,84 @@ def _reference_probs(
     return out
 
 
-def _best_reference(
-    candidates: Sequence[str], task: str, cohort: str, exclude: str, dataset: str | None = None
-) -> str | None:
-    """The evaluated candidate with the best main metric on (task, cohort), if any."""
-    best, best_value = None, -np.inf
-    for ref in candidates:
-        if ref == exclude:
+def validation_value(
+    metric: str, fs, frames: list[pd.DataFrame], squeeze: bool, column: int | None = None
+) -> float:
+    """Mean over seeds of ``metric`` on a model's stored validation predictions.
+
+    Labels come from ``fs``; ``column`` scores one label of a multilabel task. NaN when the
+    metric is undefined on every seed.
+    """
+    from harness.evaluate.metrics import METRICS
+
+    fn = METRICS.get(metric)
+    values = []
+    for frame in frames:
+        val = frame[(frame["part"] == "val") & (frame["scenario"] == "clean")]
+        pos = pd.Index(fs.stay_id).get_indexer(val["stay_id"].to_numpy())
+        val, pos = val[pos >= 0], pos[pos >= 0]
+        if len(pos) == 0:
             continue
-        path = result_path(ref, dataset)
-        if not path.is_file():
-            continue
-        try:
-            block = json.loads(path.read_text())["tasks"][task][cohort]
-            value = block["metrics"][block["main_metric"]]["value"]
-        except (KeyError, json.JSONDecodeError, TypeError):
-            continue
-        if value is not None and value > best_value:
-            best, best_value = ref, value
-    return best
+        p = _probs(val, val["stay_id"].to_numpy(), squeeze)
+        y = fs.y[pos]
+        if column is not None:
+            y, p = y[:, column], p[:, column]
+        values.append(fn(y, p))
+    values = [v for v in values if np.isfinite(v)]
+    return float(np.mean(values)) if values else float("nan")
 
 
-def _cross_block(fs_other, other_ids, runs, kind: str, resample_seed: int) -> dict:
-    from harness.evaluate.bootstrap import bootstrap_indices, bootstrap_metric, percentile_ci
+def pick_reference(scores: dict[str, float], metric: str) -> str | None:
+    """The candidate with the best (validation) value of ``metric``, by its direction.
+
+    Candidates with an undefined value are never picked; ties keep the first in order. The
+    choice never looks at the test fold the reference is then compared on: picking the better
+    of two references by their test values would favour whichever had lucky test noise and bias
+    every delta against the submission.
+    """
+    from harness.evaluate.metrics import HIGHER_IS_BETTER
+
+    finite = {name: v for name, v in scores.items() if v is not None and np.isfinite(v)}
+    if not finite:
+        return None
+    sign = 1.0 if HIGHER_IS_BETTER.get(metric, True) else -1.0
+    return max(finite, key=lambda name: sign * finite[name])
+
+
+def _unimodal_gain(fs, y, runs, candidates: dict, names: list[str], resamples) -> dict:
+    """Per-label gain over the best single modality on that label, chosen on validation."""
+    from harness.evaluate.stats import DEFAULT_ALPHA, fusion_gain
+
+    labels = list(fs.task.label_columns)
+    chosen = []
+    for j in range(len(labels)):
+        scores = {n: validation_value("auroc", fs, candidates[n][0], False, j) for n in names}
+        chosen.append(pick_reference(scores, "auroc") or names[0])
+    composite = [
+        np.stack([candidates[chosen[j]][1][s][:, j] for j in range(len(labels))], axis=1)
+        for s in range(len(runs))
+    ]
+    gains = fusion_gain(labels, y, runs, composite, resamples, alpha=DEFAULT_ALPHA)
+    for label, ref in zip(labels, chosen, strict=True):
+        gains[label]["reference"] = ref
+    return {"references": list(names), "metric": "auroc", "alpha": DEFAULT_ALPHA, "labels": gains}
+
+
+def _cross_block(fs_other, other_ids, runs, kind: str, resample_seed: int | None = None) -> dict:
+    """The main metric of a model scored on the other cohort's test stays, with its CI.
+
+    The CI uses the documented protocol, :data:`~harness.evaluate.bootstrap.DEFAULT_N_RESAMPLES`
+    subject-level resamples with :data:`~harness.evaluate.bootstrap.DEFAULT_BOOTSTRAP_SEED`
+    (shared by every submission scored on those stays). ``resample_seed`` is ignored: it is
+    kept so that existing callers still work, and passing 0 no longer changes the resamples.
+    """
+    from harness.evaluate.bootstrap import (
+        DEFAULT_BOOTSTRAP_SEED,
+        DEFAULT_N_RESAMPLES,
+        bootstrap_indices,
+        bootstrap_metric,
+        percentile_ci,
+    )
     from harness.evaluate.metrics import METRICS, main_metric_for
 
     pos = pd.Index(fs_other.stay_id).get_indexer(other_ids)
@@ -443,7 +690,7 @@ def _cross_block(fs_other, other_ids, runs, kind: str, resample_seed: int) -> di
     main = main_metric_for(kind, fs_other.task.main_metric)
     metric = METRICS.get(main)
     point = float(np.mean([metric(y, p) for p in runs]))
-    r = bootstrap_indices(fs_other.subject_id[pos], 200, resample_seed)
+    r = bootstrap_indices(fs_other.subject_id[pos], DEFAULT_N_RESAMPLES, DEFAULT_BOOTSTRAP_SEED)
     boot = np.mean([bootstrap_metric(main, y, p, r) for p in runs], axis=0)
     low, high = percentile_ci(boot)
     clean = lambda x: None if not np.isfinite(x) else float(x)  # noqa: E731
@@ -453,6 +700,8 @@ def _cross_block(fs_other, other_ids, runs, kind: str, resample_seed: int) -> di
         "ci_low": clean(low),
         "ci_high": clean(high),
         "n_stays": int(len(pos)),
+        "n_resamples": r.n_resamples,
+        "seed": r.seed,
     }
 
 
@@ -460,30 +709,60 @@ def score_task_cohort(
     name: str, fs, cohort, pooled: Pooled, settings: EvalSettings, cohort_dir: str,
     others: dict[str, Any], dataset: str | None = None,
 ) -> dict:  # fmt: skip
+    """Score one (task, cohort) of entry ``name`` under the settings' protocol profile.
+
+    References (EHR-only, CXR-only, best unimodal, and per label the best single modality) are
+    chosen on their stored validation predictions, among those evaluated on the same folds,
+    seeds and training protocol. The fusion gain is reported over the EHR-only reference only:
+    without one it is null, with the reason.
+    """
+    from dataclasses import replace
+
+    from harness.evaluate.bootstrap import (
+        DEFAULT_BOOTSTRAP_SEED,
+        DEFAULT_N_RESAMPLES,
+        bootstrap_indices,
+    )
     from harness.leaderboard.result import score_predictions
 
     kind = fs.task.kind
+    profile = settings.profile
+    main = profile.headline_metric(fs.task)
     rows = pooled.rows
     squeeze = kind == "binary"
     ids = fs.stay_id[rows]
-    refs: dict[str, list[np.ndarray]] = {}
-    ehr_ref = _best_reference(EHR_REFERENCES, fs.task.name, cohort.name, name, dataset)
-    cxr_ref = _best_reference(CXR_REFERENCES, fs.task.name, cohort.name, name, dataset)
-    best = _best_reference(UNIMODAL_REFERENCES, fs.task.name, cohort.name, name, dataset)
-    wanted = list(dict.fromkeys(r for r in (ehr_ref, best, cxr_ref) if r))
-    for ref in wanted:
-        probs = _reference_probs(
-            ref, fs.task.name, cohort_dir, settings.folds, settings.seeds, ids, squeeze, dataset
-        )
-        if probs is not None:
-            refs[ref] = probs
-        else:
-            log.info("reference %s has no predictions for %s/%s", ref, fs.task.name, cohort.name)
+    candidates: dict[str, tuple[list[pd.DataFrame], list[np.ndarray]]] = {}
+    for ref in UNIMODAL_REFERENCES:
+        entry = reference_entry(ref, settings)
+        if entry == name:
+            continue
+        frames = _reference_frames(entry, fs.task.name, cohort_dir, settings, dataset)
+        runs = None if frames is None else _test_runs(frames, ids, squeeze)
+        if runs is None:
+            log.info("reference %s has no predictions for %s/%s", entry, fs.task.name, cohort.name)
+            continue
+        candidates[entry] = (frames, runs)
+    val = {e: validation_value(main, fs, frames, squeeze) for e, (frames, _) in candidates.items()}
+
+    def choose(refs: Sequence[str]) -> str | None:
+        names = [reference_entry(r, settings) for r in refs]
+        present = [n for n in names if n in candidates]
+        # undefined on validation everywhere: the first in order, never the test fold's best
+        return pick_reference({n: val[n] for n in present}, main) or next(iter(present), None)
+
+    ehr_ref, cxr_ref = choose(EHR_REFERENCES), choose(CXR_REFERENCES)
+    best = choose(UNIMODAL_REFERENCES)
+    refs = {r: candidates[r][1] for r in dict.fromkeys((ehr_ref, best, cxr_ref)) if r}
+    resamples = bootstrap_indices(
+        fs.subject_id[rows], settings.n_resamples or DEFAULT_N_RESAMPLES, DEFAULT_BOOTSTRAP_SEED
+    )
     kwargs: dict[str, Any] = {}
-    if settings.n_resamples:
-        kwargs["n_resamples"] = settings.n_resamples
     if settings.min_group_size:
         kwargs["min_group_size"] = settings.min_group_size
+    if profile.threshold is not None:
+        threshold: Any = profile.threshold
+    else:
+        threshold = pooled.thresholds if pooled.thresholds is not None else 0.5
     y = fs.y[rows]
     block = score_predictions(
         kind,
@@ -493,26 +772,45 @@ def score_task_cohort(
         fold=pooled.fold,
         label_names=list(fs.task.label_columns) if kind == "multilabel" else None,
         groups=_groups_for(fs, cohort, rows),
-        threshold=pooled.thresholds if pooled.thresholds is not None else 0.5,
+        threshold=threshold,
         reference_probs=refs or None,
-        fusion_reference=ehr_ref if ehr_ref in refs else None,
-        unimodal_references=[r for r in (ehr_ref, cxr_ref) if r in refs],
+        fusion_reference=ehr_ref,
+        unimodal_references=[],  # chosen on validation below, not by test point value
         scenario_probs=pooled.scenarios or None,
-        main_metric=fs.task.main_metric,
+        main_metric=main,
+        resamples=resamples,
         **kwargs,
     )
-    block["references"] = {
-        "ehr_only": ehr_ref if ehr_ref in refs else None,
-        "cxr_only": cxr_ref if cxr_ref in refs else None,
-        "best_unimodal": best if best in refs else None,
-    }
+    block["references"] = {"ehr_only": ehr_ref, "cxr_only": cxr_ref, "best_unimodal": best}
+    if kind == "multilabel":
+        if ehr_ref is None:
+            block["fusion_gain"] = None
+            block["fusion_gain_reason"] = (
+                f"no EHR-only reference ({', '.join(EHR_REFERENCES)}) was evaluated on these "
+                "stays under this protocol; a gain over another reference is not a gain over "
+                "the EHR-only reference"
+            )
+        elif cxr_ref is not None:
+            block["fusion_gain_unimodal"] = _unimodal_gain(
+                fs, y, pooled.clean, candidates, [ehr_ref, cxr_ref], resamples
+            )
+    if profile.threshold is not None:
+        fairness = block.get("fairness") or {}
+        for report in [fairness, *(fairness.get("labels") or {}).values()]:
+            if report.get("threshold_rule") == VALIDATION_THRESHOLD_RULE:
+                report["threshold_rule"] = profile.threshold_rule
     if pooled.cross:
+        scored = others
+        if main != fs.task.main_metric:  # cross-cohort values on the profile's headline too
+            scored = {
+                o: f.replace(task=replace(f.task, main_metric=main)) for o, f in others.items()
+            }
         block["cross_cohort"] = {
             f"{cohort.name}->{other}": _cross_block(
-                others[other], other_ids, runs, kind, resample_seed=0
+                scored[other], other_ids, runs, kind, resample_seed=0
             )
             for other, (other_ids, runs) in pooled.cross.items()
-            if other in others
+            if other in scored
         }
     return block
 
@@ -643,6 +941,7 @@ def evaluate(
         enc_key = encoder_key_for(settings.encoder)
         key = run_key(sub, settings, enc_key, scenario_names)
         cohorts = {c: load_cohort(c, dataset) for c in settings.cohorts}
+        settings = resolve_folds(settings, cohorts)
         units = [
             Unit(t, c, k, s)
             for t in tasks
@@ -668,13 +967,18 @@ def evaluate(
                     units = [u for u in units if (u.task, u.cohort) != (task, c)]
                     total = len(units)
                     continue
-                sets[c] = fs
+                fs = fs.replace(provenance={**fs.provenance, "n_folds": cohort_n_folds(cohort)})
+                sets[c] = subgroup_reference(fs, cohorts, dataset)
             for c, fs in sets.items():
                 cohort = cohorts[c]
                 cdir = cohort.path.name
                 base = predictions_dir(name, task, cdir, key, dataset)
                 others = {o: f for o, f in sets.items() if o != c} if settings.cross_cohort else {}
                 for k in settings.folds:
+                    # A fresh worker per (task, cohort, fold): its seeds share one split, so
+                    # nothing it remembers from one unit reveals a label of another unit's test
+                    # stays (fold k's test stays are in the training set of every other fold).
+                    runner.close()
                     for s in settings.seeds:
                         unit = Unit(task, c, k, s)
                         path = _unit_path(base, unit)
@@ -686,6 +990,7 @@ def evaluate(
                             run_unit(runner, fs, unit, settings, scenario_names, others, path)
                             ran += 1
                         done += 1
+                    runner.close()
                 pooled = pool_units(fs, base, settings.folds, settings.seeds)
                 train_seconds += pooled.train_seconds
                 blocks.setdefault(task, {})[c] = score_task_cohort(
@@ -718,6 +1023,7 @@ def evaluate(
             ),
             submission=sub.name,
             inputs=sorted(sub.inputs),
+            protocol=protocol_record(settings, tasks),
         )
         result = build_result(
             name,
@@ -759,10 +1065,29 @@ def evaluate(
 
 
 def entry_name(submission_name: str, settings: EvalSettings) -> str:
-    """Leaderboard entry name: the submission's, plus ``.cxrdrop<rate>`` under the override."""
-    if settings.train_cxr_dropout is None:
-        return submission_name
-    return f"{submission_name}.cxrdrop{settings.train_cxr_dropout:g}"
+    """Leaderboard entry name: the submission's, plus ``.cxrdrop<rate>`` under the override and
+    ``.<profile>`` under a protocol profile other than ``honest`` (e.g. ``ehr_lstm.carebench``):
+    an entry's identity includes its protocol, so both can be kept and compared."""
+    name = submission_name
+    if settings.train_cxr_dropout is not None:
+        name += f".cxrdrop{settings.train_cxr_dropout:g}"
+    if settings.protocol != DEFAULT_PROTOCOL:
+        name += f".{settings.protocol}"
+    return name
+
+
+def subgroup_reference(fs, cohorts: dict[str, Any], dataset: str | None = None):
+    """``fs`` with the ``base`` cohort's CXR availability per group attached, for the
+    `cxr_missing_subgroup` scenario (on ``matched`` every stay has an image: its own
+    availability would make the scenario MCAR)."""
+    from harness.evaluate.scenarios import AVAILABILITY_COHORT, with_availability_reference
+
+    base = cohorts.get(AVAILABILITY_COHORT)
+    if base is None:
+        from harness.cohort import load_cohort
+
+        base = load_cohort(AVAILABILITY_COHORT, dataset)
+    return with_availability_reference(fs, base.stays, AVAILABILITY_COHORT)
 
 
 def unavailable_reason(cohort, spec) -> str | None:

@@ -138,20 +138,53 @@ def _acuity(fs, test_idx, rate, rng):
     return _drop_cxr(fs, _take_by_priority(eligible, _weighted_keys(weights, rng), rate))
 
 
+#: Where a FeatureSet carries the CXR availability per group of the reference population.
+AVAILABILITY_KEY = "cxr_availability_reference"
+#: The cohort whose observed availability drives `cxr_missing_subgroup` in every cohort.
+AVAILABILITY_COHORT = "base"
+
+
+def with_availability_reference(fs, stays, cohort: str = AVAILABILITY_COHORT):
+    """``fs`` carrying each group's observed CXR availability in ``stays`` (the ``base`` cohort).
+
+    `cxr_missing_subgroup` weights a group by how often it lacks an image in this reference
+    population. On ``matched`` (every stay has an image by construction) its own availability
+    is 100 % in every group, which would turn the scenario into MCAR.
+    """
+    if SUBGROUP_ATTRIBUTE not in stays.columns or "has_cxr" not in stays.columns:
+        return fs
+    group = stays[SUBGROUP_ATTRIBUTE].astype(str).to_numpy()
+    has = np.asarray(stays["has_cxr"].fillna(False), dtype=float)
+    availability = {str(g): float(has[group == g].mean()) for g in np.unique(group)}
+    reference = {"cohort": cohort, "attribute": SUBGROUP_ATTRIBUTE, "availability": availability}
+    return fs.replace(provenance={**fs.provenance, AVAILABILITY_KEY: reference})
+
+
 def _subgroup(fs, test_idx, rate, rng):
     eligible = _with_cxr(fs, test_idx)
     demo = fs.demographics
     if SUBGROUP_ATTRIBUTE not in demo.columns:
         return _mcar(fs, test_idx, rate, rng)
     group = demo[SUBGROUP_ATTRIBUTE].astype(str).to_numpy()
-    has = np.asarray(fs.has_cxr, dtype=bool)
-    # The observed missing-image rate of each group over the whole cohort sets its weight.
-    missing_rate = {g: 1.0 - has[group == g].mean() for g in np.unique(group)}
+    reference = (getattr(fs, "provenance", None) or {}).get(AVAILABILITY_KEY)
+    if reference is not None:  # each group's availability in the reference cohort (base)
+        availability = reference["availability"]
+        overall = float(np.mean(list(availability.values()))) if availability else 1.0
+        missing_rate = {g: 1.0 - availability.get(g, overall) for g in np.unique(group)}
+    else:  # no reference given: the set is its own population (e.g. base itself)
+        has = np.asarray(fs.has_cxr, dtype=bool)
+        missing_rate = {g: 1.0 - has[group == g].mean() for g in np.unique(group)}
     weights = np.array([missing_rate[g] for g in group[eligible]]) + 0.05
     return _drop_cxr(fs, _take_by_priority(eligible, _weighted_keys(weights, rng), rate))
 
 
 def _mask_features(fs, rows: np.ndarray, hours: slice, features: np.ndarray):
+    """Unobserve ``features`` in ``hours`` of ``rows`` and recompute those rows' summaries.
+
+    The summary is recomputed with the recipe the feature cache stored it with
+    (`harness.models.data.summarise_ehr`); a stored summary of another width cannot be updated
+    and raises rather than leaving the degraded stays' summaries intact.
+    """
     from harness.models.data import summarise_ehr
 
     values = fs.ehr_values.copy()
@@ -160,10 +193,15 @@ def _mask_features(fs, rows: np.ndarray, hours: slice, features: np.ndarray):
     values[block] = np.nan
     observed[block] = False
     summary = fs.ehr_summary.copy()
-    if rows.size and summary.shape[1]:
+    if rows.size and summary.shape[1]:  # a set without summary features has none to update
         new_summary, _ = summarise_ehr(values[rows], fs.variables)
-        if new_summary.shape[1] == summary.shape[1]:
-            summary[rows] = new_summary
+        if new_summary.shape[1] != summary.shape[1]:
+            raise ValueError(
+                f"the EHR summary has {summary.shape[1]} columns but the summary recipe gives "
+                f"{new_summary.shape[1]} for {len(fs.variables)} variables: the degraded stays' "
+                "summaries cannot be recomputed (re-encode the cohort with `harness encode`)"
+            )
+        summary[rows] = new_summary
     return fs.replace(ehr_values=values, ehr_observed=observed, ehr_summary=summary)
 
 
@@ -209,7 +247,8 @@ _register(Scenario(
 _register(Scenario(
     "cxr_missing_subgroup", "cxr_missing",
     f"Images are removed with weights following each {SUBGROUP_ATTRIBUTE}'s observed rate of "
-    "missing images in the cohort (groups that lack images more often lose them first).",
+    f"missing images in the {AVAILABILITY_COHORT} cohort (groups that lack images more often "
+    "lose them first; on matched, where every stay has one, the weights still come from base).",
     _subgroup,
 ))  # fmt: skip
 for _group in ("vitals", "labs", "gcs", "respiratory", "output", "rhythm"):

@@ -6,10 +6,20 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from harness.evaluate.bootstrap import Resamples, bootstrap_metric, paired_delta
+from harness.evaluate.bootstrap import (
+    UNSTABLE_FRACTION,
+    Resamples,
+    bootstrap_metric,
+    paired_delta,
+    undefined_fraction,
+)
 from harness.evaluate.metrics import METRICS
 
 DEFAULT_ALPHA = 0.05
+#: The family Benjamini-Hochberg adjusts over in result.json (``fusion_gain*.bh_family``): the
+#: labels of one entry against one reference on one task and cohort. Leaderboard summary tables
+#: also adjust over the whole table (every entry x label), BH and Benjamini-Yekutieli.
+BH_FAMILY = "labels within one entry x reference x task x cohort"
 
 
 def benjamini_hochberg(p_values: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -27,6 +37,27 @@ def benjamini_hochberg(p_values: Sequence[float] | np.ndarray) -> np.ndarray:
     scaled = p[order] * m / np.arange(1, m + 1)
     q[order] = np.minimum(1.0, np.minimum.accumulate(scaled[::-1])[::-1])
     return q
+
+
+def benjamini_yekutieli(p_values: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Benjamini-Yekutieli adjusted p-values: BH times c(m) = sum_{i<=m} 1/i, capped at 1.
+
+    Controls the FDR under any dependence between the tests (BH needs positive dependence);
+    entries compared on the same labels, references and resamples are dependent.
+    """
+    p = np.asarray(p_values, dtype=np.float64)
+    m = int(np.count_nonzero(~np.isnan(p)))
+    c_m = float(np.sum(1.0 / np.arange(1, m + 1))) if m else 1.0
+    return np.minimum(1.0, benjamini_hochberg(p) * c_m)
+
+
+def adjust_p_values(p_values: Sequence[float] | np.ndarray, method: str = "bh") -> np.ndarray:
+    """q-values by ``bh`` (Benjamini-Hochberg) or ``by`` (Benjamini-Yekutieli); NaN stays NaN."""
+    if method == "bh":
+        return benjamini_hochberg(p_values)
+    if method == "by":
+        return benjamini_yekutieli(p_values)
+    raise ValueError(f"unknown p-value adjustment {method!r} (bh or by)")
 
 
 def fusion_gain(
@@ -47,8 +78,10 @@ def fusion_gain(
     with the reference that scores best on that label (point estimate), e.g. the better of an
     EHR-only and a CXR-only model, and its name is recorded as ``reference``. Choosing the best
     of several references by its point value favours the reference, so the test is conservative.
-    p-values are Benjamini-Hochberg adjusted across labels; ``significant`` means q < ``alpha``
-    and a positive delta (the submission beats the reference on that label).
+    p-values are Benjamini-Hochberg adjusted across labels (the family :data:`BH_FAMILY`);
+    ``significant`` means q < ``alpha`` and a positive delta (the submission beats the reference
+    on that label). ``unstable`` marks labels whose delta is undefined (one class) on more than
+    :data:`~harness.evaluate.bootstrap.UNSTABLE_FRACTION` of the resamples.
     """
     y = np.asarray(y_true)
     fn = METRICS.get(metric)
@@ -65,6 +98,7 @@ def fusion_gain(
             [bootstrap_metric(metric, y[:, j], s[:, j], resamples) for s in named[chosen]], 0
         )
         rows[label] = paired_delta(point_a, point_b, boot_a, boot_b).to_dict()
+        rows[label]["unstable"] = undefined_fraction(boot_a - boot_b) > UNSTABLE_FRACTION
         if chosen:
             rows[label]["reference"] = chosen
     q = benjamini_hochberg(

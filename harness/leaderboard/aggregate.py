@@ -1,7 +1,9 @@
 """Aggregate every ``result.json`` into a validated leaderboard with ranks, and write it out.
 
-Ranks are per (dataset, cohort fingerprint, task, cohort) on the task's main metric: entries on
-different datasets or cohorts are never ranked together. Ranks are competition ranks of the point
+Ranks are per (dataset, cohort fingerprint, task, cohort, protocol) on the task's main metric:
+entries on different datasets or cohorts, or evaluated under different protocols (profile, folds,
+seeds, epoch cap, bootstrap resamples, checkpoint selection, threshold rule: :func:`protocol_of`),
+are never ranked together; each table carries its protocol. Ranks are competition ranks of the point
 value (equal values share a rank); each row lists the entries whose 95% CIs overlap its own, so
 statistical ties are reported rather than hidden. Failed evaluations are listed apart under
 ``failed`` (a category and a sanitized message); files that cannot be published go to
@@ -206,15 +208,97 @@ def _overlap(a: dict, b: dict) -> bool:
     return a["ci_low"] <= b["ci_high"] and b["ci_low"] <= a["ci_high"]
 
 
+#: Protocol fields that make two entries comparable (all part of the ranking key).
+PROTOCOL_FIELDS = (
+    "profile", "folds", "seeds", "max_epochs", "n_resamples", "selection", "threshold",
+)  # fmt: skip
+#: Threshold rule of results written before the protocol was recorded (always validation).
+LEGACY_THRESHOLD = "youden_j_on_validation"
+
+
+def protocol_of(result: dict, task: str | None = None, cohort: str | None = None) -> dict:
+    """The protocol ``result`` was evaluated under (for one task and cohort when given).
+
+    Read from ``provenance.protocol``; results written before it was recorded are ``honest``
+    with the folds, seeds and epoch cap of their provenance, selection on their headline metric
+    and thresholds chosen on validation. ``n_resamples`` is the task block's own bootstrap size;
+    ``selection`` the selection metric of ``task`` (all tasks' when no task is given). The
+    result has every field of :data:`PROTOCOL_FIELDS` plus a readable ``label``.
+    """
+    prov = result.get("provenance") or {}
+    recorded = prov.get("protocol") or {}
+    blocks = [
+        block
+        for t, by_cohort in (result.get("tasks") or {}).items()
+        for c, block in by_cohort.items()
+        if (task is None or t == task) and (cohort is None or c == cohort)
+    ]
+    resamples = {(b.get("bootstrap") or {}).get("n_resamples") for b in blocks} - {None}
+    n_resamples = recorded.get("n_resamples")
+    if len(resamples) == 1:
+        n_resamples = resamples.pop()
+    selection = recorded.get("selection") or {
+        t: block["main_metric"]
+        for t, by_cohort in (result.get("tasks") or {}).items()
+        for block in by_cohort.values()
+    }
+    out = {
+        "profile": recorded.get("profile", "honest"),
+        "folds": list(recorded.get("folds", prov.get("folds")) or []),
+        "seeds": list(recorded.get("seeds", prov.get("seeds")) or []),
+        "max_epochs": recorded.get("max_epochs", prov.get("max_epochs")),
+        "n_resamples": n_resamples,
+        "selection": selection.get(task) if task is not None else dict(sorted(selection.items())),
+        "threshold": recorded.get("threshold", LEGACY_THRESHOLD),
+    }
+    out["label"] = protocol_label(out)
+    return out
+
+
+def _numbers(values: list[int]) -> str:
+    values = sorted(values)
+    if len(values) >= 4 and values == list(range(values[0], values[-1] + 1)):
+        return f"{values[0]}-{values[-1]}"
+    return ",".join(map(str, values)) or "?"
+
+
+def protocol_label(protocol: dict, *, selection: bool = True) -> str:
+    """One line naming a protocol, e.g. ``honest · folds 1-5 · seeds 0,1,2 · ...``
+    (``selection=False`` leaves the per-task selection metric out)."""
+    epochs = protocol.get("max_epochs")
+    chosen = protocol.get("selection")
+    if isinstance(chosen, dict):
+        chosen = ", ".join(f"{t}: {m}" for t, m in chosen.items())
+    parts = [
+        str(protocol.get("profile")),
+        f"folds {_numbers(protocol.get('folds') or [])}",
+        f"seeds {_numbers(protocol.get('seeds') or [])}",
+        f"≤{epochs} epochs" if epochs else "submission's epochs",
+        f"{protocol.get('n_resamples') or '?'} resamples",
+    ]
+    if selection:
+        parts.append(f"selection {chosen or '?'}")
+    parts.append(f"threshold {protocol.get('threshold')}")
+    return " · ".join(parts)
+
+
+def _protocol_key(protocol: dict) -> str:
+    return json.dumps({k: protocol.get(k) for k in PROTOCOL_FIELDS}, sort_keys=True)
+
+
 def rank_results(results: list[dict]) -> list[dict]:
-    """Ranking tables per dataset x fingerprint x task x cohort on each task's main metric."""
+    """Ranking tables per dataset x fingerprint x task x cohort x protocol on the main metric."""
     tables: dict[tuple, dict] = {}
     for res in results:
         for task, cohorts in res["tasks"].items():
             for cohort, block in cohorts.items():
                 fingerprint = res["cohorts"].get(cohort, {}).get("fingerprint", "unknown")
                 metric = block["main_metric"]
-                key = (res["dataset"], fingerprint, task, cohort, metric)
+                protocol = protocol_of(res, task, cohort)
+                key = (
+                    res["dataset"], fingerprint, task, cohort, metric, protocol["profile"],
+                    protocol["label"], _protocol_key(protocol),
+                )  # fmt: skip
                 table = tables.setdefault(
                     key,
                     {
@@ -224,6 +308,7 @@ def rank_results(results: list[dict]) -> list[dict]:
                         "cohort": cohort,
                         "metric": metric,
                         "higher_is_better": HIGHER_IS_BETTER.get(metric, True),
+                        "protocol": protocol,
                         "rows": [],
                     },
                 )

@@ -14,9 +14,11 @@ that reaches ``leaderboard.{json,md,html}`` therefore passes through this module
   rejected (:class:`Rejected`) with a category from :data:`REJECT_CATEGORIES`. Groups that are
   large enough but hold fewer than :data:`MIN_GROUP_CLASS_COUNT` positives or negatives are
   *suppressed* (their numbers removed, the across-group summary recomputed without them and the
-  bootstrap gap CIs, which included them, dropped): the harness produces such groups on small
-  data, so they are no sign of forgery. Provenance keeps only known keys, and paths in it are cut
-  to their last component.
+  gap tests, group-vs-rest rows and legacy bootstrap gap CIs, which included them, dropped):
+  results written before the harness applied this rule itself hold such groups, so they are no
+  sign of forgery. Group-vs-rest rows may name kept groups only; the percentile CIs of max - min
+  gaps that older results carry (``gap_ci``, biased upward) are checked, then not published.
+  Provenance keeps only known keys, and paths in it are cut to their last component.
 - :func:`find_paths` / :func:`assert_publishable`: the final check over the serialized output;
   an absolute path or a home directory that slipped through stops the publication.
 """
@@ -76,6 +78,7 @@ METRIC_RANGES: dict[str, tuple[float, float]] = {
         (0.0, 1.0),
     ),
     "kappa_linear": (-1.0, 1.0),
+    "kappa_unweighted": (-1.0, 1.0),
 }
 #: Ranges of the per-group fairness metrics (``n`` is checked apart).
 GROUP_METRIC_RANGES: dict[str, tuple[float, float]] = {
@@ -446,6 +449,8 @@ def _recompute_summary(table: dict) -> None:
             summary[name] = entry
     table["summary"] = summary
     table.pop("gap_ci", None)
+    table.pop("gap_test", None)  # computed with the groups just suppressed
+    table.pop("vs_rest", None)
     table.pop("equalized_odds_difference", None)
     table.pop("demographic_parity_difference", None)
     if binary and len(kept) >= 2:
@@ -520,6 +525,23 @@ def _fairness_report(report: dict, where: str, n_stays: int, min_group_size: int
                 raise Rejected("unknown_key", f"{at}/gap_ci: {key!r} is not a gap of the harness")
             for field in ("ci_low", "ci_high"):
                 _in_range(ci.get(field), (0.0, 1.0), f"{at}/gap_ci/{key}/{field}")
+        # results written before the gap tests: their percentile CI of a max - min gap is biased
+        # upward (it excludes 0 when every group has the same rate), so it is not published
+        table.pop("gap_ci", None)
+        for key, test in (table.get("gap_test") or {}).items():
+            _in_range(test.get("difference"), (0.0, 1.0), f"{at}/gap_test/{key}/difference")
+            _in_range(test.get("p_value"), (0.0, 1.0), f"{at}/gap_test/{key}/p_value")
+        for rate, vs_rows in (table.get("vs_rest") or {}).items():
+            for row in vs_rows:
+                where_row = f"{at}/vs_rest/{rate}"
+                if row["group"] not in kept_names:
+                    raise Rejected(
+                        "patient_level", f"{where_row}: a group that is not a listed kept group"
+                    )
+                for field in ("value", "ci_low", "ci_high"):
+                    _in_range(row.get(field), (0.0, 1.0), f"{where_row}/{field}")
+                for field in ("difference", "difference_ci_low", "difference_ci_high"):
+                    _in_range(row.get(field), (-1.0, 1.0), f"{where_row}/{field}")
         small = {r["group"] for r in kept if _too_few_classes(r)}
         if small:
             table["groups"] = [

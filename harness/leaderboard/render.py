@@ -20,6 +20,124 @@ def _ci(row: dict) -> str:
     return f"[{_fmt(row.get('ci_low'))}, {_fmt(row.get('ci_high'))}]"
 
 
+def _protocol_line(table: dict) -> str:
+    protocol = table.get("protocol") or {}
+    return protocol.get("label") or "protocol not recorded"
+
+
+def _protocol_groups(doc: dict) -> list[tuple[str, dict]]:
+    """(protocol label, sub-document holding only the entries of that protocol), in a stable
+    order; one group per profile, folds, seeds, epoch cap, resamples and threshold rule."""
+    from harness.leaderboard.aggregate import protocol_label, protocol_of
+
+    groups: dict[str, list[dict]] = {}
+    for entry in doc.get("entries", []):
+        # the per-task selection metric follows the profile and the task: not a group of its own
+        label = protocol_label(protocol_of(entry), selection=False)
+        groups.setdefault(label, []).append(entry)
+    return [(label, {**doc, "entries": entries}) for label, entries in sorted(groups.items())]
+
+
+def summary_by_protocol(doc: dict) -> list[dict]:
+    """The summary tables (:func:`harness.leaderboard.summary.summary_tables`) of each protocol
+    apart, titles suffixed with the protocol, then the conclusions that change between the
+    honest and carebench profiles (:func:`profile_differences`)."""
+    from harness.leaderboard.summary import summary_tables
+
+    groups = _protocol_groups(doc)
+    out = []
+    for label, sub in groups:
+        for table in summary_tables(sub):
+            title = table["title"] if len(groups) == 1 else f"{table['title']} · {label}"
+            out.append({**table, "title": title})
+    return out + profile_differences(doc)
+
+
+def _base_name(name: str, profile: str) -> str:
+    suffix = f".{profile}"
+    return name[: -len(suffix)] if profile != "honest" and name.endswith(suffix) else name
+
+
+def _beats_ehr(entry: dict | None, task: str, cohort: str) -> str:
+    """Whether the headline delta over the EHR-only reference is > 0 with p < 0.05: yes/no/n/a."""
+    block = ((entry or {}).get("tasks") or {}).get(task, {}).get(cohort)
+    if not block:
+        return "n/a"
+    ref = (block.get("references") or {}).get("ehr_only")
+    delta = (block.get("paired_deltas") or {}).get(ref or "", {}).get(block["main_metric"])
+    if not delta or delta.get("delta") is None or delta.get("p_value") is None:
+        return "n/a"
+    return "yes" if delta["delta"] > 0 and delta["p_value"] < 0.05 else "no"
+
+
+def profile_differences(doc: dict, a: str = "honest", b: str = "carebench") -> list[dict]:
+    """Which conclusions change between two protocol profiles, per dataset, task and cohort.
+
+    Boards of the two profiles with the same dataset, cohort fingerprint, task, cohort, folds and
+    epoch cap are compared on the submissions ranked on both (``x`` and ``x.carebench``): a
+    different top-ranked submission, every pair whose order flips, and each submission whose
+    headline beats its EHR-only reference (delta > 0, p < 0.05) under one profile only; "none"
+    for a board pair where nothing changes. Empty when no board has both profiles.
+    """
+    entries = {e["name"]: e for e in doc.get("entries", [])}
+    boards: dict[tuple, dict[str, dict]] = {}
+    for table in doc.get("rankings", []):
+        protocol = table.get("protocol") or {}
+        profile = protocol.get("profile")
+        if profile not in (a, b):
+            continue
+        key = (table["dataset"], table["fingerprint"], table["task"], table["cohort"],
+               tuple(protocol.get("folds") or ()), protocol.get("max_epochs"))  # fmt: skip
+        boards.setdefault(key, {})[profile] = table
+    rows = []
+    for key, pair in sorted(boards.items(), key=lambda kv: str(kv[0])):
+        if a not in pair or b not in pair:
+            continue
+        dataset, _, task, cohort = key[:4]
+        where = f"{task} · {cohort} ({dataset})"
+        ranks = {p: {_base_name(r["name"], p): r for r in pair[p]["rows"]} for p in (a, b)}
+        common = sorted(set(ranks[a]) & set(ranks[b]))
+        if len(common) < 1:
+            continue
+        metrics = f"{pair[a]['metric']} / {pair[b]['metric']}"
+        top = {p: min(common, key=lambda n, p=p: (ranks[p][n]["rank"], n)) for p in (a, b)}
+        before = len(rows)
+        if top[a] != top[b]:
+            rows.append([where, f"top-ranked ({metrics})", top[a], top[b]])
+        for i, x in enumerate(common):
+            for y in common[i + 1 :]:
+                order = {p: ranks[p][x]["rank"] - ranks[p][y]["rank"] for p in (a, b)}
+                if order[a] * order[b] < 0:
+                    first = {p: (x if order[p] < 0 else y) for p in (a, b)}
+                    rows.append(
+                        [where, f"order of {x} and {y}", f"{first[a]} first", f"{first[b]} first"]
+                    )
+        for name in common:
+            beats = {
+                p: _beats_ehr(entries.get(ranks[p][name]["name"]), task, cohort) for p in (a, b)
+            }
+            if beats[a] != beats[b]:
+                rows.append([where, f"{name} beats its EHR-only reference", beats[a], beats[b]])
+        if len(rows) == before:
+            rows.append([where, f"none ({len(common)} submissions on both)", "-", "-"])
+    if not rows:
+        return []
+    return [
+        {
+            "kind": "profile_differences",
+            "title": f"Conclusions that change between the {a} and {b} profiles",
+            "note": f"boards of the same data, task, cohort, folds and epoch cap, compared on the "
+            f"submissions ranked under both; the {b} profile selects checkpoints on "
+            "PRAUC/accuracy, ranks by its own headline metric, uses a 0.5 threshold and other "
+            "seeds. Listed: a different top-ranked submission, pairs whose order flips, and "
+            "submissions whose headline beats the EHR-only reference (delta > 0, p < 0.05) "
+            "under one profile only",
+            "columns": ["task · cohort", "conclusion", a, b],
+            "rows": rows,
+        }
+    ]
+
+
 def render_markdown(doc: dict) -> str:
     lines = [
         "# Leaderboard",
@@ -27,7 +145,8 @@ def render_markdown(doc: dict) -> str:
         f"harness {doc['harness_version']} · schema {doc['schema_version']} · "
         f"generated {doc['generated_at']}",
         "",
-        "Ranks are per dataset, cohort fingerprint, task and cohort on the main metric; "
+        "Ranks are per dataset, cohort fingerprint, task, cohort and protocol on the main metric "
+        "(entries evaluated under different protocols are never ranked together); "
         "*CI overlaps* lists entries whose 95% bootstrap CIs overlap (not distinguishable).",
     ]
     for table in doc["rankings"]:
@@ -38,6 +157,8 @@ def render_markdown(doc: dict) -> str:
             "",
             f"dataset `{table['dataset']}`, cohort fingerprint `{table['fingerprint']}`",
             "",
+            f"protocol: {_md(_protocol_line(table))}",
+            "",
             "| rank | submission | version | value | 95% CI | CI overlaps |",
             "|---:|---|---|---:|---|---|",
         ]
@@ -46,9 +167,7 @@ def render_markdown(doc: dict) -> str:
                 f"| {row['rank']} | {row['name']} | {_md(row['version'])} | {_fmt(row['value'])} | "
                 f"{_ci(row)} | {', '.join(row['ci_overlaps']) or '-'} |"
             )
-    from harness.leaderboard.summary import summary_tables
-
-    for table in summary_tables(doc):
+    for table in summary_by_protocol(doc):
         cells = lambda row: " | ".join(str(c).replace("|", "\\|") for c in row)  # noqa: E731
         lines += [
             "",
@@ -207,11 +326,12 @@ def render_html(doc: dict) -> str:
     sections = []
     for table in doc["rankings"]:
         task, cohort = table["task"], table["cohort"]
+        ranked = {r["name"] for r in table["rows"]}  # this board's protocol only
         blocks = {
             e["name"]: e["tasks"][task][cohort]
             for e in doc["entries"]
             if task in e["tasks"] and cohort in e["tasks"][task]
-            and e["dataset"] == table["dataset"]
+            and e["dataset"] == table["dataset"] and e["name"] in ranked
         }  # fmt: skip
         plots = []
         scenarios = sorted({s for b in blocks.values() for s in b.get("robustness", {})})
@@ -257,12 +377,11 @@ def render_html(doc: dict) -> str:
         sections.append(
             f"<section><h2>{escape(task)} · {escape(cohort)} · {escape(table['metric'])}</h2>"
             f"<p>dataset <code>{escape(table['dataset'])}</code>, cohort fingerprint "
-            f"<code>{escape(table['fingerprint'])}</code></p>{_html_table(table)}"
+            f"<code>{escape(table['fingerprint'])}</code>; protocol "
+            f"{escape(_protocol_line(table))}</p>{_html_table(table)}"
             f"<div class='plots'>{''.join(p for p in plots if p)}</div></section>"
         )
-    from harness.leaderboard.summary import summary_tables
-
-    for table in summary_tables(doc):
+    for table in summary_by_protocol(doc):
         head = "<tr>" + "".join(f"<th>{escape(c)}</th>" for c in table["columns"]) + "</tr>"
         rows = "".join(
             "<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in row) + "</tr>"
@@ -296,6 +415,9 @@ def render_html(doc: dict) -> str:
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>harness leaderboard</title>"
         f"<style>{style}</style></head><body><h1>Leaderboard</h1>"
         f"<p>harness {escape(doc['harness_version'])} · schema {escape(doc['schema_version'])} · "
-        f"generated {escape(doc['generated_at'])}. Ranks on the main metric; CI overlaps are "
-        "statistical ties.</p>" + "".join(sections) + failed + "</body></html>\n"
+        f"generated {escape(doc['generated_at'])}. Ranks on the main metric, one board per "
+        "protocol; CI overlaps are statistical ties.</p>"
+        + "".join(sections)
+        + failed
+        + "</body></html>\n"
     )

@@ -8,7 +8,12 @@ seed (every stay predicted once per seed by the fold model that did not see it) 
 Conventions: the point value of a metric is the mean over seeds of the metric on the pooled
 predictions; its 95% CI is the percentile interval of the same seed-mean over the shared
 patient-level resamples; ``mean``/``sd`` are over folds x seeds units (sd with ddof=1).
-Fairness is computed on the seed-mean probability (one decision per stay).
+Fairness is computed on the seed-mean probability (one decision per stay). Every summary also
+records ``undefined_fraction``, the share of resamples on which the metric is undefined (one class
+present) and left out of the CI, and ``unstable`` when that share exceeds 1 %. Paired-delta
+p-values use the normal approximation with the bootstrap SE (``bootstrap.p_value_method``); the
+per-label fusion gains are BH-adjusted within the family named in ``bh_family``. Robustness areas
+carry a percentile CI from the same shared resamples.
 """
 
 from __future__ import annotations
@@ -30,11 +35,14 @@ from harness.errors import InputError
 from harness.evaluate.bootstrap import (
     DEFAULT_BOOTSTRAP_SEED,
     DEFAULT_N_RESAMPLES,
+    P_VALUE_METHOD,
+    UNSTABLE_FRACTION,
     Resamples,
     bootstrap_indices,
     bootstrap_metric,
     paired_delta,
     percentile_ci,
+    undefined_fraction,
 )
 from harness.evaluate.fairness import (
     DEFAULT_MIN_GROUP_SIZE,
@@ -42,7 +50,7 @@ from harness.evaluate.fairness import (
     multiclass_fairness,
 )
 from harness.evaluate.metrics import METRICS, PER_LABEL_METRICS, main_metric_for, metrics_for
-from harness.evaluate.stats import DEFAULT_ALPHA, fusion_gain
+from harness.evaluate.stats import BH_FAMILY, DEFAULT_ALPHA, fusion_gain
 from harness.io import atomic_write_text
 from harness.leaderboard.publish import error_category, sanitize_message
 from harness.leaderboard.schema import RESULT_SCHEMA, SCHEMA_VERSION, validate
@@ -99,6 +107,7 @@ def _summary(
     units_arr = np.asarray(units, dtype=np.float64)
     units_arr = units_arr[~np.isnan(units_arr)]
     low, high = percentile_ci(boot)
+    undefined = undefined_fraction(boot)
     summary = {
         "value": _clean(point),
         "mean": _clean(units_arr.mean()) if units_arr.size else None,
@@ -106,32 +115,50 @@ def _summary(
         "ci_low": _clean(low),
         "ci_high": _clean(high),
         "n_units": int(units_arr.size),
+        "undefined_fraction": undefined,
+        "unstable": undefined > UNSTABLE_FRACTION,
     }
     return summary, boot, point
 
 
-def robustness_curve(rates: Sequence[float], values: Sequence[float], metric: str) -> dict:
+def _normalised_area(x: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Normalised areas of sorted curves ``v`` (..., rates) over rates ``x`` (NaN: undefined)."""
+    clean = v[..., np.flatnonzero(x == 0)[0]] if np.any(x == 0) else v[..., 0]
+    width = x[-1] - x[0]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = np.trapezoid(v, x, axis=-1) / (width * clean)
+    bad = ~np.isfinite(clean) | (clean == 0) | np.isnan(v).any(axis=-1) | (width <= 0)
+    return np.where(bad, np.nan, auc)
+
+
+def robustness_curve(
+    rates: Sequence[float],
+    values: Sequence[float],
+    metric: str,
+    boot: np.ndarray | None = None,
+) -> dict:
     """A degradation curve and its normalised area.
 
     ``auc_normalised`` = trapezoidal area under (rate, value) divided by the area of a flat curve
     at the clean value (rate 0, else the first rate): 1.0 means no degradation at any rate.
+    With ``boot`` (resamples x rates, columns in the order of ``rates``: the metric on the shared
+    resamples), the area is computed on every resample and its percentile CI added.
     """
     x = np.asarray(rates, dtype=np.float64)
     v = np.asarray(values, dtype=np.float64)
     order = np.argsort(x)
     x, v = x[order], v[order]
-    clean = v[np.flatnonzero(x == 0)[0]] if np.any(x == 0) else v[0]
-    width = x[-1] - x[0]
-    if width <= 0 or not np.isfinite(clean) or clean == 0 or np.isnan(v).any():
-        auc = float("nan")
-    else:
-        auc = float(np.trapezoid(v, x) / (width * clean))
-    return {
+    auc = float(_normalised_area(x, v))
+    curve = {
         "metric": metric,
         "rates": [float(a) for a in x],
         "values": [_clean(a) for a in v],
         "auc_normalised": _clean(auc),
     }
+    if boot is not None:
+        low, high = percentile_ci(_normalised_area(x, np.asarray(boot, np.float64)[:, order]))
+        curve["ci_low"], curve["ci_high"] = _clean(low), _clean(high)
+    return curve
 
 
 def score_predictions(
@@ -198,7 +225,7 @@ def score_predictions(
         "n_stays": int(expected_rows),
         "n_subjects": int(resamples.n_subjects),
         "n_units": len(runs) * (1 if fold_arr is None else int(np.unique(fold_arr).size)),
-        "bootstrap": resamples.describe(),
+        "bootstrap": {**resamples.describe(), "p_value_method": P_VALUE_METHOD},
         "metrics": {},
     }
     boots: dict[str, tuple[np.ndarray, float]] = {}
@@ -242,6 +269,7 @@ def score_predictions(
                 "alpha": alpha,
                 "labels": fusion_gain(labels, y, runs, ref, resamples, alpha=alpha),
             }
+            _state_family(block["fusion_gain"])
             uni = [n for n in (unimodal_references or ()) if n in reference_probs]
             if len(uni) >= 2:
                 named = {n: _check_runs(n, reference_probs[n], shape) for n in uni}
@@ -251,25 +279,35 @@ def score_predictions(
                     "alpha": alpha,
                     "labels": fusion_gain(labels, y, runs, named, resamples, alpha=alpha),
                 }
+                _state_family(block["fusion_gain_unimodal"])
 
     if scenario_probs:
         metric = METRICS.get(main)
         block["robustness"] = {}
         for scenario, by_rate in scenario_probs.items():
             rates = sorted(by_rate)
-            values = [
-                float(np.mean([metric(y, p) for p in _check_runs(scenario, by_rate[r], shape)]))
-                for r in rates
-            ]
-            block["robustness"][scenario] = robustness_curve(rates, values, main)
+            values, boot = [], []
+            for r in rates:
+                if by_rate[r] is y_prob:  # the clean predictions (rate 0): already resampled
+                    point_boot, point = boots[main]
+                else:
+                    rate_runs = _check_runs(scenario, by_rate[r], shape)
+                    point = float(np.mean([metric(y, p) for p in rate_runs]))
+                    point_boot = np.mean(
+                        [bootstrap_metric(main, y, p, resamples) for p in rate_runs], axis=0
+                    )
+                values.append(point)
+                boot.append(point_boot)
+            block["robustness"][scenario] = robustness_curve(
+                rates, values, main, boot=np.stack(boot, axis=1)
+            )
 
     if groups is not None:
         mean_prob = np.mean(runs, axis=0)
         if kind == "binary":
             block["fairness"] = binary_fairness(
-                y, mean_prob, groups, threshold=threshold, min_group_size=min_group_size,
-                resamples=resamples,
-            )  # fmt: skip
+                y, mean_prob, groups, threshold=threshold, min_group_size=min_group_size
+            )
         elif kind == "multiclass":
             block["fairness"] = multiclass_fairness(
                 y, mean_prob, groups, min_group_size=min_group_size
@@ -282,9 +320,15 @@ def score_predictions(
                 thr_j = _label_threshold(thr, j, len(labels))
                 block["fairness"]["labels"][label] = binary_fairness(
                     y[:, j], mean_prob[:, j], single, threshold=thr_j,
-                    min_group_size=min_group_size, resamples=None,
+                    min_group_size=min_group_size,
                 )  # fmt: skip
     return block
+
+
+def _state_family(gain: dict) -> None:
+    """Name the Benjamini-Hochberg family of a fusion-gain block and its size (defined p)."""
+    gain["bh_family"] = BH_FAMILY
+    gain["bh_m"] = sum(1 for row in gain["labels"].values() if row.get("p_value") is not None)
 
 
 def _label_threshold(thr: np.ndarray, j: int, n_labels: int) -> float | np.ndarray:

@@ -5,9 +5,12 @@ one row per entry and one table per dataset x task x cohort:
 
 - **fusion gain**: on which labels an entry that uses both modalities beats the EHR-only
   reference, and the best single modality on that label, significantly (paired bootstrap,
-  Benjamini-Hochberg q < alpha);
-- **fairness**: per attribute, the group with the lowest TPR at the validation-chosen threshold,
-  with the TPR gap and its bootstrap CI;
+  Benjamini-Hochberg q < alpha within the entry's labels, as in result.json), plus how many stay
+  significant when the whole table (every entry x label) is one family, by Benjamini-Hochberg
+  and by Benjamini-Yekutieli (valid under any dependence: entries share references, labels and
+  resamples);
+- **fairness**: per attribute, the group with the lowest TPR at the validation-chosen threshold
+  (``Unknown`` is never compared), with the max - min TPR gap and its permutation p-value;
 - **robustness**: the main metric with every CXR present and with none, the normalised area under
   each CXR-missingness curve, the EHR-truncation area, and the train-time CXR dropout the entry
   used (entries that never saw a missing image in training are the ones missingness hurts).
@@ -18,6 +21,10 @@ Everything is read from the entries' ``result.json`` blocks; nothing is recomput
 from __future__ import annotations
 
 from collections.abc import Iterator
+
+import numpy as np
+
+from harness.evaluate.stats import adjust_p_values
 
 #: Attributes shown in the fairness table (intersections stay in the JSON).
 FAIRNESS_ATTRIBUTES = (
@@ -70,11 +77,29 @@ def is_fusion(entry: dict) -> bool:
     return bool(inputs & {"ehr", "ehr_summary"}) and bool(inputs & {"cxr", "cxr_pixels"})
 
 
+def _table_wide(table: dict, alpha: float) -> None:
+    """Append, per row, the labels significant with the whole table as one BH and BY family."""
+    gains = table.pop("_gains")
+    p = np.array(
+        [np.nan if r.get("p_value") is None else r["p_value"] for g in gains for r in g.values()]
+    )
+    positive = np.array([(r.get("delta") or 0) > 0 for g in gains for r in g.values()], bool)
+    for method in ("bh", "by"):
+        hit = (adjust_p_values(p, method) < alpha) & positive  # NaN q compares False
+        start = 0
+        for row, gain in zip(table["rows"], gains, strict=True):
+            n = len(gain)
+            row.append(f"{int(hit[start : start + n].sum())} of {n}")
+            start += n
+
+
 def fusion_gain_tables(doc: dict) -> list[dict]:
     """Per-label gain over the EHR-only reference, then over the best single modality.
 
     Only entries that use both modalities are listed (a unimodal entry's gain over another
-    unimodal model is not a fusion gain); entries whose inputs are unknown are kept.
+    unimodal model is not a fusion gain); entries whose inputs are unknown are kept. Besides
+    each entry's own BH family (its labels), the last two columns count the labels significant
+    when the table's every entry x label p-value forms one family (BH, and BY for any dependence).
     """
     tables: dict[tuple, dict] = {}
     for field in ("fusion_gain", "fusion_gain_unimodal"):
@@ -97,9 +122,20 @@ def fusion_gain_tables(doc: dict) -> list[dict]:
                     "title": f"{title} · {key[1]} · {key[2]} ({key[0]})",
                     "note": f"{gain['metric']} minus {against}'s on the same bootstrap resamples; "
                     f"significant = delta > 0 with Benjamini-Hochberg q < {gain['alpha']} "
-                    "across the labels",
-                    "columns": ["submission", "reference", "significant", "labels (delta)"],
+                    "across the entry's labels (the family of result.json); table-wide BH / BY = "
+                    "the same with every entry x label of this table as one family, "
+                    "Benjamini-Hochberg and Benjamini-Yekutieli (any dependence)",
+                    "columns": [
+                        "submission",
+                        "reference",
+                        "significant",
+                        "labels (delta)",
+                        "table-wide BH",
+                        "table-wide BY",
+                    ],
                     "rows": [],
+                    "_gains": [],
+                    "_alpha": gain["alpha"],
                 },
             )
             labels = gain["labels"]
@@ -115,6 +151,9 @@ def fusion_gain_tables(doc: dict) -> list[dict]:
                     ", ".join(f"{name} ({delta:+.3f})" for name, delta in hits) or "-",
                 ]
             )
+            table["_gains"].append(labels)
+    for table in tables.values():
+        _table_wide(table, table.pop("_alpha"))
     return list(tables.values())
 
 
@@ -130,11 +169,11 @@ def fairness_tables(doc: dict) -> list[dict]:
             {
                 "kind": "fairness",
                 "title": f"Lowest-TPR group per attribute · {key[1]} · {key[2]} ({key[0]})",
-                "note": "worst group (its TPR; max - min TPR gap [95% bootstrap CI]) at the "
-                "threshold chosen on the validation split; groups under the minimum size, or "
-                "with fewer than 10 positives or negatives, are suppressed. A max - min gap "
-                "grows under resampling when groups are small, so its percentile CI can lie "
-                "above the point estimate",
+                "note": "worst group (its TPR; max - min TPR gap, permutation p-value of equal "
+                "TPRs) at the threshold chosen on the validation split; groups under the minimum "
+                "size, or with fewer than 10 positives or negatives, are suppressed, and Unknown "
+                "is reported but never compared (results written before the permutation test "
+                "show no p-value; their percentile CI of the gap, biased upward, is not published)",
                 "columns": ["submission", *shown],
                 "rows": [],
             },
@@ -147,8 +186,8 @@ def fairness_tables(doc: dict) -> list[dict]:
             if not rec or worst is None:
                 row.append("n/a")
                 continue
-            ci = (rec.get("gap_ci") or {}).get("tpr_difference") or {}
-            ci_text = f" [{_fmt(ci.get('ci_low'), 2)}, {_fmt(ci.get('ci_high'), 2)}]" if ci else ""
+            test = (rec.get("gap_test") or {}).get("tpr_difference") or {}
+            ci_text = f", p {_fmt(test.get('p_value'), 3)}" if test else ""
             row.append(
                 f"{worst} ({_fmt(tpr.get('group_min'), 2)}; gap {_fmt(tpr.get('difference'), 2)}"
                 f"{ci_text})"
@@ -170,8 +209,9 @@ def robustness_tables(doc: dict) -> list[dict]:
                 "kind": "robustness",
                 "title": f"Robustness to missing CXR · {key[1]} · {key[2]} ({key[0]})",
                 "note": f"{mcar['metric']} with every image present and with none (MCAR rate 1); "
-                "normalised area under each missingness curve (1 = no loss); train CXR dropout "
-                "= share of training images the entry hid (0: it never saw a missing image)",
+                "normalised area under each missingness curve (1 = no loss), the MCAR area with "
+                "its 95% CI on the shared bootstrap resamples; train CXR dropout = share of "
+                "training images the entry hid (0: it never saw a missing image)",
                 "columns": [
                     "submission",
                     "train CXR dropout",
@@ -181,6 +221,7 @@ def robustness_tables(doc: dict) -> list[dict]:
                     "area acuity",
                     "area subgroup",
                     "area EHR 24 h",
+                    "area MCAR 95% CI",
                 ],
                 "rows": [],
             },
@@ -191,8 +232,13 @@ def robustness_tables(doc: dict) -> list[dict]:
             _fmt((curves.get(name) or {}).get("auc_normalised"))
             for name in (*CXR_SCENARIOS, "ehr_truncate_24h")
         ]
+        ci = (
+            f"[{_fmt(mcar.get('ci_low'))}, {_fmt(mcar.get('ci_high'))}]"
+            if "ci_low" in mcar
+            else "n/a"
+        )
         table["rows"].append(
-            [entry["name"], _fmt(dropout, 2), _fmt(values[0]), _fmt(values[-1]), *areas]
+            [entry["name"], _fmt(dropout, 2), _fmt(values[0]), _fmt(values[-1]), *areas, ci]
         )
     return list(tables.values())
 

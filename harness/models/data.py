@@ -85,15 +85,18 @@ class FeatureSet:
 
     @property
     def n_folds(self) -> int:
-        """Folds available: the given partition's columns, else the highest fold number."""
+        """Folds of the cohort: the given partition's columns, else the cohort's fold count
+        (``provenance["n_folds"]``, what `harness evaluate` records from the cohort), else the
+        highest fold number present."""
         if self.given_splits is not None:
             return int(self.given_splits.shape[1])
-        return int(self.fold.max()) if len(self) else 0
+        recorded = int(self.provenance.get("n_folds") or 0)
+        return max(recorded, int(self.fold.max()) if len(self) else 0)
 
     def split(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Positions of (train, val, test) for fold ``k``: the given partition when there is
-        one, else the harness rule (see `split_indices`)."""
-        return split_indices(self.fold, k, given=self.given_splits)
+        one, else the harness rule over the cohort's folds (see `split_indices`)."""
+        return split_indices(self.fold, k, given=self.given_splits, n_folds=self.n_folds)
 
     def subset(self, idx: np.ndarray) -> FeatureSet:
         """Rows ``idx`` (positions or a boolean mask) as a new `FeatureSet`."""
@@ -218,19 +221,15 @@ class FeatureSet:
 
 
 def summarise_ehr(values: np.ndarray, variables: Sequence[str]) -> tuple[np.ndarray, list[str]]:
-    """Static per-variable statistics (mean, min, max, last, count) of a (n, T, F) NaN array."""
-    observed = ~np.isnan(values)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        stats = {
-            "mean": np.nanmean(values, axis=1),
-            "min": np.nanmin(values, axis=1),
-            "max": np.nanmax(values, axis=1),
-            "last": _forward_fill(values, observed)[:, -1, :],
-            "count": observed.sum(axis=1).astype(np.float32),
-        }
-    names = [f"{v}_{s}" for s in stats for v in variables]
-    return np.concatenate(list(stats.values()), axis=1).astype(np.float32), names
+    """Static per-variable statistics of a (n, T, F) NaN array, and their names.
+
+    The encode stage's recipe (:func:`harness.encode.ehr.summarise`: mean, min, max, last, std,
+    slope, count per variable, grouped by variable), so a summary recomputed here (robustness
+    scenarios, generated data) has the layout of the one stored in the feature cache.
+    """
+    from harness.encode.ehr import summarise, summary_names
+
+    return summarise(np.asarray(values, dtype=np.float32)), summary_names(variables)
 
 
 def _forward_fill(values: np.ndarray, observed: np.ndarray) -> np.ndarray:
@@ -449,12 +448,13 @@ PARTITION_CODES = {"train": 0, "val": 1, "test": 2}
 
 
 def split_indices(
-    folds: np.ndarray, k: int, *, given: np.ndarray | None = None
+    folds: np.ndarray, k: int, *, given: np.ndarray | None = None, n_folds: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Positions of (train, val, test) for fold ``k``.
 
     With ``given`` (a `FeatureSet.given_splits` table) fold k's own partition is used as is;
-    otherwise the harness rule: test = k, val = k+1 (cyclic), the rest train.
+    otherwise the harness rule: test = k, val = k+1 (cyclic over the cohort's ``n_folds``, by
+    default the highest fold number in ``folds``), the rest train.
     """
     if given is not None:
         if not 1 <= k <= given.shape[1]:
@@ -465,15 +465,16 @@ def split_indices(
         col = given[:, k - 1]
         return tuple(np.flatnonzero(col == PARTITION_CODES[p]) for p in ("train", "val", "test"))
     folds = np.asarray(folds)
-    try:
-        from harness.cohort.folds import split_masks
-    except ImportError:  # the cohort package is optional for in-memory data
-        n_folds = int(folds.max())
-        val_fold = k % n_folds + 1
-        test, val = folds == k, folds == val_fold
-        train = ~(test | val)
-    else:
-        train, val, test = (np.asarray(m, dtype=bool) for m in split_masks(folds, k))
+    if n_folds is None:
+        n_folds = int(folds.max()) if folds.size else 0
+    if not 1 <= k <= n_folds:
+        raise InputError(
+            f"fold {k} does not exist; the data has folds 1..{n_folds}",
+            fix="pass a fold number between 1 and the cohort's n_folds",
+        )
+    from harness.cohort.folds import split_masks
+
+    train, val, test = (np.asarray(m, dtype=bool) for m in split_masks(folds, k, n_folds))
     return np.flatnonzero(train), np.flatnonzero(val), np.flatnonzero(test)
 
 

@@ -35,50 +35,19 @@ log = logging.getLogger(__name__)
 # Validation-split selection metric
 
 
-def _per_column(fn: Callable, y: np.ndarray, p: np.ndarray) -> float:
-    scores = [fn(y[:, j], p[:, j]) for j in range(y.shape[1]) if len(np.unique(y[:, j])) == 2]
-    return float(np.mean(scores)) if scores else float("nan")
-
-
 def selection_score(task: TaskInfo, y: np.ndarray, proba: np.ndarray) -> float:
     """The validation score that drives early stopping (higher is better; NaN if undefined).
 
-    Uses the task's ``main_metric`` when it names AUROC, AUPRC, accuracy, macro-F1 or kappa;
-    otherwise AUPRC (binary), macro AUPRC (multilabel) or accuracy (multiclass).
+    The task's ``main_metric`` resolved in the metric registry
+    (:func:`harness.evaluate.metrics.main_metric_for`: the same name and the same value as the
+    headline the scorer ranks by), negated when lower is better (Brier, ECE) so that the loop
+    always maximises. No ``main_metric`` gives the kind's default headline; an unknown one raises.
     """
-    from sklearn.metrics import (
-        accuracy_score,
-        average_precision_score,
-        cohen_kappa_score,
-        f1_score,
-        roc_auc_score,
-    )
+    from harness.evaluate.metrics import METRICS, main_metric_for
 
-    name = (task.main_metric or "").lower().replace("macro_", "").replace("-", "_")
-    aliases = {
-        "roc_auc": "auroc",
-        "auc": "auroc",
-        "prauc": "auprc",
-        "average_precision": "auprc",
-        "acc": "accuracy",
-        "f1": "macro_f1",
-        "kappa": "kappa",
-        "cohen_kappa": "kappa",
-    }
-    name = aliases.get(name, name)
-    if task.kind == "multiclass":
-        pred = proba.argmax(axis=1)
-        if name == "macro_f1":
-            return float(f1_score(y, pred, average="macro"))
-        if "kappa" in name:
-            return float(cohen_kappa_score(y, pred, weights="linear"))
-        if name == "auroc":
-            onehot = np.eye(proba.shape[1])[y]
-            return _per_column(roc_auc_score, onehot, proba)
-        return float(accuracy_score(y, pred))
-    fn = roc_auc_score if name == "auroc" else average_precision_score
-    y2 = y.reshape(len(y), -1)
-    return _per_column(fn, y2, proba.reshape(len(proba), -1))
+    metric = METRICS.get(main_metric_for(task.kind, task.main_metric))
+    value = float(metric(y, proba))
+    return value if metric.higher_is_better else -value
 
 
 # --------------------------------------------------------------------------------------------
