@@ -1,8 +1,8 @@
 """Cost of the sandbox: the same units run in-process (``local``) and in the bubblewrap worker.
 
 Both executors train and predict the same units (every fold and seed asked for, all scenarios,
-both cohorts) from the same `FeatureSet`s, with one worker per (cohort, fold) as `harness
-evaluate` starts them. The script checks that the predictions are byte-identical and prints the
+both cohorts) from the same `FeatureSet`s, with one worker per (cohort, fold), the next started
+ahead in the background, as `harness evaluate` runs them. The script checks that the predictions are byte-identical and prints the
 wall time of each executor and the worker's start-up. It builds a small synthetic dataset in a
 temporary cache.
 
@@ -25,25 +25,29 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _run_units(executor_name, sub, sets, folds, seeds, scenarios, max_epochs) -> tuple[float, list]:
-    from harness.evaluate.run import EvalSettings, Unit, read_unit, run_unit
+    from harness.evaluate.run import EvalSettings, Unit, _LazyRunner, read_unit, run_unit
     from harness.executors import Limits, get_executor
 
     settings = EvalSettings(max_epochs=max_epochs)
     executor = get_executor(executor_name)
     out = []
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        for cohort, fs in sets.items():
-            others = {o: f for o, f in sets.items() if o != cohort}
-            for k in folds:
-                # one worker per (task, cohort, fold), as `harness evaluate` does
-                with executor.session(sub, Limits()) as runner:
+    # one worker per (task, cohort, fold), the next one started ahead, as `harness evaluate` does
+    runner = _LazyRunner(executor, sub, Limits())
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for cohort, fs in sets.items():
+                others = {o: f for o, f in sets.items() if o != cohort}
+                for k in folds:
+                    runner.close()
                     for s in seeds:
                         path = Path(tmp) / f"{cohort}_{k}_{s}.parquet"
                         unit = Unit(fs.task.name, cohort, k, s)
                         run_unit(runner, fs, unit, settings, scenarios, others, path)
                         frame, _ = read_unit(path)
                         out.append(frame.filter(like="prob_").to_numpy())
+    finally:
+        runner.shutdown()
     return time.perf_counter() - started, out
 
 

@@ -861,16 +861,28 @@ def claim_entry(sub, name: str, dataset: str, *, replace: bool = False) -> None:
 
 
 class _LazyRunner:
-    """Opens the executor's runner on the first unit that needs training (none when all reuse)."""
+    """Opens the executor's runner on the first unit that needs training (none when all reuse).
+
+    ``close`` ends the current runner (the next unit gets a fresh one); meanwhile a spare is
+    started in the background, so a sandbox's start-up overlaps the previous fold's work.
+    """
 
     def __init__(self, executor, sub, limits):
         self.executor, self.sub, self.limits = executor, sub, limits
         self.runner = None
+        self.spare = None
 
     def _get(self):
         if self.runner is None:
-            self.runner = self.executor.open(self.sub, self.limits)
+            self.runner = self.spare or self.executor.open(self.sub, self.limits)
+            self.spare = self.executor.prestart(self.sub, self.limits)
         return self.runner
+
+    def shutdown(self) -> None:
+        self.close()
+        if self.spare is not None:
+            self.spare.close()
+            self.spare = None
 
     def train(self, job):
         return self._get().train(job)
@@ -1051,7 +1063,7 @@ def evaluate(
             )
         raise
     finally:
-        runner.close()
+        runner.shutdown()
     return EvalOutcome(
         name=name,
         result_path=out_path,

@@ -109,6 +109,10 @@ class Executor(ABC):
     @abstractmethod
     def open(self, sub: Any, limits: Limits) -> Runner: ...
 
+    def prestart(self, sub: Any, limits: Limits) -> Runner | None:
+        """A runner started ahead of need (hides start-up time), or None when not worth it."""
+        return None
+
     @contextlib.contextmanager
     def session(self, sub: Any, limits: Limits) -> Iterator[Runner]:
         runner = self.open(sub, limits)

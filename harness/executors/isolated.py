@@ -257,7 +257,9 @@ def stage_submission(folder: Path, dest: Path) -> Path:
 class IsolatedRunner(Runner):
     """One sandboxed worker process for one submission; requests are served one at a time."""
 
-    def __init__(self, sub: Any, limits: Limits):
+    def __init__(self, sub: Any, limits: Limits, *, wait: bool = True):
+        """Start a worker; with ``wait=False`` it starts in the background and the first
+        request waits for it (`IsolatedExecutor.prestart`)."""
         import torch
 
         from harness.executors.wire import write_message
@@ -298,12 +300,20 @@ class IsolatedRunner(Runner):
         threading.Thread(target=self._drain_stderr, daemon=True).start()
         threading.Thread(target=self._read_replies, daemon=True).start()
         self.deadline = time.monotonic() + STARTUP_SECONDS
+        self.ready = False
         try:
             write_message(self.proc.stdin, {"op": "hello", "threads": torch.get_num_threads()})
-            self._await(startup=True)
+            if wait:
+                self._ensure_ready()
         except BaseException:
             self.close()
             raise
+
+    def _ensure_ready(self) -> None:
+        """Wait for the worker's "ready" (it imports torch and the harness first)."""
+        if not self.ready:
+            self._await(startup=True)
+            self.ready = True
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -365,6 +375,7 @@ class IsolatedRunner(Runner):
 
         if self.dead is not None:
             raise self.dead
+        self._ensure_ready()
         self._n += 1
         name = f"req{self._n}.npz"
         tmp = self.inbox / f".{name}.tmp.npz"
@@ -482,14 +493,9 @@ class IsolatedRunner(Runner):
         return check_probabilities(out["p"], self.task, len(tensors))
 
     def close(self) -> None:
-        from harness.executors.wire import write_message
 
-        if self.proc.poll() is None and self.dead is None:
-            with contextlib.suppress(OSError, ValueError):
-                write_message(self.proc.stdin, {"op": "exit"})
-                self.proc.stdin.close()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=10)
+        # every answer is in: the worker is killed at once instead of waiting about a second
+        # for the interpreter's shutdown
         self._kill()
         shutil.rmtree(self.scratch, ignore_errors=True)
 
@@ -499,3 +505,7 @@ class IsolatedExecutor(Executor):
 
     def open(self, sub: Any, limits: Limits) -> Runner:
         return IsolatedRunner(sub, limits)
+
+    def prestart(self, sub: Any, limits: Limits) -> Runner:
+        """A worker that starts now, in the background, while the current one computes."""
+        return IsolatedRunner(sub, limits, wait=False)

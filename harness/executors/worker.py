@@ -40,6 +40,24 @@ def _task(raw: dict[str, Any]) -> Any:
     )
 
 
+def _warm_up() -> None:
+    """Import and initialise what every training needs (the optimiser's lazy imports, the metric
+    registry, recurrent kernels) before saying ready: a worker started ahead of need then has
+    nothing left to load when its first unit arrives."""
+    import torch
+    from torch import nn
+
+    import harness.evaluate.metrics  # noqa: F401
+    import harness.models.blocks  # noqa: F401
+    import harness.models.train  # noqa: F401
+
+    rnn, head = nn.LSTM(4, 4, batch_first=True), nn.Linear(4, 1)
+    opt = torch.optim.AdamW([*rnn.parameters(), *head.parameters()], lr=1e-3)
+    out, _ = rnn(torch.zeros(2, 3, 4))
+    head(out[:, -1]).sum().backward()
+    opt.step()
+
+
 def _serve(out: Any, inp: Any) -> int:
     from harness.executors.base import TrainJob, classify_exception, fit_job, summary_of
     from harness.executors.wire import read_message, tensors_from_wire, write_message
@@ -49,8 +67,7 @@ def _serve(out: Any, inp: Any) -> int:
     import torch
 
     torch.set_num_threads(int(hello.get("threads") or torch.get_num_threads()))
-    import harness.models.train  # noqa: F401 - import the heavy parts before saying ready
-
+    _warm_up()
     write_message(out, {"ok": True, "ready": True})
     sub = None
     trained = None
