@@ -1,10 +1,10 @@
 """Cost of the sandbox: the same units run in-process (``local``) and in the bubblewrap worker.
 
 Both executors train and predict the same units (every fold and seed asked for, all scenarios,
-both cohorts) from the same `FeatureSet`s, with one worker per (cohort, fold), the next started
-ahead in the background, as `harness evaluate` runs them. The script checks that the predictions are byte-identical and prints the
-wall time of each executor and the worker's start-up. It builds a small synthetic dataset in a
-temporary cache.
+both cohorts) from the same `FeatureSet`s, with one worker per fold serving both cohorts and the
+next one started ahead in the background, as `harness evaluate` runs them. The script checks
+that the predictions are byte-identical and prints the wall time of each executor and the
+worker's start-up. It builds a small synthetic dataset in a temporary cache.
 
     python benchmarks/isolation_overhead.py --n-patients 600 --folds 1,2 --seeds 0 \
         --submissions ehr_lstm,late_fusion,tabular_gbm
@@ -32,14 +32,14 @@ def _run_units(executor_name, sub, sets, folds, seeds, scenarios, max_epochs) ->
     executor = get_executor(executor_name)
     out = []
     started = time.perf_counter()
-    # one worker per (task, cohort, fold), the next one started ahead, as `harness evaluate` does
+    # one worker per (task, fold), the next one started ahead, as `harness evaluate` does
     runner = _LazyRunner(executor, sub, Limits())
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            for cohort, fs in sets.items():
-                others = {o: f for o, f in sets.items() if o != cohort}
-                for k in folds:
-                    runner.close()
+            for k in folds:
+                runner.close()  # one worker per fold, serving both cohorts
+                for cohort, fs in sets.items():
+                    others = {o: f for o, f in sets.items() if o != cohort}
                     for s in seeds:
                         path = Path(tmp) / f"{cohort}_{k}_{s}.parquet"
                         unit = Unit(fs.task.name, cohort, k, s)

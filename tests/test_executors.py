@@ -124,3 +124,15 @@ def test_non_ascii_names_are_refused_up_front(tmp_path):
 def test_unknown_executor_names_the_valid_ones():
     with pytest.raises(KeyError, match="isolated.*local|local.*isolated"):
         get_executor("isolatd")
+
+
+def test_one_worker_serves_a_fold_of_several_cohorts_only_when_folds_follow_subjects():
+    from harness.evaluate.run import folds_shared_by_subject
+
+    base = FeatureSet.synthetic(n=200, seed=1, kind="binary")
+    matched = base.subset(np.flatnonzero(base.has_cxr))
+    assert folds_shared_by_subject([base, matched])
+    moved = matched.replace(fold=np.where(matched.fold == 1, 2, matched.fold))
+    assert not folds_shared_by_subject([base, moved])  # a subject in two test folds
+    given = matched.replace(given_splits=np.zeros((len(matched), 5), dtype=np.int8))
+    assert not folds_shared_by_subject([base, given])

@@ -860,6 +860,21 @@ def claim_entry(sub, name: str, dataset: str, *, replace: bool = False) -> None:
     atomic_write_json(owner_path, {"folder": folder, "name": name})
 
 
+def folds_shared_by_subject(sets: Sequence[Any]) -> bool:
+    """Whether the cohorts give every subject the same fold and use the harness's split rule.
+
+    Then fold k's test stays of one cohort are never in fold k's training stays of another,
+    and one worker may serve fold k of every cohort.
+    """
+    if any(getattr(fs, "given_splits", None) is not None for fs in sets):
+        return False
+    frames = [pd.DataFrame({"subject_id": fs.subject_id, "fold": fs.fold}) for fs in sets]
+    if not frames:
+        return True
+    pairs = pd.concat(frames, ignore_index=True).drop_duplicates()
+    return not pairs["subject_id"].duplicated().any()
+
+
 class _LazyRunner:
     """Opens the executor's runner on the first unit that needs training (none when all reuse).
 
@@ -981,32 +996,40 @@ def evaluate(
                     continue
                 fs = fs.replace(provenance={**fs.provenance, "n_folds": cohort_n_folds(cohort)})
                 sets[c] = subgroup_reference(fs, cohorts, dataset)
-            for c, fs in sets.items():
-                cohort = cohorts[c]
-                cdir = cohort.path.name
-                base = predictions_dir(name, task, cdir, key, dataset)
-                others = {o: f for o, f in sets.items() if o != c} if settings.cross_cohort else {}
-                for k in settings.folds:
-                    # A fresh worker per (task, cohort, fold): its seeds share one split, so
-                    # nothing it remembers from one unit reveals a label of another unit's test
-                    # stays (fold k's test stays are in the training set of every other fold).
-                    runner.close()
+            where = {
+                c: predictions_dir(name, task, cohorts[c].path.name, key, dataset) for c in sets
+            }
+            others_of = {
+                c: ({o: f for o, f in sets.items() if o != c} if settings.cross_cohort else {})
+                for c in sets
+            }
+            shared = folds_shared_by_subject(list(sets.values()))
+            for k in settings.folds:
+                # A fresh worker per (task, fold), or per (task, cohort, fold) when the cohorts'
+                # folds do not follow the subject: everything one worker serves shares one test
+                # split, so nothing it remembers from a unit reveals a label of another unit's
+                # test stays (fold k's test stays are in the training set of every other fold).
+                for c, fs in sets.items():
+                    if not shared:
+                        runner.close()
                     for s in settings.seeds:
                         unit = Unit(task, c, k, s)
-                        path = _unit_path(base, unit)
+                        path = _unit_path(where[c], unit)
                         if progress:
                             progress(unit.label, done, total)
                         if path.is_file() and _readable_unit(path):
                             reused += 1
                         else:
-                            run_unit(runner, fs, unit, settings, scenario_names, others, path)
+                            run_unit(runner, fs, unit, settings, scenario_names, others_of[c], path)
                             ran += 1
                         done += 1
-                    runner.close()
-                pooled = pool_units(fs, base, settings.folds, settings.seeds)
+                runner.close()
+            for c, fs in sets.items():
+                cohort = cohorts[c]
+                pooled = pool_units(fs, where[c], settings.folds, settings.seeds)
                 train_seconds += pooled.train_seconds
                 blocks.setdefault(task, {})[c] = score_task_cohort(
-                    name, fs, cohort, pooled, settings, cdir, others, dataset
+                    name, fs, cohort, pooled, settings, cohort.path.name, others_of[c], dataset
                 )
         if not blocks:
             raise InputError(
