@@ -146,7 +146,10 @@ def sandbox_command(submission_dir: Path, inbox: Path, argv: list[str]) -> list[
     else:
         cmd += ["--unshare-all", "--cap-drop", "ALL"]
     cmd += _system_binds()
-    made: set[str] = set()
+    # /tmp first: the environment or the harness may live under /tmp (a fresh clone, a test
+    # folder), and their binds must land on top of the private /tmp, not under it
+    cmd += ["--perms", "1777", "--size", str(TMP_SIZE_BYTES), "--tmpfs", "/tmp"]
+    made: set[str] = {"/tmp"}
 
     def ro_bind(path: Path) -> None:
         # parents of a bind target are created world-traversable: the payload is not root
@@ -161,7 +164,6 @@ def sandbox_command(submission_dir: Path, inbox: Path, argv: list[str]) -> list[
     for h in _hidden_paths(roots):
         cmd += ["--tmpfs", str(h)] if h.is_dir() else ["--ro-bind", "/dev/null", str(h)]
     cmd += ["--proc", "/proc", "--dev", "/dev"]
-    cmd += ["--perms", "1777", "--size", str(TMP_SIZE_BYTES), "--tmpfs", "/tmp"]
     if config.tasks_dir().is_dir():  # public task definitions (read by `harness validate`)
         ro_bind(config.tasks_dir())
     cmd += ["--ro-bind", str(submission_dir.resolve()), SUBMISSION_MOUNT]
