@@ -165,7 +165,10 @@ def test_aggregate_ranks_renders_and_lists_failures(tmp_path, results):
         t for t in doc["rankings"] if t["task"] == "phenotype" and t["fingerprint"] == "f00d" * 3
     )
     assert [r["rank"] for r in pheno["rows"]] == [1, 1]  # identical predictions tie
-    assert pheno["rows"][0]["ci_overlaps"] == [pheno["rows"][1]["name"]]
+    leader, second = pheno["rows"]
+    assert leader["comparison"] == "leader" and leader["tied_with_leader"] is None
+    assert second["comparison"] == "paired" and second["tied_with_leader"] is True
+    assert second["delta_vs_leader"] == 0 and second["p_vs_leader"] == 1.0
     assert [(f["name"], f["category"]) for f in doc["failed"]] == [("crashy", "error")]
     assert [(r["entry"], r["category"]) for r in doc["rejected"]] == [("broken", "invalid_json")]
     text = json.dumps(doc)

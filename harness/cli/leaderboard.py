@@ -55,14 +55,17 @@ def print_leaderboard(board, console=None, *, summary: bool = False) -> None:
             f"  ({ranking['dataset']}, {ranking['fingerprint'][:12]})",
             caption=f"protocol: {protocol}",
         )
-        for col, justify in (("rank", "right"), ("submission", "left"), ("value", "right"),
-                             ("95% CI", "left"), ("CI overlaps", "left")):  # fmt: skip
-            table.add_column(col, justify=justify)
+        from harness.leaderboard.render import VS_LEADER_COLUMNS, vs_leader
+
+        columns = (("rank", "right"), ("submission", "left"), ("value", "right"),
+                   ("95% CI", "left"), *((c, "left") for c in VS_LEADER_COLUMNS))  # fmt: skip
+        for col, justify in columns:
+            table.add_column(escape(col), justify=justify)
         for row in ranking["rows"]:
             value = "n/a" if row["value"] is None else f"{row['value']:.3f}"
             ci = "n/a" if row["ci_low"] is None else f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
-            overlaps = ", ".join(row["ci_overlaps"]) or "-"
-            table.add_row(str(row["rank"]), row["name"], value, ci, overlaps)
+            delta, tied = vs_leader(row)
+            table.add_row(str(row["rank"]), row["name"], value, ci, escape(delta), tied)
         console.print(table)
     if summary:
         from harness.leaderboard.render import summary_by_protocol

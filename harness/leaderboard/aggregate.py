@@ -4,12 +4,14 @@ Ranks are per (dataset, cohort fingerprint, task, cohort, protocol) on the task'
 entries on different datasets or cohorts, or evaluated under different protocols (profile, folds,
 seeds, epoch cap, bootstrap resamples, checkpoint selection, threshold rule: :func:`protocol_of`),
 are never ranked together; each table carries its protocol. Ranks are competition ranks of the point
-value (equal values share a rank); each row lists the entries whose 95% CIs overlap its own, so
-statistical ties are reported rather than hidden. Failed evaluations are listed apart under
-``failed`` (a category and a sanitized message); files that cannot be published go to
-``rejected`` (entry folder, category, sanitized reason) and never stop the others:
-unreadable, non-UTF-8, truncated or non-JSON files, NaN or infinity, schema violations, a missing
-or wrong signature (:mod:`harness.leaderboard.signing`), and anything
+value (equal values share a rank); each row carries its difference from the leader with the 95%
+CI and p-value of a paired test on the shared bootstrap resamples, and is *tied with the leader*
+when p >= 0.05 (results written before the resamples were stored fall back to CI overlap and are
+marked ``comparison: ci_overlap``), so statistical ties are reported rather than hidden. Failed
+evaluations are listed apart under ``failed`` (a category and a sanitized message); files that
+cannot be published go to ``rejected`` (entry folder, category, sanitized reason) and never stop
+the others: unreadable, non-UTF-8, truncated or non-JSON files, NaN or infinity, schema
+violations, a missing or wrong signature (:mod:`harness.leaderboard.signing`), and anything
 :func:`harness.leaderboard.publish.publishable_result` refuses.
 
 Results are found at ``<results>/<dataset>/<name>/result.json`` (what `harness evaluate` writes)
@@ -26,18 +28,23 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from harness import __version__
 from harness.errors import InputError, UsageError
+from harness.evaluate.bootstrap import paired_delta
 from harness.evaluate.metrics import HIGHER_IS_BETTER
 from harness.io import atomic_write_text
 from harness.leaderboard.publish import (
     MIN_GROUP_SIZE,
+    PRIVATE_BLOCK_FIELDS,
     Rejected,
     assert_publishable,
     failed_record,
     find_paths,
     publishable_result,
     rejection,
+    strip_private,
 )
 from harness.leaderboard.schema import (
     LEADERBOARD_SCHEMA,
@@ -202,10 +209,66 @@ def load_results(
     return ok, failed, rejected
 
 
+#: An entry is tied with the leader when the paired test's p-value is at least this.
+TIE_ALPHA = 0.05
+#: Row fields of a ranking table, in order.
+ROW_FIELDS = (
+    "rank", "name", "version", "value", "ci_low", "ci_high", "comparison", "delta_vs_leader",
+    "delta_ci_low", "delta_ci_high", "p_vs_leader", "tied_with_leader",
+)  # fmt: skip
+
+
 def _overlap(a: dict, b: dict) -> bool:
     if None in (a["ci_low"], a["ci_high"], b["ci_low"], b["ci_high"]):
         return False
     return a["ci_low"] <= b["ci_high"] and b["ci_low"] <= a["ci_high"]
+
+
+def _resamples(row: dict) -> np.ndarray | None:
+    values = row.get("_resamples")
+    return None if values is None else np.array([np.nan if v is None else v for v in values], float)
+
+
+def _compare_with_leader(row: dict, leader: dict) -> None:
+    """Fill ``row``'s comparison with ``leader``: paired on the shared resamples when both carry
+    them under the same bootstrap (seed, count and subjects), else by CI overlap (older results).
+
+    ``delta_vs_leader`` = entry - leader (negative is worse when higher is better); its 95% CI is
+    the percentile interval of the paired resample deltas and ``p_vs_leader`` the two-sided
+    normal-approximation p (:func:`harness.evaluate.bootstrap.paired_delta`). Tied: p >= 0.05.
+    """
+    none = {"delta_vs_leader": None, "delta_ci_low": None, "delta_ci_high": None,
+            "p_vs_leader": None}  # fmt: skip
+    if row is leader:
+        row.update(none, comparison="leader", tied_with_leader=None)
+        return
+    if row["value"] is None or leader["value"] is None:
+        row.update(none, comparison="none", tied_with_leader=None)
+        return
+    mine, theirs = _resamples(row), _resamples(leader)
+    paired = (
+        mine is not None
+        and theirs is not None
+        and mine.shape == theirs.shape
+        and row["_bootstrap"] == leader["_bootstrap"]
+    )
+    if paired:
+        d = paired_delta(row["value"], leader["value"], mine, theirs).to_dict()
+        row.update(
+            comparison="paired",
+            delta_vs_leader=d["delta"],
+            delta_ci_low=d["ci_low"],
+            delta_ci_high=d["ci_high"],
+            p_vs_leader=d["p_value"],
+            tied_with_leader=d["p_value"] is not None and d["p_value"] >= TIE_ALPHA,
+        )
+        return
+    row.update(
+        none,
+        comparison="ci_overlap",
+        delta_vs_leader=row["value"] - leader["value"],
+        tied_with_leader=_overlap(row, leader),
+    )
 
 
 #: Protocol fields that make two entries comparable (all part of the ranking key).
@@ -287,7 +350,12 @@ def _protocol_key(protocol: dict) -> str:
 
 
 def rank_results(results: list[dict]) -> list[dict]:
-    """Ranking tables per dataset x fingerprint x task x cohort x protocol on the main metric."""
+    """Ranking tables per dataset x fingerprint x task x cohort x protocol on the main metric.
+
+    The leader is the first row (best point value, then name); every other row carries its
+    difference from the leader (:func:`_compare_with_leader`): a paired test on the shared
+    resamples (``main_resamples``) where both have them, CI overlap otherwise.
+    """
     tables: dict[tuple, dict] = {}
     for res in results:
         for task, cohorts in res["tasks"].items():
@@ -313,6 +381,7 @@ def rank_results(results: list[dict]) -> list[dict]:
                     },
                 )
                 summary = block["metrics"][metric]
+                boot = block.get("bootstrap") or {}
                 table["rows"].append(
                     {
                         "name": res["name"],
@@ -320,6 +389,8 @@ def rank_results(results: list[dict]) -> list[dict]:
                         "value": summary["value"],
                         "ci_low": summary["ci_low"],
                         "ci_high": summary["ci_high"],
+                        "_resamples": block.get("main_resamples"),
+                        "_bootstrap": [boot.get(k) for k in ("seed", "n_resamples", "key")],
                     }
                 )
     out = []
@@ -334,14 +405,9 @@ def rank_results(results: list[dict]) -> list[dict]:
             previous = rows[i - 1] if i else None
             tied = previous is not None and previous["value"] == row["value"]
             row["rank"] = previous["rank"] if tied else i + 1
-            row["ci_overlaps"] = [o["name"] for o in rows if o is not row and _overlap(row, o)]
-        table["rows"] = [
-            {
-                k: r[k]
-                for k in ("rank", "name", "version", "value", "ci_low", "ci_high", "ci_overlaps")
-            }
-            for r in rows
-        ]
+        for row in rows:
+            _compare_with_leader(row, rows[0])
+        table["rows"] = [{k: r[k] for k in ROW_FIELDS} for r in rows]
         out.append(table)
     return out
 
@@ -357,7 +423,7 @@ def _vet(doc: dict, min_group_size: int) -> dict:
     """:func:`publishable_result`, with any unexpected failure on odd content turned into a
     rejection: one strange file never stops the leaderboard."""
     try:
-        entry = publishable_result(doc, min_group_size=min_group_size)
+        entry = publishable_result(doc, min_group_size=min_group_size, keep_private=True)
     except Rejected:
         raise
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, RecursionError) as exc:
@@ -401,13 +467,16 @@ def build_leaderboard(
         "harness_version": __version__,
         "generated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "higher_is_better": dict(sorted(HIGHER_IS_BETTER.items())),
-        "entries": sorted(entries, key=lambda r: r["name"]),
+        "entries": sorted((strip_private(e) for e in entries), key=lambda r: r["name"]),
         "rankings": rank_results(entries),
         "failed": failures,
         "rejected": refused,
     }
     validate(document, LEADERBOARD_SCHEMA)
-    assert_publishable(json.dumps(document), "leaderboard.json")
+    text = json.dumps(document)
+    assert_publishable(text, "leaderboard.json")
+    if any(f'"{field}"' in text for field in PRIVATE_BLOCK_FIELDS):  # never published
+        raise RuntimeError("per-resample values reached the leaderboard document")
     return document
 
 

@@ -18,7 +18,9 @@ that reaches ``leaderboard.{json,md,html}`` therefore passes through this module
   results written before the harness applied this rule itself hold such groups, so they are no
   sign of forgery. Group-vs-rest rows may name kept groups only; the percentile CIs of max - min
   gaps that older results carry (``gap_ci``, biased upward) are checked, then not published.
-  Provenance keeps only known keys, and paths in it are cut to their last component.
+  Provenance keeps only known keys, and paths in it are cut to their last component. The
+  per-resample headline values (``main_resamples``) must number the recorded resamples, lie in
+  the metric's range and give the recorded CI; they serve the paired ranking, never published.
 - :func:`find_paths` / :func:`assert_publishable`: the final check over the serialized output;
   an absolute path or a home directory that slipped through stops the publication.
 """
@@ -99,6 +101,10 @@ GAP_CI_NAMES = (
 HARDWARE_KEYS = ("machine", "processor", "cpu_count", "python", "system")
 
 _TOLERANCE = 1e-9
+#: Per-resample values are rounded to 6 decimals: their percentile CI moves by at most 5e-7.
+_RESAMPLE_TOLERANCE = 1e-5
+#: Task-block fields that are vetted and used for ranking but never published.
+PRIVATE_BLOCK_FIELDS = ("main_resamples",)
 _DIGITS = re.compile(r"\d{5,}")
 _URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"`<>]*")
 _SEG = r"[^\s/\\:'\"`<>|,;()\[\]{}]"
@@ -386,6 +392,42 @@ def _delta(delta: dict, metric: str, where: str) -> None:
         _in_range(delta.get(field), (0.0, 1.0), f"{where}/{field}")
 
 
+def _main_resamples(block: dict, where: str) -> None:
+    """The per-resample headline values: one per recorded resample, finite or null, inside the
+    metric's range, and their percentile CI the recorded one (they are what it came from)."""
+    import numpy as np
+
+    from harness.evaluate.bootstrap import percentile_ci
+
+    values = block["main_resamples"]
+    expected = block["bootstrap"]["n_resamples"]
+    if len(values) != expected:
+        raise Rejected("schema", f"{where}: {len(values)} values for {expected} resamples")
+    bounds = METRIC_RANGES.get(block["main_metric"])
+    for i, value in enumerate(values):
+        if value is not None and not (isinstance(value, int | float) and math.isfinite(value)):
+            raise Rejected("non_finite", f"{where}/{i}: not a finite number")
+        _in_range(value, bounds, f"{where}/{i}")
+    summary = block["metrics"][block["main_metric"]]
+    low, high = percentile_ci(np.array([np.nan if v is None else v for v in values], float))
+    for field, got in (("ci_low", low), ("ci_high", high)):
+        recorded = summary.get(field)
+        same = (recorded is None) == (not math.isfinite(got))
+        if not same or (recorded is not None and abs(recorded - got) > _RESAMPLE_TOLERANCE):
+            raise Rejected("outside_ci", f"{where}: the resamples do not give the recorded {field}")
+
+
+def strip_private(result: dict) -> dict:
+    """A copy of a vetted result without what is checked but never published
+    (:data:`PRIVATE_BLOCK_FIELDS`: the per-resample headline values)."""
+    out = copy.deepcopy(result)
+    for by_cohort in (out.get("tasks") or {}).values():
+        for block in by_cohort.values():
+            for field in PRIVATE_BLOCK_FIELDS:
+                block.pop(field, None)
+    return out
+
+
 def _labels(keys, labels: frozenset[str], task: str, where: str) -> None:
     for key in keys:
         if key not in labels:
@@ -569,6 +611,8 @@ def _block(block: dict, task: str, kind: str, labels: frozenset, where: str, mgs
     _within_ci(block["metrics"][main], f"{where}/metrics/{main}")
     if block["n_subjects"] > block["n_stays"]:
         raise Rejected("schema", f"{where}: more subjects than stays")
+    if "main_resamples" in block:
+        _main_resamples(block, f"{where}/main_resamples")
 
     per_label = block.get("per_label") or {}
     _labels(per_label, labels, task, f"{where}/per_label")
@@ -669,11 +713,15 @@ def _clean_strings(obj: Any) -> Any:
     return obj
 
 
-def publishable_result(doc: dict, *, min_group_size: int = MIN_GROUP_SIZE) -> dict:
+def publishable_result(
+    doc: dict, *, min_group_size: int = MIN_GROUP_SIZE, keep_private: bool = False
+) -> dict:
     """A copy of an ``ok`` result that may be published, or :class:`Rejected`.
 
     See the module docstring for what is checked, suppressed and stripped. The copy has no
-    ``signature`` (it no longer matches the file) and passes result.schema.json.
+    ``signature`` (it no longer matches the file) and passes result.schema.json. The fields of
+    :data:`PRIVATE_BLOCK_FIELDS` are checked, then stripped unless ``keep_private`` (the
+    leaderboard keeps them to rank, and strips them with :func:`strip_private` before writing).
     """
     from harness.leaderboard.schema import schema_errors
 
@@ -710,4 +758,4 @@ def publishable_result(doc: dict, *, min_group_size: int = MIN_GROUP_SIZE) -> di
     errors = schema_errors(out)
     if errors:  # cleaning must never make a valid result invalid; refuse rather than publish
         raise Rejected("schema", "invalid once sanitized: " + "; ".join(errors[:3]))
-    return out
+    return out if keep_private else strip_private(out)

@@ -20,6 +20,32 @@ def _ci(row: dict) -> str:
     return f"[{_fmt(row.get('ci_low'))}, {_fmt(row.get('ci_high'))}]"
 
 
+#: Column headers of the comparison with the leader (markdown, HTML, CLI).
+VS_LEADER_COLUMNS = ("Δ vs leader [95% CI], p", "tied")
+
+
+def _p(p: float | None) -> str:
+    if p is None:
+        return "p n/a"
+    return "p<0.001" if p < 0.001 else f"p={p:.3f}"
+
+
+def vs_leader(row: dict) -> tuple[str, str]:
+    """The row's comparison with the leader as two cells: the difference (with the paired CI and
+    p-value, or a note that only CIs were compared) and the tied flag."""
+    comparison = row.get("comparison")
+    if comparison == "leader":
+        return "leader", "-"
+    if comparison == "paired":
+        cell = f"{row['delta_vs_leader']:+.3f} [{_fmt(row['delta_ci_low'])}, "
+        cell += f"{_fmt(row['delta_ci_high'])}], {_p(row['p_vs_leader'])}"
+    elif comparison == "ci_overlap":
+        cell = f"{row['delta_vs_leader']:+.3f} (no resamples: CI overlap)"
+    else:
+        return "n/a", "-"
+    return cell, "yes" if row.get("tied_with_leader") else "no"
+
+
 def _protocol_line(table: dict) -> str:
     protocol = table.get("protocol") or {}
     return protocol.get("label") or "protocol not recorded"
@@ -147,7 +173,9 @@ def render_markdown(doc: dict) -> str:
         "",
         "Ranks are per dataset, cohort fingerprint, task, cohort and protocol on the main metric "
         "(entries evaluated under different protocols are never ranked together); "
-        "*CI overlaps* lists entries whose 95% bootstrap CIs overlap (not distinguishable).",
+        "*Δ vs leader* is the entry minus the leader with the 95% CI and two-sided p-value of a "
+        "paired test on the shared bootstrap resamples; *tied* means p ≥ 0.05 (not "
+        "distinguishable from the leader; entries without stored resamples: the CIs overlap).",
     ]
     for table in doc["rankings"]:
         arrow = "higher is better" if table["higher_is_better"] else "lower is better"
@@ -159,13 +187,14 @@ def render_markdown(doc: dict) -> str:
             "",
             f"protocol: {_md(_protocol_line(table))}",
             "",
-            "| rank | submission | version | value | 95% CI | CI overlaps |",
-            "|---:|---|---|---:|---|---|",
+            f"| rank | submission | version | value | 95% CI | {' | '.join(VS_LEADER_COLUMNS)} |",
+            "|---:|---|---|---:|---|---|---|",
         ]
         for row in table["rows"]:
+            delta, tied = vs_leader(row)
             lines.append(
                 f"| {row['rank']} | {row['name']} | {_md(row['version'])} | {_fmt(row['value'])} | "
-                f"{_ci(row)} | {', '.join(row['ci_overlaps']) or '-'} |"
+                f"{_ci(row)} | {_md(delta)} | {tied} |"
             )
     for table in summary_by_protocol(doc):
         cells = lambda row: " | ".join(str(c).replace("|", "\\|") for c in row)  # noqa: E731
@@ -311,12 +340,13 @@ def bars_svg(title: str, bars: list[tuple[str, float, float | None, float | None
 
 
 def _html_table(table: dict) -> str:
-    cols = ("rank", "submission", "version", "value", "95% CI", "CI overlaps")
-    head = "<tr>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>"
+    cols = ("rank", "submission", "version", "value", "95% CI", *VS_LEADER_COLUMNS)
+    head = "<tr>" + "".join(f"<th>{escape(c)}</th>" for c in cols) + "</tr>"
     rows = "".join(
         f"<tr><td>{r['rank']}</td><td>{escape(r['name'])}</td><td>{escape(r['version'])}</td>"
         f"<td>{_fmt(r['value'])}</td><td>{_ci(r)}</td>"
-        f"<td>{escape(', '.join(r['ci_overlaps']) or '-')}</td></tr>"
+        + "".join(f"<td>{escape(c)}</td>" for c in vs_leader(r))
+        + "</tr>"
         for r in table["rows"]
     )
     return f"<table>{head}{rows}</table>"
@@ -416,8 +446,6 @@ def render_html(doc: dict) -> str:
         f"<style>{style}</style></head><body><h1>Leaderboard</h1>"
         f"<p>harness {escape(doc['harness_version'])} · schema {escape(doc['schema_version'])} · "
         f"generated {escape(doc['generated_at'])}. Ranks on the main metric, one board per "
-        "protocol; CI overlaps are statistical ties.</p>"
-        + "".join(sections)
-        + failed
-        + "</body></html>\n"
+        "protocol; each entry is tested against the leader, paired on the shared bootstrap "
+        "resamples (tied: p ≥ 0.05).</p>" + "".join(sections) + failed + "</body></html>\n"
     )

@@ -13,7 +13,9 @@ records ``undefined_fraction``, the share of resamples on which the metric is un
 present) and left out of the CI, and ``unstable`` when that share exceeds 1 %. Paired-delta
 p-values use the normal approximation with the bootstrap SE (``bootstrap.p_value_method``); the
 per-label fusion gains are BH-adjusted within the family named in ``bh_family``. Robustness areas
-carry a percentile CI from the same shared resamples.
+carry a percentile CI from the same shared resamples. ``main_resamples`` holds the headline
+metric's seed-mean value on every shared resample (rounded, null where undefined), for the
+leaderboard's paired tests against the leader; it is checked but never published.
 """
 
 from __future__ import annotations
@@ -57,6 +59,9 @@ from harness.leaderboard.schema import RESULT_SCHEMA, SCHEMA_VERSION, validate
 from harness.leaderboard.signing import SIGNATURE_FIELD, sign, signing_key
 
 log = logging.getLogger(__name__)
+
+#: Decimals of the stored per-resample headline values (``main_resamples``).
+RESAMPLE_DECIMALS = 6
 
 PROVENANCE_PACKAGES = (
     "numpy", "pandas", "scikit-learn", "fairlearn", "torch", "zarr", "open-clip-torch", "timm",
@@ -233,6 +238,11 @@ def score_predictions(
         summary, boot, point = _summary(name, y, runs, fold_arr, resamples)
         block["metrics"][name] = summary
         boots[name] = (boot, point)
+    # The headline metric on every shared resample (seed mean, 6 decimals, null where undefined):
+    # the leaderboard tests entries against the leader on these, paired; never published.
+    block["main_resamples"] = [
+        None if not np.isfinite(v) else round(float(v), RESAMPLE_DECIMALS) for v in boots[main][0]
+    ]
 
     if kind == "multilabel":
         labels = (
