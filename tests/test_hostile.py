@@ -463,3 +463,65 @@ def test_links_in_a_submission_folder_are_refused(tmp_path, cache):
     (folder / "helper.py").symlink_to("/proc/self/pagemap")
     with pytest.raises(SpecError, match="helper.py is a link or a special file"):
         load_submission(folder)
+
+
+KEYRING_MODEL = """
+import ctypes, platform
+import torch
+from torch import nn
+
+NR = {"x86_64": (248, 250), "aarch64": (217, 219)}[platform.machine()]  # add_key, keyctl
+KEYCTL_SEARCH = 10
+USER_KEYRING = -4
+libc = ctypes.CDLL(None, use_errno=True)
+
+
+class Model(nn.Module):
+    def __init__(self, spec):
+        super().__init__()
+        self.head = nn.Linear(spec.ehr_summary_dim, 1)
+
+    def fit_setup(self, train):
+        found = libc.syscall(NR[1], KEYCTL_SEARCH, USER_KEYRING, b"user", b"harness-memo", 0)
+        if found > 0:
+            raise RuntimeError("read a key that an earlier worker left in the user keyring")
+        if libc.syscall(NR[0], b"user", b"harness-memo", b"labels", 6, USER_KEYRING) < 0:
+            raise OSError(ctypes.get_errno(), "add_key refused")
+
+    def forward(self, batch):
+        return self.head(batch.ehr_summary)[:, 0]
+"""
+
+
+def test_kernel_keyrings_are_not_shared_between_workers(cache, tmp_path, monkeypatch, capsys):
+    """Kernel state kept per user (the user keyring) must not carry data from fold to fold."""
+    monkeypatch.setenv("HARNESS_CACHE", str(cache))
+    folder = tmp_path / "keyring"
+    folder.mkdir()
+    (folder / "model.py").write_text(KEYRING_MODEL)
+    (folder / "submission.yaml").write_text(
+        "name: keyring\nversion: 1\nkind: torch\nentry: model:Model\ninputs: [ehr_summary]\n"
+        "tasks: [mortality_in_hospital]\ntrain: {max_epochs: 1}\n"
+    )
+    args = [a if a != "--quick" else "--folds" for a in ARGS]
+    args.insert(args.index("--folds") + 1, "1,2,3")
+    args += ["--seeds", "0"]
+    rc = main(["evaluate", str(folder), *args])
+    err = " ".join(capsys.readouterr().err.split())
+    assert rc == 0, err  # each worker has a keyring of its own
+
+
+def test_a_yaml_alias_bomb_is_refused_before_it_expands(tmp_path):
+    from harness.errors import SpecError
+    from harness.models.submission import load_submission
+
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    (tmp_path / "model.py").write_text("")
+    (tmp_path / "submission.yaml").write_text(
+        "name: bomb\nkind: torch\nentry: model:M\ninputs: [ehr]\nparams:\n"
+        + "\n".join("  " + line for line in lines)
+        + "\nversion: *a8\n"  # 9^9 strings once expanded
+    )
+    with pytest.raises(SpecError, match="aliases"):
+        load_submission(tmp_path)

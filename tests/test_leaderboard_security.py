@@ -25,6 +25,7 @@ from harness.evaluate.bootstrap import bootstrap_indices
 from harness.evaluate.fairness import fairness_groups
 from harness.leaderboard.aggregate import aggregate
 from harness.leaderboard.publish import (
+    FAILURE_MESSAGES,
     PublicationError,
     assert_publishable,
     find_paths,
@@ -171,10 +172,20 @@ def test_exception_with_patient_triples_and_path_publishes_neither(tmp_path, hon
     )
     (failed,) = doc["failed"]
     assert failed["name"] == "leaky" and failed["category"] == "error"
-    assert failed["message"].startswith("ValueError: rows (<n>,<n>,0), (<n>,<n>,1)")
+    # only a fixed sentence per category is published: free text could carry data as letters
+    assert failed["message"] == FAILURE_MESSAGES["error"]
     assert not re.search(r"\d{5,}", failed["message"]) and len(failed["message"]) <= 300
     assert_clean(texts, "/home", "alice", "icustays", *STAY_IDS)
     assert ranked(doc) == {"honest"}
+
+
+def test_letter_encoded_data_in_an_error_is_not_published(tmp_path, honest):
+    """Labels spelled as letters pass every digit and path filter: the text is not published."""
+    bits = "".join("abcdefghijklmnop"[b] for b in range(16)) * 4
+    record = failed_result("spelled", "1", DATASET, f"RuntimeError: LEAK {bits}", category="error")
+    doc, texts = publish(tmp_path, {"honest": honest, "spelled": record})
+    assert doc["failed"][0]["message"] == FAILURE_MESSAGES["error"]
+    assert_clean(texts, bits, "LEAK")
 
 
 def test_unknown_failure_category_is_published_as_error():

@@ -56,8 +56,18 @@ STARTUP_SECONDS = 180.0
 #: Virtual address space a worker needs beyond its resident limit (shared libraries of torch).
 ADDRESS_SPACE_HEADROOM_MB = 8192
 TMP_SIZE_BYTES = 512 * 2**20
-#: The unprivileged uid/gid a root-run harness drops the payload to ("nobody").
-SANDBOX_UID = 65534
+#: A root-run harness drops each sandbox's payload to its own unprivileged uid/gid, drawn from
+#: this range (owned by no user and no file). A uid shared between sandboxes would share kernel
+#: state kept per user (the user keyring outlives its processes), a channel from one fold's
+#: worker to the next.
+SANDBOX_UID_RANGE = (1_000_000, 1_900_000_000)
+
+
+def sandbox_uid() -> int:
+    import secrets
+
+    low, high = SANDBOX_UID_RANGE
+    return low + secrets.randbelow(high - low)
 #: Largest submission folder copied into the sandbox (its files are snapshot at start).
 MAX_SUBMISSION_BYTES = 2 * 2**30
 POLL_SECONDS = 0.05
@@ -141,7 +151,8 @@ def sandbox_command(submission_dir: Path, inbox: Path, argv: list[str]) -> list[
             )
         cmd += ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
                 "--unshare-cgroup-try"]  # fmt: skip
-        argv = [setpriv, f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_UID}", "--clear-groups",
+        uid = sandbox_uid()
+        argv = [setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
                 "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", *argv]  # fmt: skip
     else:
         cmd += ["--unshare-all", "--cap-drop", "ALL"]
@@ -340,8 +351,9 @@ class IsolatedRunner(Runner):
                     max_array_bytes=lambda: min(self.answer_limit, MAX_ANSWER_BYTES),
                 )
                 self.replies.put(message)  # blocks until the harness takes it: bounded memory
-            except (EOFError, WireError, ValueError, OSError) as exc:
-                self.replies.put(exc)
+            except Exception as exc:  # noqa: BLE001 - any malformed answer ends the worker
+                # (a nested header's RecursionError, a huge .npy's MemoryError included)
+                self.replies.put(exc if isinstance(exc, EOFError) else WireError(str(exc)[:200]))
                 return
 
     def _kill(self) -> None:

@@ -247,14 +247,31 @@ def rejection(entry: str, category: str, reason: str, source: str | None = None)
     return record
 
 
+#: What the leaderboard says of a failed evaluation, per category (never the submission's text).
+FAILURE_MESSAGES = {
+    "timeout": "a unit ran past its wall-clock limit",
+    "memory": "a unit went over its memory limit",
+    "crashed": "the submission's process died",
+    "exited": "the submission ended its own process or was killed by a signal",
+    "sandbox_violation": "the submission reached for files, network or processes it may not use",
+    "sandbox_denied": "the submission reached for files, network or processes it may not use",
+    "invalid_output": "the submission returned invalid predictions or messages",
+    "invalid_spec": "submission.yaml or a definition file is invalid",
+    "error": "the submission raised an error (details in the local result.json)",
+}
+
+
 def failed_record(item: dict) -> dict:
     """The published form of a failed evaluation (a ``failed`` result.json, or an older record
     with ``error``): name, version, dataset, category and sanitized message only."""
+    category = error_category(item.get("category"))
     record = {
         "name": sanitize_message(item.get("name") or "?", 120),
         "version": None if item.get("version") is None else sanitize_message(item["version"], 100),
-        "category": error_category(item.get("category")),
-        "message": sanitize_message(item.get("message") or item.get("error") or ""),
+        "category": category,
+        # a fixed sentence per category: the submission's own error text stays in the local
+        # result.json, since any free text it controls can carry data encoded as letters
+        "message": FAILURE_MESSAGES.get(category, FAILURE_MESSAGES["error"]),
     }
     if item.get("dataset"):
         record["dataset"] = sanitize_message(item["dataset"], 200)

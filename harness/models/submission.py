@@ -267,6 +267,9 @@ def parse_submission(data: Any, path: Path) -> Submission:
     authors = data.get("authors") or []
     if isinstance(authors, str):
         authors = [authors]
+    if not isinstance(authors, list) or len(authors) > 100:
+        raise _spec_error(path, "`authors` must be a list of names", "e.g. `authors: [A. Name]`")
+    authors = [_text(a, "authors", path) for a in authors]
     backbone = data.get("backbone")
     if "cxr_pixels" in inputs and not backbone:
         raise _spec_error(
@@ -278,7 +281,7 @@ def parse_submission(data: Any, path: Path) -> Submission:
     return Submission(
         path=path.parent,
         name=name,
-        version=str(data["version"]),
+        version=_text(data["version"], "version", path)[:100],
         kind=kind,
         entry_module=module,
         entry_class=cls,
@@ -286,10 +289,12 @@ def parse_submission(data: Any, path: Path) -> Submission:
         params=dict(params),
         train=_parse_train(data.get("train"), path),
         tasks=task_tuple,
-        description=str(data.get("description") or "").strip(),
+        description=_text(data.get("description") or "", "description", path).strip(),
         authors=tuple(str(a) for a in authors),
         backbone=str(backbone) if backbone else None,
-        citation=str(data["citation"]).strip() if data.get("citation") else None,
+        citation=_text(data["citation"], "citation", path).strip()
+        if data.get("citation")
+        else None,
         limits=limits,
     )
 
@@ -335,7 +340,7 @@ def load_submission(path: str | Path) -> Submission:
             fix="point to a submission folder, or create one with `harness new-submission NAME`",
         )
     try:
-        data = yaml.safe_load(yaml_path.read_text(encoding="utf-8"))
+        data = _load_yaml(yaml_path)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -354,6 +359,56 @@ def load_submission(path: str | Path) -> Submission:
             fix=f"add {sub.module_path.name} to the folder or correct `entry`",
         )
     return sub
+
+
+#: Largest ``submission.yaml`` read, and longest free-text field kept.
+MAX_YAML_BYTES = 64 * 1024
+MAX_TEXT_CHARS = 4000
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """Safe YAML without anchors and aliases: a few hundred bytes of nested aliases expand to
+    gigabytes (a "billion laughs" file) before any field is checked."""
+
+    def compose_node(self, parent, index):  # type: ignore[override]
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not allowed in submission.yaml", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+    def compose_scalar_node(self, anchor):  # type: ignore[override]
+        return super().compose_scalar_node(None)
+
+    def compose_sequence_node(self, anchor):  # type: ignore[override]
+        return super().compose_sequence_node(None)
+
+    def compose_mapping_node(self, anchor):  # type: ignore[override]
+        return super().compose_mapping_node(None)
+
+
+def _load_yaml(yaml_path: Path) -> Any:
+    size = yaml_path.stat().st_size
+    if size > MAX_YAML_BYTES:
+        raise SpecError(
+            f"the file has {size} bytes, more than {MAX_YAML_BYTES}",
+            path=yaml_path,
+            fix="keep submission.yaml to names and settings; put data in other files",
+        )
+    return yaml.load(yaml_path.read_text(encoding="utf-8"), Loader=_NoAliasLoader)  # noqa: S506
+
+
+def _text(value: Any, field_name: str, path: Path) -> str:
+    """A free-text field: a scalar, at most `MAX_TEXT_CHARS` characters."""
+    if isinstance(value, dict | list):
+        raise _spec_error(path, f"`{field_name}` must be text, not a {type(value).__name__}",
+                          f"write `{field_name}:` as one string")  # fmt: skip
+    text = str(value)
+    if len(text) > MAX_TEXT_CHARS:
+        raise _spec_error(path, f"`{field_name}` has {len(text)} characters",
+                          f"keep it under {MAX_TEXT_CHARS}")  # fmt: skip
+    return text
 
 
 def _check_plain_files(folder: Path) -> None:
