@@ -68,6 +68,8 @@ def sandbox_uid() -> int:
 
     low, high = SANDBOX_UID_RANGE
     return low + secrets.randbelow(high - low)
+
+
 #: Largest submission folder copied into the sandbox (its files are snapshot at start).
 MAX_SUBMISSION_BYTES = 2 * 2**30
 POLL_SECONDS = 0.05
