@@ -525,3 +525,24 @@ def test_a_yaml_alias_bomb_is_refused_before_it_expands(tmp_path):
     )
     with pytest.raises(SpecError, match="aliases"):
         load_submission(tmp_path)
+
+
+def test_memory_the_resident_set_does_not_show_is_still_limited(cache, tmp_path, monkeypatch):
+    """A memfd holds memory outside the worker's RSS: the worker's cgroup counts it."""
+    from harness.executors.isolated import WorkerCgroup
+
+    probe = WorkerCgroup(100)
+    if not probe.active:
+        pytest.skip("this host lets the harness create no memory cgroup (limit is RSS only)")
+    probe.remove()
+    monkeypatch.setenv("HARNESS_CACHE", str(cache))
+    init = """
+    fd = os.memfd_create("ballast")
+    for _ in range(40):
+        os.write(fd, b"x" * (64 << 20))
+    """
+    folder = _write_submission(
+        tmp_path / "memfd", "memfd", init, "", cache, 0, "limits: {memory_mb: 1024}\n"
+    )
+    assert main(["evaluate", str(folder), *ARGS]) == 2
+    assert _result(cache, "memfd")["category"] == "memory"

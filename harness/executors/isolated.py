@@ -269,6 +269,82 @@ def stage_submission(folder: Path, dest: Path) -> Path:
     return dest
 
 
+#: Memory the kernel lets a worker's cgroup use beyond its declared limit: the RSS poll acts
+#: first on ordinary allocations; the cgroup catches what RSS does not show (memfd, tmpfs).
+CGROUP_HEADROOM_MB = 512
+#: Processes a worker may run at once (a fork bomb stops here).
+CGROUP_PIDS_MAX = 512
+
+
+class WorkerCgroup:
+    """A memory + pids cgroup per worker when the host lets the harness create one (cgroup v2
+    with both controllers, or the v1 ``memory`` and ``pids`` hierarchies), else nothing.
+
+    The kernel then counts every page the worker charges, shared memory, memfd and tmpfs
+    included, and kills it at the limit.
+    """
+
+    def __init__(self, memory_mb: int):
+        import uuid
+
+        self.dirs: list[Path] = []
+        name = f"harness-worker-{uuid.uuid4().hex[:12]}"
+        limit = str((memory_mb + CGROUP_HEADROOM_MB) * 2**20)
+        root = Path(os.environ.get("HARNESS_CGROUP_ROOT", "/sys/fs/cgroup"))
+        v2 = root / "cgroup.controllers"
+        try:
+            if v2.is_file() and {"memory", "pids"} <= set(v2.read_text().split()):
+                d = root / name
+                d.mkdir()
+                self.dirs.append(d)
+                (d / "memory.max").write_text(limit)
+                if (d / "memory.swap.max").exists():
+                    (d / "memory.swap.max").write_text("0")
+                (d / "pids.max").write_text(str(CGROUP_PIDS_MAX))
+            elif (root / "memory" / "memory.limit_in_bytes").is_file() and (root / "pids").is_dir():
+                mem, pids = root / "memory" / name, root / "pids" / name
+                mem.mkdir()
+                self.dirs.append(mem)
+                (mem / "memory.limit_in_bytes").write_text(limit)
+                pids.mkdir()
+                self.dirs.append(pids)
+                (pids / "pids.max").write_text(str(CGROUP_PIDS_MAX))
+        except OSError as exc:
+            log.info("no cgroup for the worker (%s): memory is limited by its resident set", exc)
+            self.remove()
+
+    @property
+    def active(self) -> bool:
+        return bool(self.dirs)
+
+    def join(self) -> None:
+        """Move the calling process into the cgroups (run in the child before exec)."""
+        for d in self.dirs:
+            (d / "cgroup.procs").write_text(str(os.getpid()))
+
+    def out_of_memory(self) -> bool:
+        for d in self.dirs:
+            for name, key in (("memory.events", "oom_kill"), ("memory.oom_control", "oom_kill")):
+                with contextlib.suppress(OSError, ValueError):
+                    for line in (d / name).read_text().splitlines():
+                        parts = line.split()
+                        if len(parts) == 2 and parts[0] == key and int(parts[1]) > 0:
+                            return True
+        return False
+
+    def remove(self) -> None:
+        for d in self.dirs:
+            for _ in range(50):  # the kernel frees a cgroup once its last process is reaped
+                try:
+                    d.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.02)
+        self.dirs = []
+
+
 class IsolatedRunner(Runner):
     """One sandboxed worker process for one submission; requests are served one at a time."""
 
@@ -301,10 +377,13 @@ class IsolatedRunner(Runner):
         cmd = sandbox_command(staged, self.inbox, argv)
         ceiling = (limits.memory_mb + ADDRESS_SPACE_HEADROOM_MB) * 2**20
 
+        self.cgroup = WorkerCgroup(limits.memory_mb)
+
         def limit_address_space() -> None:  # runs in the child before exec
             import resource
 
             resource.setrlimit(resource.RLIMIT_AS, (ceiling, ceiling))
+            self.cgroup.join()
 
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -375,12 +454,19 @@ class IsolatedRunner(Runner):
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=10)
         code = self.proc.returncode
+        if self.cgroup.out_of_memory():
+            return self._fail(
+                "memory",
+                f"the worker's memory (shared memory and memfd included) went over "
+                f"{self.limits.memory_mb} MB + {CGROUP_HEADROOM_MB} MB headroom and the kernel "
+                "stopped it",
+            )
         if code is not None and code < 0:
             sig = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else code
             reason = f"the worker was killed by signal {sig}"
+            category = "exited"
             if -code == signal.SIGKILL:
                 reason += " (the kernel does this when memory runs out)"
-            category = "exited"
         else:
             reason = f"the submission ended the worker process (exit code {code}) without answering"
             category = "exited"
@@ -513,6 +599,7 @@ class IsolatedRunner(Runner):
         # every answer is in: the worker is killed at once instead of waiting about a second
         # for the interpreter's shutdown
         self._kill()
+        self.cgroup.remove()
         shutil.rmtree(self.scratch, ignore_errors=True)
 
 
