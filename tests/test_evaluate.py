@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from pipeline_fixtures import tiny_cache
 from sklearn.metrics import roc_auc_score
 
 from harness import config
@@ -127,11 +128,7 @@ def test_unknown_scenario_suggests_names():
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate-cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HARNESS_CACHE", str(root))
-        assert main(["synth", "--n-patients", "300", "--image-size", "64"]) == 0
-        assert main(["cohort", "build"]) == 0
-        assert main(["encode", "-e", "test_tiny"]) == 0
+    with tiny_cache(root):
         yield root
 
 

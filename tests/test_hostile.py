@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from pipeline_fixtures import tiny_cache
 
 from harness import config
 from harness.cli.main import main
@@ -206,12 +207,8 @@ def _write_submission(folder: Path, name: str, init: str, forward: str, cache: P
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     root = tmp_path_factory.mktemp("hostile-cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HARNESS_CACHE", str(root))
+    with tiny_cache(root), pytest.MonkeyPatch.context() as mp:
         mp.delenv("HARNESS_EXECUTOR", raising=False)
-        assert main(["synth", "--n-patients", "300", "--image-size", "64"]) == 0
-        assert main(["cohort", "build"]) == 0
-        assert main(["encode", "-e", "test_tiny"]) == 0
         assert main(["evaluate", "submissions/ehr_lstm", *ARGS]) == 0
         yield root
 
@@ -420,26 +417,33 @@ class Model(nn.Module):
 def test_a_worker_never_outlives_its_fold(cache, tmp_path, monkeypatch, capsys):
     """Fold 2's test stays train fold 1: a worker serving both could remember their labels."""
     monkeypatch.setenv("HARNESS_CACHE", str(cache))
-    folder = tmp_path / "memo"
-    folder.mkdir()
-    (folder / "model.py").write_text(MEMO_MODEL)
-    (folder / "submission.yaml").write_text(
-        "name: memo\nversion: 1\nkind: torch\nentry: model:Model\n"
-        "inputs: [ehr_summary, cxr]\ntasks: [mortality_in_hospital]\ntrain: {max_epochs: 1}\n"
-    )
-    args = [a if a != "--quick" else "--folds" for a in ARGS]
-    args.insert(args.index("--folds") + 1, "1,2")
-    args += ["--seeds", "0", "--cohort", "matched"]
+    args = [*_fold_args("1,2"), "--cohort", "matched"]
+    folder = _model_submission(tmp_path / "memo", "memo", MEMO_MODEL, "[ehr_summary, cxr]")
     assert main(["evaluate", str(folder), *args]) == 0  # sandboxed: nothing to remember
     capsys.readouterr()
-    trusted = tmp_path / "memo_trusted"
-    (trusted).mkdir()
-    (trusted / "model.py").write_text(MEMO_MODEL)
-    (trusted / "submission.yaml").write_text(
-        (folder / "submission.yaml").read_text().replace("name: memo", "name: memo_trusted")
+    trusted = _model_submission(
+        tmp_path / "memo_trusted", "memo_trusted", MEMO_MODEL, "[ehr_summary, cxr]"
     )
     assert main(["evaluate", str(trusted), *args, "--trusted"]) == 2  # in-process: it remembers
     assert "remembered" in " ".join(capsys.readouterr().err.split())
+
+
+def _model_submission(folder: Path, name: str, code: str, inputs: str) -> Path:
+    """A submission folder holding ``code`` as model.py (class Model), one task, one epoch."""
+    folder.mkdir()
+    (folder / "model.py").write_text(code)
+    (folder / "submission.yaml").write_text(
+        f"name: {name}\nversion: 1\nkind: torch\nentry: model:Model\ninputs: {inputs}\n"
+        "tasks: [mortality_in_hospital]\ntrain: {max_epochs: 1}\n"
+    )
+    return folder
+
+
+def _fold_args(folds: str) -> list[str]:
+    """`ARGS` with explicit folds and seed 0 instead of --quick."""
+    args = [a if a != "--quick" else "--folds" for a in ARGS]
+    args.insert(args.index("--folds") + 1, folds)
+    return [*args, "--seeds", "0"]
 
 
 def test_a_stderr_flood_does_not_grow_the_harness(cache, tmp_path, monkeypatch):
@@ -496,16 +500,8 @@ class Model(nn.Module):
 def test_kernel_keyrings_are_not_shared_between_workers(cache, tmp_path, monkeypatch, capsys):
     """Kernel state kept per user (the user keyring) must not carry data from fold to fold."""
     monkeypatch.setenv("HARNESS_CACHE", str(cache))
-    folder = tmp_path / "keyring"
-    folder.mkdir()
-    (folder / "model.py").write_text(KEYRING_MODEL)
-    (folder / "submission.yaml").write_text(
-        "name: keyring\nversion: 1\nkind: torch\nentry: model:Model\ninputs: [ehr_summary]\n"
-        "tasks: [mortality_in_hospital]\ntrain: {max_epochs: 1}\n"
-    )
-    args = [a if a != "--quick" else "--folds" for a in ARGS]
-    args.insert(args.index("--folds") + 1, "1,2,3")
-    args += ["--seeds", "0"]
+    folder = _model_submission(tmp_path / "keyring", "keyring", KEYRING_MODEL, "[ehr_summary]")
+    args = _fold_args("1,2,3")
     rc = main(["evaluate", str(folder), *args])
     err = " ".join(capsys.readouterr().err.split())
     assert rc == 0, err  # each worker has a keyring of its own

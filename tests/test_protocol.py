@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from pipeline_fixtures import tiny_cache
 
 from harness.cli.main import main
 from harness.models.data import FeatureSet, split_indices
@@ -31,11 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def store_cache(tmp_path_factory):
     root = tmp_path_factory.mktemp("protocol-cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HARNESS_CACHE", str(root))
-        assert main(["synth", "--n-patients", "300", "--image-size", "64"]) == 0
-        assert main(["cohort", "build"]) == 0
-        assert main(["encode", "-e", "test_tiny"]) == 0
+    with tiny_cache(root):
         yield root
 
 
