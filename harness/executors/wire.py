@@ -12,7 +12,7 @@ import io
 import json
 import struct
 from collections.abc import Callable
-from dataclasses import fields, replace
+from dataclasses import replace
 from typing import IO, Any
 
 import numpy as np
@@ -134,8 +134,7 @@ def tensors_from_wire(meta: dict[str, Any], arrays: dict[str, np.ndarray], prefi
     for name in _TENSOR_FIELDS:
         arr = arrays.get(f"{prefix}.{name}")
         values[name] = None if arr is None else torch.from_numpy(np.array(arr))
-    missing = [f.name for f in fields(Tensors) if f.name in _TENSOR_FIELDS and f.name not in
-               ("y", "cxr_pixels") and values[f.name] is None]  # fmt: skip
+    missing = [n for n in _TENSOR_FIELDS if n not in ("y", "cxr_pixels") and values[n] is None]
     if missing:
         raise WireError(f"tensors {prefix!r} lack {missing}")
     n = int(values["stay_id"].shape[0])
