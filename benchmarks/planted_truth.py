@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -34,13 +35,44 @@ from harness.leaderboard.summary import is_fusion
 SOURCES = ("ehr", "cxr", "both", "neither")
 
 
-def _results(dataset: str) -> dict[str, dict]:
+def _results(root: Path, dataset: str) -> dict[str, dict]:
     out = {}
-    for path in sorted((config.results_dir() / dataset).glob("*/result.json")):
+    for path in sorted((root / dataset).glob("*/result.json")):
         r = json.loads(path.read_text())
         if r.get("status") == "ok":
             out[r["name"]] = r
     return out
+
+
+def one_protocol(results: dict[str, dict], task: str, cohort: str, profile: str) -> dict:
+    """The entries evaluated under one protocol, so that no check pools a quick (one fold) entry
+    with full ones or a ``carebench`` entry with ``honest`` ones: among the entries of ``profile``,
+    those of the protocol with the most folds x seeds (then the most entries). The others are
+    listed as left out."""
+    from harness.leaderboard.aggregate import _protocol_key, protocol_of
+
+    groups: dict[str, list[str]] = {}
+    labels: dict[str, dict] = {}
+    for name, r in results.items():
+        proto = protocol_of(r, task, cohort)
+        if proto["profile"] != profile:
+            continue
+        key = _protocol_key(proto)
+        groups.setdefault(key, []).append(name)
+        labels[key] = proto
+    if not groups:
+        raise SystemExit(f"no {profile!r} results for {task}/{cohort}")
+
+    def size(key: str) -> tuple[int, int]:
+        proto = labels[key]
+        return (len(proto["folds"]) * len(proto["seeds"]), len(groups[key]))
+
+    chosen = max(groups, key=size)
+    print(f"protocol: {labels[chosen]['label']} ({len(groups[chosen])} entries)")
+    left = sorted(set(results) - set(groups[chosen]))
+    if left:
+        print(f"left out (another protocol): {', '.join(left)}")
+    return {name: results[name] for name in groups[chosen]}
 
 
 def fusion_check(results: dict, source: dict, task: str, cohort: str, field: str) -> bool:
@@ -140,12 +172,16 @@ def main() -> None:
     parser.add_argument("--cohort", default="base")
     parser.add_argument("--fairness-task", default="mortality_in_hospital")
     parser.add_argument("--robustness-cohort", default="matched")
+    parser.add_argument("--profile", default="honest", help="protocol profile to check")
+    parser.add_argument("--results", type=Path, default=None, help="folder of <dataset>/<name>/")
     args = parser.parse_args()
 
     truth = json.loads((config.default_dataset_dir() / "ground_truth.json").read_text())
-    results = _results(config.DEFAULT_DATASET)
+    root = args.results or config.results_dir()
+    results = _results(root, config.DEFAULT_DATASET)
     if not results:
-        raise SystemExit(f"no results for {config.DEFAULT_DATASET} under {config.results_dir()}")
+        raise SystemExit(f"no results for {config.DEFAULT_DATASET} under {root}")
+    results = one_protocol(results, args.task, args.cohort, args.profile)
     from harness.cohort.spec import load_phenotypes
 
     ids = {p.name: p.id for p in load_phenotypes()}

@@ -37,6 +37,7 @@ def run_demo(
     submissions: Sequence[str] | None = None,
     folds: Sequence[int] = (1,),
     seeds: Sequence[int] = (0,),
+    executor: str | None = None,
     console: Console | None = None,
 ) -> None:
     from harness import config
@@ -80,7 +81,9 @@ def run_demo(
             f"CXR key {report.cxr_key}, EHR key {report.ehr_key}"
         )
 
-    settings = EvalSettings.quick(tasks=tuple(tasks), folds=tuple(folds), seeds=tuple(seeds))
+    settings = EvalSettings.quick(
+        tasks=tuple(tasks), folds=tuple(folds), seeds=tuple(seeds), executor=executor
+    )
     console.rule(
         f"4. evaluate the reference submissions (folds {','.join(map(str, settings.folds))}, "
         f"seeds {','.join(map(str, settings.seeds))}, at most {settings.max_epochs} epochs)"

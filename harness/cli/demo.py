@@ -17,6 +17,12 @@ def register(app: typer.Typer) -> None:
             "1", "--folds", help="Test folds, e.g. 1,2,3,4,5 for the full protocol (default: 1)."
         ),
         seeds: str = typer.Option("0", "--seeds", help="Training seeds, e.g. 0,1,2 (default: 0)."),
+        trusted: bool = typer.Option(
+            False,
+            "--trusted",
+            help="Run the reference submissions in-process instead of sandboxed (faster; only "
+            "for a submissions folder whose code you trust).",
+        ),
     ) -> None:
         """Synth -> cohort -> encode -> evaluate the references (quick) -> leaderboard."""
         from harness.demo import DEMO_TASKS, run_demo
@@ -33,4 +39,5 @@ def register(app: typer.Typer) -> None:
             submissions=submission or None,
             folds=fold_list,
             seeds=seed_list,
+            executor="local" if trusted else None,
         )
