@@ -1,0 +1,66 @@
+"""The stage clock of `harness.timing` and the `harness list` command."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from harness import timing
+from harness.cli.main import main
+
+
+def test_nested_stages_add_up_without_double_counting():
+    with timing.measure() as clock:
+        with timing.stage("outer"):
+            time.sleep(0.05)
+            with timing.stage("inner"):
+                time.sleep(0.1)
+            time.sleep(0.2)  # a worker's round trip: its time is measured there and added
+            timing.add("remote", 0.2)
+    assert clock.seconds["inner"] == pytest.approx(0.1, abs=0.03)
+    assert clock.seconds["outer"] == pytest.approx(0.05, abs=0.03)
+    assert clock.seconds["remote"] == 0.2
+    assert clock.total() == pytest.approx(0.35, abs=0.05)
+
+
+def test_stages_without_a_clock_are_free_and_clocks_do_not_leak():
+    with timing.stage("nowhere"):
+        pass
+    timing.add("nowhere", 1.0)
+    with timing.measure() as first:
+        with timing.stage("a"):
+            pass
+    with timing.measure() as second:
+        pass
+    assert "nowhere" not in first.seconds and "a" in first.seconds
+    assert second.total() == 0.0
+
+
+def _registered(what: str) -> list[str]:
+    if what == "tasks":
+        from harness.cohort.spec import list_tasks
+
+        return list_tasks()
+    from harness.encode.registry import ENCODERS
+    from harness.evaluate.metrics import METRICS
+    from harness.evaluate.scenarios import SCENARIOS
+
+    return {"metrics": METRICS, "scenarios": SCENARIOS, "encoders": ENCODERS}[what].names()
+
+
+@pytest.mark.parametrize("what", ["tasks", "metrics", "scenarios", "encoders"])
+def test_list_shows_every_registered_name(what, capsys):
+    assert main(["list", what]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    names = _registered(what)
+    assert names
+    for name in names:
+        assert name in out.replace("│ ", "").replace(" │", ""), name
+
+
+def test_cli_usage_errors_are_one_message_not_a_traceback(capsys):
+    assert main(["list", "widgets"]) == 2
+    assert main(["evaluate", "--no-such-flag"]) == 2
+    err = capsys.readouterr().err
+    assert "widgets" in err and "no-such-flag" in err and "Traceback" not in err
