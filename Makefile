@@ -32,6 +32,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check harness tests benchmarks submissions
 	$(BIN)/ruff format --check harness tests benchmarks submissions
+	$(BIN)/mypy harness
 
 clean-cache:
 	find cache -mindepth 1 -not -name README.md -delete

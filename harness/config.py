@@ -1,4 +1,4 @@
-"""Paths and defaults: the cache root, the task definitions folder and the default dataset.
+"""Paths and defaults: the cache root, the task definitions folder, the default dataset and device.
 
 Every location can be overridden by an environment variable so that tests and users can point the
 harness elsewhere without touching code.
@@ -60,3 +60,16 @@ def results_dir() -> Path:
 
 def leaderboard_dir() -> Path:
     return cache_root() / "leaderboard"
+
+
+def resolve_device(device: str | None = None) -> str:
+    """The torch device to run on: ``device`` when given, else CUDA when available, else CPU.
+
+    torch is imported only here, when a device is actually needed, so importing the config stays
+    cheap for commands that never touch a model.
+    """
+    if device:
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -41,11 +41,11 @@ def run_demo(
     console: Console | None = None,
 ) -> None:
     from harness import config
-    from harness.cli.synth import print_summary
     from harness.cohort import load_cohort
     from harness.cohort.build import build_cohorts
     from harness.cohort.show import funnel_table, overview_table, summarize
     from harness.data.synthetic import generate, summarize_dataset
+    from harness.display import print_leaderboard, print_summary
     from harness.encode.run import encode
     from harness.evaluate.run import EvalSettings, evaluate
     from harness.leaderboard.aggregate import aggregate
@@ -108,7 +108,5 @@ def run_demo(
 
     console.rule("5. leaderboard")
     board = aggregate(config.results_dir(), config.leaderboard_dir())
-    from harness.cli.leaderboard import print_leaderboard
-
     print_leaderboard(board, console, summary=True)
     console.print(f"demo finished in {time.perf_counter() - started:.0f} s")

@@ -33,7 +33,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -41,6 +42,11 @@ from harness import __version__
 from harness.config import features_dir
 from harness.errors import InputError
 from harness.io import atomic_directory
+
+if TYPE_CHECKING:  # pragma: no cover
+    import zarr
+
+    from harness.cohort.load import Cohort
 
 log = logging.getLogger(__name__)
 
@@ -101,20 +107,37 @@ def variable_set_hash(variables: Sequence[str]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
-def ehr_store_key(cohort: Any) -> str:
+def ehr_store_key(cohort: Cohort) -> str:
+    """Store key of a cohort's EHR features: its fingerprint and the variable-set hash."""
     return f"{str(cohort.fingerprint)[:16]}-{variable_set_hash(cohort.variables)}"
 
 
-def ehr_store_path(cohort: Any) -> Path:
+def ehr_store_path(cohort: Cohort | str) -> Path:
+    """Directory of the EHR group of ``cohort`` (a loaded cohort or a cohort name)."""
     return features_dir() / "ehr" / f"{ehr_store_key(_as_cohort(cohort))}.zarr"
 
 
-def _as_cohort(cohort: Any) -> Any:
+def _as_cohort(cohort: Cohort | str) -> Cohort:
+    """A loaded cohort: ``cohort`` itself, or the newest build of the cohort it names."""
     if isinstance(cohort, str):
         from harness.cohort import load_cohort
 
         return load_cohort(cohort)
     return cohort
+
+
+def _array(group: zarr.Group, name: str, path: Path) -> zarr.Array:
+    """Member ``name`` of a store group, which the store layout says is an array.
+
+    Raises:
+        InputError: it is a sub-group (the directory was not written by the harness).
+    """
+    import zarr
+
+    member = group[name]
+    if not isinstance(member, zarr.Array):
+        raise InputError(f"{name!r} is a group, not an array", path=path, fix=REPAIR_FIX)
+    return member
 
 
 def encoder_key_for(name: str) -> str:
@@ -417,9 +440,14 @@ class CXRStoreWriter:
             raise
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         assert self._lock is not None
-        self._lock.__exit__(*exc)
+        self._lock.__exit__(exc_type, exc, tb)
 
     # -- opening and recovery ------------------------------------------------------------
     def _create(self) -> None:
@@ -454,7 +482,7 @@ class CXRStoreWriter:
         if not (self.path / "zarr.json").is_file():
             self._create()
         g = zarr.open_group(str(self.path), mode="r+")
-        attrs = dict(g.attrs)
+        attrs: dict[str, Any] = dict(g.attrs)
         if attrs.get("format") != "harness.cxr_features" or int(attrs.get("dim", -1)) != self.dim:
             raise InputError(
                 f"not a CXR feature store for dim {self.dim} (attrs: format="
@@ -468,11 +496,11 @@ class CXRStoreWriter:
         # A run killed while planning leaves arrays longer than the recorded plan: drop the tail
         # (whole chunks, so no stale bytes survive) and plan again.
         for name in ("embedding", "dicom_id", "status", "reason"):
-            arr = g[name]
+            arr = _array(g, name, self.path)
             if arr.shape[0] != planned:
                 log.info("%s: discarding an unfinished plan for %s", self.path, name)
                 arr.resize((planned, *arr.shape[1:]))
-        markers = g["committed"]
+        markers = _array(g, "committed", self.path)
         if markers.shape[0] != planned // self.chunk_rows:
             markers.resize((planned // self.chunk_rows,))
         for partial in self.path.rglob("*.partial"):  # temp files of a write cut short
@@ -738,7 +766,7 @@ def _read_verified(
         # committed after this reader loaded the attributes: take the checksums written since
         import zarr
 
-        fresh = dict(zarr.open_group(str(path), mode="r").attrs)
+        fresh: dict[str, Any] = dict(zarr.open_group(str(path), mode="r").attrs)
         view.sums = dict(fresh.get(CHECKSUMS_ATTR) or {})
     if touched:
         st_blocks, problems = view._read("status", touched)
@@ -795,7 +823,7 @@ class EHRFeatures:
     attrs: dict[str, Any] = field(default_factory=dict)
 
 
-def ehr_store_exists(cohort: Any) -> bool:
+def ehr_store_exists(cohort: Cohort | str) -> bool:
     return (ehr_store_path(cohort) / "zarr.json").is_file()
 
 
@@ -804,7 +832,7 @@ def _row_blocks(data: np.ndarray, rows: int) -> list[str]:
 
 
 def write_ehr(
-    cohort: Any, features: EHRFeatures, attrs: dict[str, Any], *, replace: bool = False
+    cohort: Cohort, features: EHRFeatures, attrs: dict[str, Any], *, replace: bool = False
 ) -> Path:
     """Write the EHR group for ``cohort`` atomically (no-op if another writer finished first,
     unless ``replace``: then a damaged group is swapped for the new one)."""
@@ -818,7 +846,7 @@ def write_ehr(
             g = zarr.open_group(str(tmp), mode="w")
             n, t, f = features.values.shape
             rows = max(1, min(n, 1024))
-            arrays = {
+            arrays: dict[str, np.ndarray] = {
                 "stay_id": features.stay_id.astype(np.int64),
                 "values": features.values.astype(np.float32),
                 "observed": features.observed.astype(bool),
@@ -858,13 +886,13 @@ def _read_ehr_group(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any], 
     import zarr
 
     g = zarr.open_group(str(path), mode="r")
-    attrs = dict(g.attrs)
+    attrs: dict[str, Any] = dict(g.attrs)
     sums = attrs.get(CHECKSUMS_ATTR)
     rows = int(attrs.get("chunk_rows") or 1024)
     problems: list[ChunkProblem] = []
     out: dict[str, np.ndarray] = {}
     for name, dtype in _EHR_ARRAYS.items():
-        arr = g[name]
+        arr = _array(g, name, path)
         try:
             data = np.asarray(arr[:], dtype=dtype)
         except Exception:  # find the unreadable blocks
@@ -893,12 +921,12 @@ def _read_ehr_group(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any], 
     return out, attrs, (problems if sums is not None else None)
 
 
-def verify_ehr(cohort: Any) -> list[ChunkProblem] | None:
+def verify_ehr(cohort: Cohort | str) -> list[ChunkProblem] | None:
     """Problems of the cohort's EHR group (empty: verified; None: written without checksums)."""
     return _read_ehr_group(ehr_store_path(_as_cohort(cohort)))[2]
 
 
-def read_ehr(cohort: Any) -> EHRFeatures:
+def read_ehr(cohort: Cohort | str) -> EHRFeatures:
     """Load the EHR features of ``cohort`` (a loaded cohort or a cohort name), verified.
 
     Raises:
@@ -909,7 +937,7 @@ def read_ehr(cohort: Any) -> EHRFeatures:
     path = ehr_store_path(cohort)
     if not (path / "zarr.json").is_file():
         raise InputError(
-            f"no EHR features for cohort {getattr(cohort, 'name', '?')!r} "
+            f"no EHR features for cohort {cohort.name!r} "
             f"(fingerprint {str(cohort.fingerprint)[:16]})",
             path=path,
             fix="run `harness encode` for this cohort first",

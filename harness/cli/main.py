@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "harness.cli.submission",
     "harness.cli.leaderboard",
     "harness.cli.evaluate",
+    "harness.cli.listing",
 ]
 
 app = typer.Typer(
@@ -93,9 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # click usage errors and the like
         import click
 
-        if isinstance(exc, click.exceptions.ClickException):
+        # typer ships its own copy of click's exceptions (subclasses of TyperException)
+        usage = (click.exceptions.ClickException, typer.TyperException)
+        if isinstance(exc, usage) and hasattr(exc, "show"):
             exc.show()
-            return exc.exit_code
+            return int(getattr(exc, "exit_code", 2))
         raise
     return rc if isinstance(rc, int) else 0
 

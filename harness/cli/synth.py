@@ -5,27 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from harness import config
-
-
-def print_summary(summary: dict, console: Console | None = None) -> None:
-    """Rich table of a ``summarize_dataset`` / ``generate`` summary."""
-    console = console or Console()
-    table = Table(title=f"dataset {summary.get('path', '')}")
-    table.add_column("table")
-    table.add_column("rows", justify="right")
-    for name, n in summary["rows"].items():
-        table.add_row(name, f"{n:,}")
-    table.add_row("chest X-ray images (JPEG)", f"{summary['n_images']:,}")
-    for key in ("n_patients", "n_stays"):
-        if key in summary:
-            table.add_row(key.replace("n_", "").replace("_", " "), f"{summary[key]:,}")
-    console.print(table)
-    if "seconds" in summary:
-        console.print(f"generated in {summary['seconds']:.1f} s")
+from harness.display import print_summary
 
 
 def register(app: typer.Typer) -> None:

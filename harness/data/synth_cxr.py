@@ -36,7 +36,7 @@ def _noise(rng: np.random.Generator, n: int, cells: int) -> np.ndarray:
     from PIL import Image
 
     grid = rng.standard_normal((cells, cells)).astype(np.float32)
-    img = Image.fromarray(grid, mode="F").resize((n, n), Image.BILINEAR)
+    img = Image.fromarray(grid, mode="F").resize((n, n), Image.Resampling.BILINEAR)
     return np.asarray(img, dtype=np.float32) / 1.5
 
 
@@ -99,7 +99,9 @@ def render(f: dict[str, float], view: str, size: int, seed: Sequence[int]) -> np
     if size != n:
         from PIL import Image
 
-        out = np.asarray(Image.fromarray(out, mode="L").resize((size, size), Image.BICUBIC))
+        out = np.asarray(
+            Image.fromarray(out, mode="L").resize((size, size), Image.Resampling.BICUBIC)
+        )
     return out
 
 

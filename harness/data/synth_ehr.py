@@ -457,10 +457,10 @@ def _block(st: pd.DataFrame, rng: np.random.Generator):
     deficit_base = 0.9 * z["stroke"] + 0.4 * z["sev"] + 0.3 * rng.standard_normal(n)
     obs_gcs = (rng.random(sidx.size) < 0.25 * np.maximum(chart_rate[sidx], 0.6)) & ~in_gap
     deficit = amp[sidx] * deficit_base[sidx] + trend + 0.3 * rng.standard_normal(sidx.size) - 0.4
-    for itemid, (top, slope, texts) in GCS.items():
+    for gcs_item, (top, slope, texts) in GCS.items():
         score = np.clip(np.round(top - slope * np.maximum(deficit, 0.0)), 1, top).astype(np.int64)
         labels = np.array(texts, dtype=object)
-        emit(obs_gcs, np.int64(itemid), score.astype(float), lambda r, s=score, lb=labels:
+        emit(obs_gcs, np.int64(gcs_item), score.astype(float), lambda r, s=score, lb=labels:
              lb[s[r] - 1], "")  # fmt: skip
 
     # Heart rhythm every 4 hours: strings, no valuenum.

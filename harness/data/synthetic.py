@@ -17,6 +17,7 @@ import math
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -53,6 +54,21 @@ TABLES = {  # relative path -> columns, in the order of the real files
     f"{CXR}/mimic-cxr-2.0.0-split.csv.gz": ["dicom_id", "study_id", "subject_id", "split"],
     f"{CXR}/mimic-cxr-2.0.0-chexpert.csv.gz": None,
 }  # fmt: skip
+
+
+def table_columns(rel: str) -> list[str]:
+    """The fixed header of table ``rel`` (`TABLES`; tables listed with None vary and are written
+    with the columns of their frame).
+
+    Raises:
+        KeyError: ``rel`` has no fixed header.
+    """
+    columns = TABLES[rel]
+    if columns is None:
+        raise KeyError(f"{rel} has no fixed column list")
+    return columns
+
+
 CHEXPERT = [
     "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum",
     "Fracture", "Lung Lesion", "Lung Opacity", "No Finding", "Pleural Effusion", "Pleural Other",
@@ -112,7 +128,13 @@ def generate(
     with atomic_directory(out, overwrite=overwrite) as tmp:
         rows = _write_tables(tmp, world, seed, image_size)
         n_images = rows.pop("_n_images")
-        summary_rows = dict(sorted(rows.items()))
+        counts: dict[str, Any] = {
+            "rows": dict(sorted(rows.items())),
+            "n_images": n_images,
+            "n_patients": int(len(world.patients)),
+            "n_admissions": int(len(world.admissions)),
+            "n_stays": int(len(world.stays)),
+        }
         info = {
             "generator": GENERATOR,
             "generator_version": GENERATOR_VERSION,
@@ -120,19 +142,13 @@ def generate(
             "arguments": {"n_patients": n_patients, "seed": seed, "image_size": image_size},
             "mimic_iv_version": "2.2 (layout), synthetic",
             "mimic_cxr_jpg_version": "2.0.0 (layout), synthetic",
-            "counts": {
-                "rows": summary_rows,
-                "n_images": n_images,
-                "n_patients": int(len(world.patients)),
-                "n_admissions": int(len(world.admissions)),
-                "n_stays": int(len(world.stays)),
-            },
+            "counts": counts,
         }
         atomic_write_json(tmp / "dataset.json", info)
         atomic_write_json(tmp / "ground_truth.json", ground_truth())
     seconds = time.perf_counter() - t0
     log.info("wrote %s in %.1f s", out, seconds)
-    return {**info["counts"], "seconds": round(seconds, 2), "path": str(out)}
+    return {**counts, "seconds": round(seconds, 2), "path": str(out)}
 
 
 def ensure_default_dataset() -> Path:
@@ -232,7 +248,7 @@ def _write_tables(root: Path, world, seed: int, image_size: int) -> dict:
     dod = pd.Series(_t(pat["dod"].to_numpy())).dt.strftime("%Y-%m-%d").fillna("")
     patients = pat.assign(dod=dod.to_numpy()).sort_values("subject_id")
     rel = f"{HOSP}/patients.csv.gz"
-    rows[rel] = write_csv_gz(root / rel, [patients], TABLES[rel])
+    rows[rel] = write_csv_gz(root / rel, [patients], table_columns(rel))
 
     admissions = adm.assign(
         admittime=_t(adm["admittime"]),
@@ -242,20 +258,20 @@ def _write_tables(root: Path, world, seed: int, image_size: int) -> dict:
         edouttime=_t(adm["edouttime"]),
     ).sort_values(["subject_id", "hadm_id"])
     rel = f"{HOSP}/admissions.csv.gz"
-    rows[rel] = write_csv_gz(root / rel, [admissions], TABLES[rel])
+    rows[rel] = write_csv_gz(root / rel, [admissions], table_columns(rel))
 
     rel = f"{HOSP}/diagnoses_icd.csv.gz"
-    rows[rel] = write_csv_gz(root / rel, [_diagnoses(adm, seed)], TABLES[rel])
+    rows[rel] = write_csv_gz(root / rel, [_diagnoses(adm, seed)], table_columns(rel))
 
     icustays = st.assign(intime=_t(st["intime"]), outtime=_t(st["outtime"])).sort_values(
         ["subject_id", "intime"]
     )
     icustays["los"] = icustays["los"].round(4)
     rel = f"{ICU}/icustays.csv.gz"
-    rows[rel] = write_csv_gz(root / rel, [icustays], TABLES[rel])
+    rows[rel] = write_csv_gz(root / rel, [icustays], table_columns(rel))
 
     rel = f"{HOSP}/d_labitems.csv.gz"
-    rows[rel] = write_csv_gz(root / rel, [synth_ehr.d_labitems()], TABLES[rel])
+    rows[rel] = write_csv_gz(root / rel, [synth_ehr.d_labitems()], table_columns(rel))
     d_items = synth_ehr.d_items()
     rel = f"{ICU}/d_items.csv.gz"
     rows[rel] = write_csv_gz(root / rel, [d_items], list(d_items.columns))
@@ -298,9 +314,9 @@ def _diagnoses(adm: pd.DataFrame, seed: int) -> pd.DataFrame:
     pheno = load_phenotypes()
     owners: dict[tuple[int, str], set[str]] = {}
     for p in pheno:
-        for ver in (9, 10):
-            for code in p[f"icd{ver}"]:
-                owners.setdefault((ver, str(code)), set()).add(p["id"])
+        for version in (9, 10):
+            for code in p[f"icd{version}"]:
+                owners.setdefault((version, str(code)), set()).add(p["id"])
     hadm = adm["hadm_id"].to_numpy()
     subj = adm["subject_id"].to_numpy()
     ver = adm["icd_version"].to_numpy()
@@ -456,14 +472,14 @@ def _write_cxr(root: Path, world, seed: int, image_size: int) -> dict:
     long_stay = (outtime - intime) > 48 * HOUR
     n_after = np.where(long_stay, rng.poisson(0.5, n), 0)
     plans = []
-    for phase, k, lo, hi in (
+    for label, k, lo, hi in (
         ("before", n_before, intime - 20 * HOUR, intime - HOUR // 2),
         ("in", n_in, intime, np.minimum(outtime, intime + 48 * HOUR)),
         ("after", n_after, intime + 48 * HOUR, np.minimum(outtime, intime + 9 * DAY)),
     ):
         s = np.repeat(np.arange(n), k)
         t = lo[s] + rng.random(s.size) * (hi[s] - lo[s])
-        plans.append((s, np.full(s.size, phase, dtype=object), t))
+        plans.append((s, np.full(s.size, label, dtype=object), t))
     # Some outpatient studies weeks before an admission, unrelated to any ICU stay.
     first = np.flatnonzero(st["aidx"].diff().fillna(1).to_numpy() != 0)
     outp = first[rng.random(first.size) < 0.06]
@@ -548,7 +564,7 @@ def _write_cxr(root: Path, world, seed: int, image_size: int) -> dict:
     rel = f"{CXR}/mimic-cxr-2.0.0-metadata.csv.gz"
     rows[rel] = write_csv_gz(root / rel, [meta], METADATA_COLUMNS)
     rel = f"{CXR}/mimic-cxr-2.0.0-split.csv.gz"
-    rows[rel] = write_csv_gz(root / rel, [split], TABLES[rel])
+    rows[rel] = write_csv_gz(root / rel, [split], table_columns(rel))
     rel = f"{CXR}/mimic-cxr-2.0.0-chexpert.csv.gz"
     rows[rel] = write_csv_gz(root / rel, [chex], ["subject_id", "study_id", *CHEXPERT])
 
@@ -556,7 +572,7 @@ def _write_cxr(root: Path, world, seed: int, image_size: int) -> dict:
         root / CXR / "files" / f"p{str(sj)[:2]}" / f"p{sj}" / f"s{sd}" / f"{di}.jpg"
         for sj, sd, di in zip(subj, meta["study_id"], meta["dicom_id"], strict=True)
     ]
-    write_images(paths, np.stack(meta["_f"].to_numpy()), list(meta["_view"]), image_size, seed)
+    write_images(paths, np.stack(list(meta["_f"])), list(meta["_view"]), image_size, seed)
     rows["_n_images"] = len(paths)
     return rows
 

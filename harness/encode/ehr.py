@@ -28,7 +28,11 @@ def summary_names(variables: Sequence[str]) -> list[str]:
 
 
 def build_ehr_tensors(
-    hourly: pd.DataFrame, stay_ids: Sequence[int], variables: Sequence[str], *, source: str = ""
+    hourly: pd.DataFrame,
+    stay_ids: Sequence[int] | np.ndarray,
+    variables: Sequence[str],
+    *,
+    source: str = "",
 ) -> EHRFeatures:
     """Scatter the long hourly frame into dense arrays ordered by ``stay_ids`` and ``variables``.
 
@@ -45,11 +49,11 @@ def build_ehr_tensors(
             path=source or None,
             fix="rebuild the cohort with `harness cohort build`",
         )
-    stay_ids = np.asarray(stay_ids, dtype=np.int64)
-    variables = list(variables)
-    n, f = len(stay_ids), len(variables)
-    stay_pos = pd.Index(stay_ids).get_indexer(hourly["stay_id"].to_numpy(np.int64))
-    var_pos = pd.Index(variables).get_indexer(hourly["variable"].astype(str))
+    ids = np.asarray(stay_ids, dtype=np.int64)
+    names = list(variables)
+    n, f = len(ids), len(names)
+    stay_pos = pd.Index(ids).get_indexer(pd.Index(hourly["stay_id"].to_numpy(np.int64)))
+    var_pos = pd.Index(names).get_indexer(pd.Index(hourly["variable"].astype(str)))
     hours = hourly["hour"].to_numpy()
     if len(hours) and (hours.min() < 0 or hours.max() >= N_HOURS):
         raise InputError(
@@ -74,12 +78,12 @@ def build_ehr_tensors(
     observed = ~np.isnan(values)
     summary = summarise(values)
     return EHRFeatures(
-        stay_id=stay_ids,
+        stay_id=ids,
         values=values,
         observed=observed,
         summary=summary,
-        variables=variables,
-        summary_names=summary_names(variables),
+        variables=names,
+        summary_names=summary_names(names),
     )
 
 

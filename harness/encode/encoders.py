@@ -113,7 +113,7 @@ def default_weights_path() -> Path:
     if dist is not None:
         for f in dist.files or []:
             if f.name == DEFAULT_WEIGHTS_FILE:
-                p = Path(dist.locate_file(f))
+                p = Path(str(dist.locate_file(f)))
                 if p.is_file():
                     return p
                 looked.append(str(p))
@@ -135,7 +135,8 @@ def build_efficientnet_lite0(num_classes: int = 0) -> Any:
 
     path = default_weights_path()
     src = torch.load(path, map_location="cpu", weights_only=True)
-    model = timm.create_model(DEFAULT_ARCH, pretrained=False, num_classes=1000)
+    # Any: timm models carry family methods (reset_classifier) that nn.Module does not declare.
+    model: Any = timm.create_model(DEFAULT_ARCH, pretrained=False, num_classes=1000)
     dst = model.state_dict()
     if len(src) != len(dst):
         raise InputError(
@@ -191,6 +192,7 @@ def build_timm(
             f"timm has no model {model_name!r}" + (f"; close: {', '.join(close)}" if close else ""),
             fix="see `timm.list_models()` for valid names",
         )
+    model: Any  # timm models have num_features, which nn.Module does not declare
     if random_init:
         import torch
 

@@ -141,13 +141,13 @@ def parse_encoder_name(name: str) -> EncoderSpec:
     """
     name = name.strip()
     family, sep, rest = name.partition(":")
+    model: str | None
     if not sep:
-        family, _, weights = name.partition("@")
+        family, _, tail = name.partition("@")
         model = None
-        weights = weights or None
     else:
-        model, _, weights = rest.partition("@")
-        weights = weights or None
+        model, _, tail = rest.partition("@")
+    weights = tail or None
     entry = ENCODERS.get(family)  # raises UnknownNameError with suggestions
     if entry.takes_model and not model:
         raise UsageError(

@@ -11,11 +11,12 @@ from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
+from harness.config import resolve_device
 from harness.errors import InputError
 from harness.store import (
     CXR_CHUNK_ROWS,
@@ -31,6 +32,10 @@ from harness.store import (
     verify_ehr,
     write_ehr,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    from harness.cohort.load import Cohort
+    from harness.encode.encoders import Encoder
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +76,6 @@ class ImageRunStats:
 
 def default_num_workers() -> int:
     return max(0, min(8, (os.cpu_count() or 1) - 1))
-
-
-def resolve_device(device: str | None) -> str:
-    import torch
-
-    if device:
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 class _ImageDataset:
@@ -122,7 +119,7 @@ def _collate(items: list[tuple[int, Any, str, str]]) -> tuple[list[tuple[int, st
 
 
 def _batches(
-    loader: Any, encoder: Any, device: str
+    loader: Any, encoder: Encoder, device: str
 ) -> Iterator[tuple[list[tuple[int, str, str]], np.ndarray | None]]:
     import torch
 
@@ -146,7 +143,7 @@ def _batches(
 
 def encode_images(
     images: Mapping[str, Path | None],
-    encoder: Any,
+    encoder: Encoder,
     *,
     key: str,
     batch_size: int = 64,
@@ -211,7 +208,7 @@ def encode_images(
             if device.startswith("cuda"):
                 encoder.module.to(memory_format=torch.channels_last)
             ds = _ImageDataset(items, encoder.transform, encoder.input_size)
-            loader = DataLoader(
+            loader: DataLoader[tuple[int, Any, str, str]] = DataLoader(
                 ds,  # type: ignore[arg-type]
                 batch_sampler=_chunk_batches(runnable, batch_size),
                 num_workers=workers,
@@ -339,13 +336,13 @@ class _progress:
             self._bar.__exit__(*exc)
 
 
-def cohort_images(cohort: Any) -> dict[str, Path | None]:
+def cohort_images(cohort: Cohort) -> dict[str, Path | None]:
     """Distinct linked images of a cohort: ``dicom_id -> absolute path`` (None without cxr_root)."""
     stays: pd.DataFrame = cohort.stays
     if "dicom_id" not in stays.columns:
         raise InputError(
             "stays table has no 'dicom_id' column",
-            path=getattr(cohort, "path", None),
+            path=cohort.path,
             fix="rebuild the cohort with `harness cohort build`",
         )
     linked = stays[stays["dicom_id"].notna() & (stays["dicom_id"].astype(str) != "")]
@@ -354,7 +351,7 @@ def cohort_images(cohort: Any) -> dict[str, Path | None]:
     if "cxr_path" not in linked.columns:
         raise InputError(
             "stays table has linked images but no 'cxr_path' column",
-            path=getattr(cohort, "path", None),
+            path=cohort.path,
             fix="rebuild the cohort with `harness cohort build`",
         )
     root = cohort.cxr_root
@@ -366,7 +363,7 @@ def cohort_images(cohort: Any) -> dict[str, Path | None]:
     return out
 
 
-def encode_ehr(cohort: Any, *, repair: bool = False) -> tuple[str, bool]:
+def encode_ehr(cohort: Cohort, *, repair: bool = False) -> tuple[str, bool]:
     """Write the cohort's EHR store unless it exists and verifies; returns (key, reused).
 
     A damaged existing store raises :class:`InputError` unless ``repair``, which rewrites it (as
@@ -392,14 +389,14 @@ def encode_ehr(cohort: Any, *, repair: bool = False) -> tuple[str, bool]:
         cohort.hourly(),
         cohort.stays["stay_id"].to_numpy(np.int64),
         cohort.variables,
-        source=str(getattr(cohort, "path", "") or ""),
+        source=str(cohort.path),
     )
     write_ehr(
         cohort,
         feats,
         {
-            "cohort": getattr(cohort, "name", ""),
-            "dataset": getattr(cohort, "dataset", ""),
+            "cohort": cohort.name,
+            "dataset": cohort.dataset,
             "cohort_fingerprint": str(cohort.fingerprint),
             "n_stays": int(len(feats.stay_id)),
         },
@@ -409,8 +406,8 @@ def encode_ehr(cohort: Any, *, repair: bool = False) -> tuple[str, bool]:
 
 
 def encode_cohort(
-    cohort: Any,
-    encoder: Any,
+    cohort: Cohort,
+    encoder: Encoder,
     *,
     batch_size: int = 64,
     num_workers: int | None = None,
@@ -427,8 +424,8 @@ def encode_cohort(
     key = encoder_key(encoder)
     images = cohort_images(cohort)
     source = {
-        "cohort": getattr(cohort, "name", ""),
-        "dataset": getattr(cohort, "dataset", ""),
+        "cohort": cohort.name,
+        "dataset": cohort.dataset,
         "cohort_fingerprint": str(cohort.fingerprint),
     }
     stats = encode_images(

@@ -14,11 +14,16 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from harness.errors import SubmissionError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from harness.models.protocol import TaskInfo, Tensors
+    from harness.models.submission import Submission
+    from harness.models.train import TrainedModel
 
 #: Failure categories a unit can end with (the leaderboard publishes only these words).
 FAILURE_CATEGORIES = (
@@ -70,12 +75,12 @@ class Limits:
 class TrainJob:
     """One unit's training request: everything the model may learn from, labels included."""
 
-    task: Any  # TaskInfo
+    task: TaskInfo
     fold: int
     seed: int
     variables: list[str]
-    train: Any  # Tensors with y
-    val: Any  # Tensors with y (early stopping)
+    train: Tensors  # with y
+    val: Tensors  # with y (early stopping)
     device: str | None = None
     max_epochs: int | None = None
     cxr_dropout: float | None = None
@@ -95,7 +100,7 @@ class Runner(ABC):
     def train(self, job: TrainJob) -> TrainSummary: ...
 
     @abstractmethod
-    def predict(self, tensors: Any) -> np.ndarray: ...
+    def predict(self, tensors: Tensors) -> np.ndarray: ...
 
     def close(self) -> None:  # noqa: B027 - optional
         pass
@@ -107,14 +112,14 @@ class Executor(ABC):
     name: str = ""
 
     @abstractmethod
-    def open(self, sub: Any, limits: Limits) -> Runner: ...
+    def open(self, sub: Submission, limits: Limits) -> Runner: ...
 
-    def prestart(self, sub: Any, limits: Limits) -> Runner | None:
+    def prestart(self, sub: Submission, limits: Limits) -> Runner | None:
         """A runner started ahead of need (hides start-up time), or None when not worth it."""
         return None
 
     @contextlib.contextmanager
-    def session(self, sub: Any, limits: Limits) -> Iterator[Runner]:
+    def session(self, sub: Submission, limits: Limits) -> Iterator[Runner]:
         runner = self.open(sub, limits)
         try:
             yield runner
@@ -126,19 +131,19 @@ class Executor(ABC):
 # The work itself, shared by every executor
 
 
-def fit_job(sub: Any, job: TrainJob) -> Any:
+def fit_job(sub: Submission, job: TrainJob) -> TrainedModel:
     """Train ``sub`` on ``job`` (the same call in-process and inside the sandbox)."""
-    from harness.models.data import Split
+    from harness.models.data import FitSplit
     from harness.models.train import fit_split
 
-    split = Split(fold=job.fold, train=job.train, val=job.val, test=None, stats=None)
+    split = FitSplit(fold=job.fold, train=job.train, val=job.val)
     return fit_split(
         sub, job.task, split, list(job.variables), job.seed,
         device=job.device, max_epochs=job.max_epochs, cxr_dropout=job.cxr_dropout,
     )  # fmt: skip
 
 
-def summary_of(trained: Any) -> TrainSummary:
+def summary_of(trained: TrainedModel) -> TrainSummary:
     return TrainSummary(
         val_score=float(trained.val_score),
         best_epoch=int(trained.best_epoch),
@@ -146,7 +151,7 @@ def summary_of(trained: Any) -> TrainSummary:
     )
 
 
-def check_probabilities(p: np.ndarray, task: Any, n: int) -> np.ndarray:
+def check_probabilities(p: np.ndarray, task: TaskInfo, n: int) -> np.ndarray:
     """Predictions that come back across the boundary: right shape, finite, in [0, 1]."""
     p = np.asarray(p)
     want = (n,) if task.kind == "binary" else (n, task.n_outputs)
@@ -189,11 +194,14 @@ def pseudonym_key(scope: str = "") -> bytes:
 
     from harness.leaderboard.signing import signing_key
 
+    secret = signing_key()
+    if secret is None:  # signing_key creates the key when absent: only a broken cache gets here
+        raise RuntimeError("no result-signing key to derive stay-id pseudonyms from")
     label = b"stay-id pseudonyms/" + scope.encode()
-    return hmac.new(signing_key(), label, hashlib.sha256).digest()
+    return hmac.new(secret, label, hashlib.sha256).digest()
 
 
-def pseudonymise(tensors: Any, key: bytes) -> Any:
+def pseudonymise(tensors: Tensors, key: bytes) -> Tensors:
     """The same tensors with ``stay_id`` replaced by keyed 56-bit hashes.
 
     A model may compare ids (e.g. to leave a stay out of its own neighbour bank) but cannot look

@@ -17,6 +17,7 @@ import contextlib
 import functools
 import glob
 import importlib.util
+import io
 import logging
 import os
 import queue
@@ -29,7 +30,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -45,6 +46,10 @@ from harness.executors.base import (
     check_probabilities,
 )
 from harness.executors.worker import INBOX_MOUNT, SUBMISSION_MOUNT
+
+if TYPE_CHECKING:  # pragma: no cover
+    from harness.models.protocol import TaskInfo, Tensors
+    from harness.models.submission import Submission
 
 log = logging.getLogger(__name__)
 
@@ -345,10 +350,24 @@ class WorkerCgroup:
         self.dirs = []
 
 
+def _pipes(
+    proc: subprocess.Popen[bytes],
+) -> tuple[IO[bytes], IO[bytes], io.BufferedReader]:
+    """The worker's stdin, stdout and stderr (all opened as pipes, binary and buffered).
+
+    Checked once here so that the runner's methods need no ``None`` guards; stderr is read with
+    ``read1`` (whatever is available, at most a bounded chunk), which only a buffered reader has.
+    """
+    stdin, stdout, stderr = proc.stdin, proc.stdout, proc.stderr
+    if stdin is None or stdout is None or not isinstance(stderr, io.BufferedReader):
+        raise RuntimeError("the worker was started without binary pipes")
+    return stdin, stdout, stderr
+
+
 class IsolatedRunner(Runner):
     """One sandboxed worker process for one submission; requests are served one at a time."""
 
-    def __init__(self, sub: Any, limits: Limits, *, wait: bool = True):
+    def __init__(self, sub: Submission, limits: Limits, *, wait: bool = True):
         """Start a worker; with ``wait=False`` it starts in the background and the first
         request waits for it (`IsolatedExecutor.prestart`)."""
         import torch
@@ -357,7 +376,7 @@ class IsolatedRunner(Runner):
 
         require_sandbox()
         self.sub, self.limits = sub, limits
-        self.task: Any = None
+        self.task: TaskInfo | None = None
         self.deadline = 0.0
         self.dead: UnitFailure | None = None
         self.scratch = Path(tempfile.mkdtemp(prefix="harness-sandbox-"))
@@ -389,6 +408,7 @@ class IsolatedRunner(Runner):
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             preexec_fn=limit_address_space, start_new_session=True,
         )  # fmt: skip
+        self.to_worker, self.from_worker, self.worker_stderr = _pipes(self.proc)
         self.stderr_tail: collections.deque[bytes] = collections.deque(maxlen=16)
         self.replies: queue.Queue = queue.Queue(maxsize=1)
         threading.Thread(target=self._drain_stderr, daemon=True).start()
@@ -396,7 +416,7 @@ class IsolatedRunner(Runner):
         self.deadline = time.monotonic() + STARTUP_SECONDS
         self.ready = False
         try:
-            write_message(self.proc.stdin, {"op": "hello", "threads": torch.get_num_threads()})
+            write_message(self.to_worker, {"op": "hello", "threads": torch.get_num_threads()})
             if wait:
                 self._ensure_ready()
         except BaseException:
@@ -413,7 +433,7 @@ class IsolatedRunner(Runner):
 
     def _drain_stderr(self) -> None:
         """Keep only the last 64 KB of the worker's stderr (read in bounded chunks)."""
-        for chunk in iter(lambda: self.proc.stderr.read1(4096), b""):
+        for chunk in iter(lambda: self.worker_stderr.read1(4096), b""):
             self.stderr_tail.append(chunk)
 
     def _stderr_lines(self, n: int = 3) -> str:
@@ -428,7 +448,7 @@ class IsolatedRunner(Runner):
                 # arrays may total what the pending request can need (nothing when none is
                 # pending): an unsolicited or oversized answer is refused before it is read
                 message = read_message(
-                    self.proc.stdout,
+                    self.from_worker,
                     max_array_bytes=lambda: min(self.answer_limit, MAX_ANSWER_BYTES),
                 )
                 self.replies.put(message)  # blocks until the harness takes it: bounded memory
@@ -481,10 +501,12 @@ class IsolatedRunner(Runner):
         self._n += 1
         name = f"req{self._n}.npz"
         tmp = self.inbox / f".{name}.tmp.npz"
-        np.savez(tmp, **arrays)
+        # Any: numpy's stubs would match the array mapping against savez's allow_pickle flag
+        named: dict[str, Any] = dict(arrays)
+        np.savez(tmp, **named)
         os.replace(tmp, self.inbox / name)
         try:
-            write_message(self.proc.stdin, {**header, "file": name})
+            write_message(self.to_worker, {**header, "file": name})
         except (BrokenPipeError, OSError):
             raise self._exit_reason() from None
         try:
@@ -580,9 +602,11 @@ class IsolatedRunner(Runner):
                 "invalid_output", "the worker's training answer is malformed"
             ) from None
 
-    def predict(self, tensors: Any) -> np.ndarray:
+    def predict(self, tensors: Tensors) -> np.ndarray:
         from harness.executors.wire import tensors_to_wire, without_labels
 
+        if self.task is None:
+            raise RuntimeError("predict before train")
         meta, arrays = tensors_to_wire(without_labels(tensors), "x")
         width = 1 if self.task.kind == "binary" else self.task.n_outputs
         self.answer_limit = len(tensors) * width * 8 + 4096  # float64 .npy with its header
@@ -606,9 +630,9 @@ class IsolatedRunner(Runner):
 class IsolatedExecutor(Executor):
     name = "isolated"
 
-    def open(self, sub: Any, limits: Limits) -> Runner:
+    def open(self, sub: Submission, limits: Limits) -> Runner:
         return IsolatedRunner(sub, limits)
 
-    def prestart(self, sub: Any, limits: Limits) -> Runner:
+    def prestart(self, sub: Submission, limits: Limits) -> Runner:
         """A worker that starts now, in the background, while the current one computes."""
         return IsolatedRunner(sub, limits, wait=False)

@@ -6,7 +6,7 @@ works, but the model runs with the harness's rights and could read anything the 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,12 +22,17 @@ from harness.executors.base import (
     summary_of,
 )
 
+if TYPE_CHECKING:  # pragma: no cover
+    from harness.models.protocol import TaskInfo, Tensors
+    from harness.models.submission import Submission
+    from harness.models.train import TrainedModel
+
 
 class LocalRunner(Runner):
-    def __init__(self, sub: Any):
+    def __init__(self, sub: Submission):
         self.sub = sub
-        self.trained: Any = None
-        self.task: Any = None
+        self.trained: TrainedModel | None = None
+        self.task: TaskInfo | None = None
 
     def train(self, job: TrainJob) -> TrainSummary:
         self.trained, self.task = None, job.task
@@ -39,8 +44,8 @@ class LocalRunner(Runner):
             ) from None
         return summary_of(self.trained)
 
-    def predict(self, tensors: Any) -> np.ndarray:
-        if self.trained is None:
+    def predict(self, tensors: Tensors) -> np.ndarray:
+        if self.trained is None or self.task is None:
             raise RuntimeError("predict before train")
         try:
             p = self.trained.predict_proba(tensors)
@@ -54,5 +59,5 @@ class LocalRunner(Runner):
 class LocalExecutor(Executor):
     name = "local"
 
-    def open(self, sub: Any, limits: Limits) -> Runner:
+    def open(self, sub: Submission, limits: Limits) -> Runner:
         return LocalRunner(sub)

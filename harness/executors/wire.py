@@ -13,9 +13,12 @@ import json
 import struct
 from collections.abc import Callable
 from dataclasses import replace
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from harness.models.protocol import Tensors
 
 MAGIC = b"HXW1"
 #: Largest header and largest single array the harness accepts from a worker.
@@ -113,7 +116,7 @@ _TENSOR_FIELDS = (
 )  # fmt: skip
 
 
-def tensors_to_wire(t: Any, prefix: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def tensors_to_wire(t: Tensors, prefix: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """`Tensors` as named arrays plus a small header (column names)."""
     arrays = {}
     for name in _TENSOR_FIELDS:
@@ -124,13 +127,13 @@ def tensors_to_wire(t: Any, prefix: str) -> tuple[dict[str, Any], dict[str, np.n
     return meta, arrays
 
 
-def tensors_from_wire(meta: dict[str, Any], arrays: dict[str, np.ndarray], prefix: str) -> Any:
+def tensors_from_wire(meta: dict[str, Any], arrays: dict[str, np.ndarray], prefix: str) -> Tensors:
     """Rebuild `Tensors` from `tensors_to_wire` output (``index`` becomes 0..n-1)."""
     import torch
 
-    from harness.models.data import Tensors
+    from harness.models.protocol import Tensors
 
-    values = {}
+    values: dict[str, Any] = {}
     for name in _TENSOR_FIELDS:
         arr = arrays.get(f"{prefix}.{name}")
         values[name] = None if arr is None else torch.from_numpy(np.array(arr))
@@ -146,6 +149,6 @@ def tensors_from_wire(meta: dict[str, Any], arrays: dict[str, np.ndarray], prefi
     )
 
 
-def without_labels(t: Any) -> Any:
+def without_labels(t: Tensors) -> Tensors:
     """The same tensors with ``y`` removed: what a model may see of a test or scenario set."""
     return replace(t, y=None)

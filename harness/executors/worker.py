@@ -13,9 +13,14 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from harness.models.protocol import TaskInfo
+    from harness.models.submission import Submission
+    from harness.models.train import TrainedModel
 
 SUBMISSION_MOUNT = "/submission"
 INBOX_MOUNT = "/inbox"
@@ -28,7 +33,7 @@ def _load_request(header: dict[str, Any]) -> tuple[dict[str, Any], dict[str, np.
     return header, arrays
 
 
-def _task(raw: dict[str, Any]) -> Any:
+def _task(raw: dict[str, Any]) -> TaskInfo:
     from harness.models.protocol import TaskInfo
 
     return TaskInfo(
@@ -58,7 +63,7 @@ def _warm_up() -> None:
     opt.step()
 
 
-def _serve(out: Any, inp: Any) -> int:
+def _serve(out: IO[bytes], inp: IO[bytes]) -> int:
     from harness.executors.base import TrainJob, classify_exception, fit_job, summary_of
     from harness.executors.wire import read_message, tensors_from_wire, write_message
     from harness.models.submission import load_submission
@@ -69,8 +74,8 @@ def _serve(out: Any, inp: Any) -> int:
     torch.set_num_threads(int(hello.get("threads") or torch.get_num_threads()))
     _warm_up()
     write_message(out, {"ok": True, "ready": True})
-    sub = None
-    trained = None
+    sub: Submission | None = None
+    trained: TrainedModel | None = None
     while True:
         try:
             header, _ = read_message(inp)
@@ -98,8 +103,9 @@ def _serve(out: Any, inp: Any) -> int:
                 )
                 trained = fit_job(sub, job)
                 s = summary_of(trained)
-                reply = {"ok": True, "val_score": s.val_score, "best_epoch": s.best_epoch,
-                         "train_seconds": s.train_seconds}  # fmt: skip
+                reply: dict[str, Any] = {"ok": True, "val_score": s.val_score,
+                                         "best_epoch": s.best_epoch,
+                                         "train_seconds": s.train_seconds}  # fmt: skip
                 if not np.isfinite(reply["val_score"]):
                     reply["val_score"] = None
                 write_message(out, reply)

@@ -10,17 +10,22 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import torch
 
 from harness.errors import InputError
-from harness.models.protocol import Batch, TaskInfo
+from harness.kinds import TASK_KINDS
+from harness.models.protocol import TaskInfo, Tensors
+
+if TYPE_CHECKING:  # pragma: no cover
+    from harness.cohort.load import Cohort
+    from harness.cohort.spec import TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +150,7 @@ class FeatureSet:
         (from z_ehr), ``label_cxr`` (from z_cxr), ``label_both`` (from their sum); binary uses
         ``label_both``; multiclass cuts z_ehr + z_cxr into three ordered classes.
         """
-        if kind not in ("binary", "multilabel", "multiclass"):
+        if kind not in TASK_KINDS:
             raise ValueError(f"kind must be binary, multilabel or multiclass, not {kind!r}")
         rng = np.random.default_rng(seed)
         n_subjects = max(1, int(n * 0.85))
@@ -326,74 +331,6 @@ def fit_stats(fs: FeatureSet, train_idx: np.ndarray) -> NormStats:
     return NormStats(ehr_med, ehr_scale, sum_med, sum_scale, encoder, names, len(train_idx))
 
 
-@dataclass
-class Tensors:
-    """Model-ready tensors for a set of stays (normalised, imputed); labels kept apart in ``y``."""
-
-    ehr: torch.Tensor
-    ehr_mask: torch.Tensor
-    ehr_summary: torch.Tensor
-    cxr: torch.Tensor
-    has_cxr: torch.Tensor
-    cxr_time_hours: torch.Tensor
-    demographics: torch.Tensor
-    stay_id: torch.Tensor
-    y: torch.Tensor | None
-    index: np.ndarray
-    cxr_pixels: torch.Tensor | None = None
-    demo_names: list[str] = field(default_factory=list)
-    summary_names: list[str] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return int(self.stay_id.shape[0])
-
-    def batch(self, idx: torch.Tensor | slice) -> Batch:
-        """Rows ``idx`` as a `Batch` (tensor indexing, no per-item Python)."""
-        return Batch(
-            ehr=self.ehr[idx],
-            ehr_mask=self.ehr_mask[idx],
-            ehr_summary=self.ehr_summary[idx],
-            cxr=self.cxr[idx],
-            has_cxr=self.has_cxr[idx],
-            cxr_time_hours=self.cxr_time_hours[idx],
-            demographics=self.demographics[idx],
-            stay_id=self.stay_id[idx],
-            cxr_pixels=None if self.cxr_pixels is None else self.cxr_pixels[idx],
-        )
-
-    def all(self) -> Batch:
-        return self.batch(slice(None))
-
-    def iter_batches(
-        self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None
-    ) -> Iterator[tuple[Batch, torch.Tensor | None]]:
-        """Yield ``(batch, y)``; with ``shuffle`` the order comes from ``generator`` (seeded)."""
-        n = len(self)
-        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
-            yield self.batch(idx), (None if self.y is None else self.y[idx])
-
-    def flat(self, inputs: Sequence[str]) -> tuple[np.ndarray, list[str]]:
-        """The flat estimator array for ``inputs`` (fixed order) and its column names."""
-        parts: list[np.ndarray] = []
-        names: list[str] = []
-        if "ehr_summary" in inputs:
-            parts.append(self.ehr_summary.numpy())
-            names += self.summary_names or [f"ehr_summary_{i}" for i in range(parts[-1].shape[1])]
-        if "cxr" in inputs:
-            parts.append(self.cxr.numpy())
-            names += [f"cxr_{i}" for i in range(parts[-1].shape[1])]
-            parts.append(self.has_cxr.numpy()[:, None])
-            names.append("has_cxr")
-        if "demographics" in inputs:
-            parts.append(self.demographics.numpy())
-            names += self.demo_names or [f"demo_{i}" for i in range(parts[-1].shape[1])]
-        if not parts:
-            return np.zeros((len(self), 0), dtype=np.float32), []
-        return np.concatenate(parts, axis=1).astype(np.float32), names
-
-
 def make_tensors(fs: FeatureSet, idx: np.ndarray, stats: NormStats) -> Tensors:
     """Normalise and impute rows ``idx`` of ``fs`` with ``stats`` (a pure function).
 
@@ -463,7 +400,11 @@ def split_indices(
                 fix="pass a fold number the data source defines",
             )
         col = given[:, k - 1]
-        return tuple(np.flatnonzero(col == PARTITION_CODES[p]) for p in ("train", "val", "test"))
+        return (
+            np.flatnonzero(col == PARTITION_CODES["train"]),
+            np.flatnonzero(col == PARTITION_CODES["val"]),
+            np.flatnonzero(col == PARTITION_CODES["test"]),
+        )
     folds = np.asarray(folds)
     if n_folds is None:
         n_folds = int(folds.max()) if folds.size else 0
@@ -479,12 +420,22 @@ def split_indices(
 
 
 @dataclass
-class Split:
-    """One fold's tensors: train, validation and test, plus the training statistics."""
+class FitSplit:
+    """What training needs of a fold: its training and validation tensors, labels included.
+
+    All a sandboxed worker receives (it never sees the test split nor the statistics); a full
+    `Split` is one too, so the training loop accepts either.
+    """
 
     fold: int
     train: Tensors
     val: Tensors
+
+
+@dataclass
+class Split(FitSplit):
+    """One fold's tensors: train, validation and test, plus the training statistics."""
+
     test: Tensors
     stats: NormStats
 
@@ -535,7 +486,9 @@ def _label_array(stays: pd.DataFrame, task: TaskInfo, where: str) -> np.ndarray:
 
 
 def load_feature_set(
-    cohort: Any = "base", task: Any = "mortality_in_hospital", encoder: str = "default"
+    cohort: Cohort | str = "base",
+    task: TaskInfo | TaskSpec | str = "mortality_in_hospital",
+    encoder: str = "default",
 ) -> FeatureSet:
     """Assemble a `FeatureSet` from a built cohort, its cached EHR features and CXR embeddings.
 
@@ -553,12 +506,12 @@ def load_feature_set(
         task = load_task(task)
     info = TaskInfo.coerce(task)
     stays = cohort.stays.reset_index(drop=True)
-    where = f"cohort {getattr(cohort, 'fingerprint', '?')}"
+    where = f"cohort {cohort.fingerprint}"
     missing = [c for c in info.label_columns if c not in stays.columns]
     if missing:
         raise InputError(
             f"label column(s) {missing} of task {info.name!r} are not in the cohort",
-            path=getattr(cohort, "path", where),
+            path=cohort.path,
             fix="rebuild the cohort with this task's labels, or evaluate another task",
         )
     labelled = stays[list(info.label_columns)].notna().all(axis=1).to_numpy()
@@ -623,20 +576,20 @@ def load_feature_set(
         y=_label_array(stays, info, where),
         task=info,
         variables=list(ehr.variables),
-        summary_names=list(getattr(ehr, "summary_names", [])),
+        summary_names=list(ehr.summary_names),
         provenance={
-            "cohort_fingerprint": getattr(cohort, "fingerprint", None),
-            "ehr_key": getattr(ehr, "key", None),
+            "cohort_fingerprint": cohort.fingerprint,
+            "ehr_key": ehr.key,
             "encoder": encoder,
             "encoder_key": key,
             "task": info.name,
         },
         dicom_id=dicom.to_numpy(dtype=object),
-        given_splits=_given_splits(getattr(cohort, "path", None), stays["stay_id"].to_numpy()),
+        given_splits=_given_splits(cohort.path, stays["stay_id"].to_numpy()),
     )
 
 
-def _given_splits(cohort_path: Any, stay_ids: np.ndarray) -> np.ndarray | None:
+def _given_splits(cohort_path: Path, stay_ids: np.ndarray) -> np.ndarray | None:
     """The cohort's own (n, n_folds) partition table when its source fixed one, else None.
 
     A CareBench build ships ``carebench_splits.parquet`` (fold, stay_id, partition); rows follow
@@ -644,7 +597,7 @@ def _given_splits(cohort_path: Any, stay_ids: np.ndarray) -> np.ndarray | None:
     """
     from harness.data.carebench import SPLITS_FILE
 
-    if cohort_path is None or not (Path(cohort_path) / SPLITS_FILE).is_file():
+    if not (Path(cohort_path) / SPLITS_FILE).is_file():
         return None
     path = Path(cohort_path) / SPLITS_FILE
     table = pd.read_parquet(path, columns=["fold", "stay_id", "partition"])

@@ -8,7 +8,7 @@ fine-tuned with the rest of the model by the ordinary training loop.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -16,11 +16,15 @@ from torch import nn
 
 from harness.models.data import FeatureSet
 
+if TYPE_CHECKING:  # pragma: no cover
+    from harness.cohort.load import Cohort
+    from harness.encode.encoders import Encoder
+
 
 class Backbone(nn.Module):
     """A registry encoder as a trainable sub-module: (B, 3, H, W) -> (B, dim)."""
 
-    def __init__(self, encoder: Any):
+    def __init__(self, encoder: Encoder):
         super().__init__()
         self.net = encoder.module
         self._forward_fn = encoder.forward_fn
@@ -55,7 +59,7 @@ def preprocess_images(images: Sequence[Any], transform: Any) -> torch.Tensor:
     return out
 
 
-def attach_pixels(fs: FeatureSet, images: Sequence[Any], encoder: str | Any) -> FeatureSet:
+def attach_pixels(fs: FeatureSet, images: Sequence[Any], encoder: str | Encoder) -> FeatureSet:
     """A copy of ``fs`` carrying preprocessed images (one per stay, ``None`` where missing).
 
     ``has_cxr`` becomes false where no image is given, so both tracks see the same missingness.
@@ -99,7 +103,7 @@ def synthetic_images(fs: FeatureSet, *, size: int = 64, seed: int = 0) -> list[A
     return images
 
 
-def attach_cohort_pixels(fs: FeatureSet, cohort: Any, encoder: str | Any) -> FeatureSet:
+def attach_cohort_pixels(fs: FeatureSet, cohort: Cohort, encoder: str | Encoder) -> FeatureSet:
     """Load each stay's linked image from the cohort's image root and attach it preprocessed.
 
     Unreadable or missing files count as a missing CXR (``has_cxr`` false), with a warning.

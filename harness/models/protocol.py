@@ -1,4 +1,4 @@
-"""The submission contract: what a model receives (`Batch`, `ModelSpec`) and the optional hooks.
+"""The submission contract: what a model receives (`Batch`, `Tensors`, `ModelSpec`) and the hooks.
 
 A ``torch`` submission is an ``nn.Module`` built as ``Class(spec, **params)``. Its
 ``forward(batch)`` returns logits of shape ``(B, spec.n_outputs)`` (``(B,)`` is accepted for a
@@ -29,20 +29,23 @@ An ``estimator`` submission is built as ``Class(spec, **params)`` and implements
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from harness.kinds import TASK_KINDS
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from harness.models.data import Tensors
+    from harness.cohort.spec import TaskSpec
 
 #: Inputs a submission may declare in ``submission.yaml``.
 INPUTS = ("ehr", "ehr_summary", "cxr", "cxr_pixels", "demographics")
 #: Inputs an estimator can consume (flat arrays only).
 ESTIMATOR_INPUTS = ("ehr_summary", "cxr", "demographics")
-TASK_KINDS = ("binary", "multilabel", "multiclass")
 
 
 @dataclass(frozen=True)
@@ -64,21 +67,21 @@ class TaskInfo:
         return int(self.n_classes or 0)
 
     @classmethod
-    def coerce(cls, task: Any) -> TaskInfo:
-        """Accept a `TaskInfo` or any object with ``kind``, ``label_columns``, ``n_classes``."""
+    def coerce(cls, task: TaskInfo | TaskSpec) -> TaskInfo:
+        """The training view of a task: a `TaskInfo` as is, a task file's `TaskSpec` reduced to
+        the fields the loop needs (name, kind, label columns, class count, main metric)."""
         if isinstance(task, TaskInfo):
             return task
         kind = str(task.kind)
         if kind not in TASK_KINDS:
             raise ValueError(f"task kind {kind!r} is not one of {TASK_KINDS}")
-        labels = tuple(getattr(task, "label_columns", ()) or ())
-        n_classes = getattr(task, "n_classes", None)
+        n_classes = task.n_classes
         return cls(
-            name=str(getattr(task, "name", kind)),
+            name=str(task.name),
             kind=kind,
-            label_columns=labels,
+            label_columns=tuple(task.label_columns),
             n_classes=int(n_classes) if n_classes else None,
-            main_metric=getattr(task, "main_metric", None),
+            main_metric=task.main_metric,
         )
 
 
@@ -121,6 +124,108 @@ class Batch:
 
     def replace(self, **changes: Any) -> Batch:
         return replace(self, **changes)
+
+
+@dataclass
+class Tensors:
+    """Model-ready tensors for a set of stays (normalised, imputed); labels kept apart in ``y``.
+
+    What ``fit_setup`` receives and what the harness cuts into `Batch` objects; built from a
+    `FeatureSet` by :func:`harness.models.data.make_tensors`.
+    """
+
+    ehr: torch.Tensor
+    ehr_mask: torch.Tensor
+    ehr_summary: torch.Tensor
+    cxr: torch.Tensor
+    has_cxr: torch.Tensor
+    cxr_time_hours: torch.Tensor
+    demographics: torch.Tensor
+    stay_id: torch.Tensor
+    y: torch.Tensor | None
+    index: np.ndarray
+    cxr_pixels: torch.Tensor | None = None
+    demo_names: list[str] = field(default_factory=list)
+    summary_names: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.stay_id.shape[0])
+
+    def batch(self, idx: torch.Tensor | slice) -> Batch:
+        """Rows ``idx`` as a `Batch` (tensor indexing, no per-item Python)."""
+        return Batch(
+            ehr=self.ehr[idx],
+            ehr_mask=self.ehr_mask[idx],
+            ehr_summary=self.ehr_summary[idx],
+            cxr=self.cxr[idx],
+            has_cxr=self.has_cxr[idx],
+            cxr_time_hours=self.cxr_time_hours[idx],
+            demographics=self.demographics[idx],
+            stay_id=self.stay_id[idx],
+            cxr_pixels=None if self.cxr_pixels is None else self.cxr_pixels[idx],
+        )
+
+    def all(self) -> Batch:
+        return self.batch(slice(None))
+
+    def labels(self) -> torch.Tensor:
+        """``y``, for the harness code paths that only run on labelled splits.
+
+        Raises:
+            ValueError: these tensors were built without labels.
+        """
+        if self.y is None:
+            raise ValueError("these tensors carry no labels")
+        return self.y
+
+    def _batch_rows(
+        self, batch_size: int, shuffle: bool, generator: torch.Generator | None
+    ) -> Iterator[torch.Tensor]:
+        """Row indices of each batch; with ``shuffle`` the order comes from ``generator``."""
+        import torch
+
+        n = len(self)
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        for start in range(0, n, batch_size):
+            yield order[start : start + batch_size]
+
+    def iter_batches(
+        self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None
+    ) -> Iterator[tuple[Batch, torch.Tensor | None]]:
+        """Yield ``(batch, y)`` (``y`` None for unlabelled tensors); ``shuffle`` as seeded."""
+        for idx in self._batch_rows(batch_size, shuffle, generator):
+            yield self.batch(idx), (None if self.y is None else self.y[idx])
+
+    def labelled_batches(
+        self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None
+    ) -> Iterator[tuple[Batch, torch.Tensor]]:
+        """`iter_batches` for training, where every batch must come with its labels.
+
+        Raises:
+            ValueError: these tensors were built without labels.
+        """
+        y = self.labels()
+        for idx in self._batch_rows(batch_size, shuffle, generator):
+            yield self.batch(idx), y[idx]
+
+    def flat(self, inputs: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+        """The flat estimator array for ``inputs`` (fixed order) and its column names."""
+        parts: list[np.ndarray] = []
+        names: list[str] = []
+        if "ehr_summary" in inputs:
+            parts.append(self.ehr_summary.numpy())
+            names += self.summary_names or [f"ehr_summary_{i}" for i in range(parts[-1].shape[1])]
+        if "cxr" in inputs:
+            parts.append(self.cxr.numpy())
+            names += [f"cxr_{i}" for i in range(parts[-1].shape[1])]
+            parts.append(self.has_cxr.numpy()[:, None])
+            names.append("has_cxr")
+        if "demographics" in inputs:
+            parts.append(self.demographics.numpy())
+            names += self.demo_names or [f"demo_{i}" for i in range(parts[-1].shape[1])]
+        if not parts:
+            return np.zeros((len(self), 0), dtype=np.float32), []
+        return np.concatenate(parts, axis=1).astype(np.float32), names
 
 
 @dataclass(frozen=True)

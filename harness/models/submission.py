@@ -164,31 +164,43 @@ def _parse_train(raw: Any, path: Path) -> TrainConfig:
                 f"unknown key `train.{key}`",
                 f"remove it; valid keys under `train` are {sorted(TRAIN_KEYS)}",
             )
-        typ, expected = TRAIN_KEYS[key]
-        if typ is float:
-            if key == "grad_clip" and value is None:
-                values[key] = None
-                continue
-            conv = _as_float(value)
-        elif typ is int:
-            conv = value if isinstance(value, int) and not isinstance(value, bool) else None
-        else:
-            conv = value if isinstance(value, str) else None
-        ok = conv is not None
-        if ok and key in ("lr", "batch_size", "max_epochs", "patience", "grad_clip"):
-            ok = conv > 0
-        if ok and key == "weight_decay":
-            ok = conv >= 0
-        if ok and key == "cxr_dropout":
-            ok = 0 <= conv < 1
-        if ok and key == "optimizer":
-            ok = conv.lower() == "adamw"
-        if ok and key == "class_weights":
-            ok = conv in ("none", "balanced")
-        if not ok:
-            raise _spec_error(path, f"`train.{key}` is {value!r}", f"use {expected}")
-        values[key] = conv.lower() if key == "optimizer" else conv
+        if key == "grad_clip" and value is None:
+            values[key] = None
+            continue
+        conv = _train_value(key, value)
+        if conv is None:
+            raise _spec_error(path, f"`train.{key}` is {value!r}", f"use {TRAIN_KEYS[key][1]}")
+        values[key] = conv
     return TrainConfig(**values)
+
+
+def _train_value(key: str, value: Any) -> float | int | str | None:
+    """``train.<key>`` converted to its type and range-checked (`TRAIN_KEYS`); None if invalid.
+
+    Numbers must be positive, except ``weight_decay`` (>= 0) and ``cxr_dropout`` (in [0, 1));
+    ``optimizer`` is case-insensitive and kept lower-case.
+    """
+    typ = TRAIN_KEYS[key][0]
+    if typ is float:
+        number = _as_float(value)
+        if number is None:
+            return None
+        if key == "weight_decay":
+            return number if number >= 0 else None
+        if key == "cxr_dropout":
+            return number if 0 <= number < 1 else None
+        return number if number > 0 else None
+    if typ is int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            return None
+        return value if value > 0 else None
+    if not isinstance(value, str):
+        return None
+    if key == "optimizer":
+        return value.lower() if value.lower() == "adamw" else None
+    if key == "class_weights":
+        return value if value in ("none", "balanced") else None
+    return value
 
 
 def parse_submission(data: Any, path: Path) -> Submission:
@@ -275,7 +287,7 @@ def parse_submission(data: Any, path: Path) -> Submission:
         raise _spec_error(
             path,
             "`inputs` has cxr_pixels but no `backbone` is named",
-            "set `backbone:` to an image encoder name (see `harness encoders`)",
+            "set `backbone:` to an image encoder name (see `harness list encoders`)",
         )
     limits = _parse_limits(data.get("limits"), path)
     return Submission(
@@ -370,7 +382,10 @@ class _NoAliasLoader(yaml.SafeLoader):
     """Safe YAML without anchors and aliases: a few hundred bytes of nested aliases expand to
     gigabytes (a "billion laughs" file) before any field is checked."""
 
-    def compose_node(self, parent, index):  # type: ignore[override]
+    # The anchor passed on is None (no anchor recorded). types-PyYAML declares the parameter as
+    # a dict where PyYAML passes the anchor's name (str | None): hence the ignores below.
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             raise yaml.composer.ComposerError(
@@ -378,14 +393,14 @@ class _NoAliasLoader(yaml.SafeLoader):
             )
         return super().compose_node(parent, index)
 
-    def compose_scalar_node(self, anchor):  # type: ignore[override]
-        return super().compose_scalar_node(None)
+    def compose_scalar_node(self, anchor: Any) -> yaml.ScalarNode:
+        return super().compose_scalar_node(None)  # type: ignore[arg-type]
 
-    def compose_sequence_node(self, anchor):  # type: ignore[override]
-        return super().compose_sequence_node(None)
+    def compose_sequence_node(self, anchor: Any) -> yaml.SequenceNode:
+        return super().compose_sequence_node(None)  # type: ignore[arg-type]
 
-    def compose_mapping_node(self, anchor):  # type: ignore[override]
-        return super().compose_mapping_node(None)
+    def compose_mapping_node(self, anchor: Any) -> yaml.MappingNode:
+        return super().compose_mapping_node(None)  # type: ignore[arg-type]
 
 
 def _load_yaml(yaml_path: Path) -> Any:

@@ -14,19 +14,23 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from harness.config import resolve_device
 from harness.errors import InputError, SubmissionError
-from harness.models.data import FeatureSet, NormStats, Split, Tensors, make_tensors, prepare_split
-from harness.models.protocol import Batch, ModelSpec, StepContext, TaskInfo
+from harness.models.data import FeatureSet, FitSplit, NormStats, Split, make_tensors, prepare_split
+from harness.models.protocol import Batch, ModelSpec, StepContext, TaskInfo, Tensors
 from harness.models.submission import Submission, describe_exception, load_submission
+
+if TYPE_CHECKING:  # pragma: no cover
+    from harness.cohort.spec import TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -139,14 +143,15 @@ class TrainedModel:
     task: TaskInfo
     fold: int
     seed: int
-    stats: NormStats
+    #: The fold's training statistics; None when trained from tensors alone (a sandboxed worker).
+    stats: NormStats | None
     model: Any
     device: str
     history: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int = 0
     val_score: float = float("nan")
     train_seconds: float = 0.0
-    split: Split | None = None
+    split: FitSplit | None = None
 
     def predict_proba(self, data: Tensors | Batch, *, batch_size: int = 1024) -> np.ndarray:
         """Probabilities: (n,) binary, (n, L) multilabel, (n, K) multiclass."""
@@ -165,6 +170,8 @@ class TrainedModel:
 
     def tensors_for(self, fs: FeatureSet, idx: np.ndarray) -> Tensors:
         """Rows ``idx`` of a (possibly degraded) `FeatureSet`, normalised with this fold's stats."""
+        if self.stats is None:
+            raise ValueError("this model was trained from tensors alone: it has no statistics")
         return make_tensors(fs, idx, self.stats)
 
     def predict_feature_set(self, fs: FeatureSet, idx: np.ndarray) -> np.ndarray:
@@ -225,13 +232,6 @@ def estimator_proba(raw: Any, task: TaskInfo, est: Any, where: Path) -> np.ndarr
 # Training
 
 
-def resolve_device(device: str | None = None) -> str:
-    """``None`` picks CUDA when available, else CPU."""
-    if device:
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 @contextlib.contextmanager
 def seeded(seed: int) -> Iterator[None]:
     """Seed Python, NumPy and torch and request deterministic kernels for the duration."""
@@ -279,23 +279,32 @@ def build_spec(
     sub: Submission,
     task: TaskInfo,
     train: Tensors,
-    variables: Any,
+    variables: Sequence[str] | FeatureSet,
     seed: int,
-    backbone: Any = None,
+    backbone: nn.Module | None = None,
     backbone_dim: int | None = None,
 ) -> ModelSpec:
+    """The `ModelSpec` a submission is built from: shapes of ``train``, the task, the EHR
+    ``variables`` (names, or the `FeatureSet` that carries them) and the image backbone of the
+    end-to-end track with its output dimension."""
     flat_names: tuple[str, ...] = ()
     if sub.kind == "estimator":
         flat_names = tuple(train.flat(sub.inputs)[1])
+    cxr_dim = int(train.cxr.shape[1])
+    if backbone is not None:
+        if backbone_dim is None:
+            raise ValueError("an image backbone needs its output dimension (backbone_dim)")
+        cxr_dim = int(backbone_dim)
+    names = variables.variables if isinstance(variables, FeatureSet) else variables
     return ModelSpec(
         task_kind=task.kind,
         n_outputs=task.n_outputs,
         ehr_dim=int(train.ehr.shape[2]),
         ehr_summary_dim=int(train.ehr_summary.shape[1]),
-        cxr_dim=int(backbone_dim if backbone is not None else train.cxr.shape[1]),
+        cxr_dim=cxr_dim,
         demo_dim=int(train.demographics.shape[1]),
         seq_len=int(train.ehr.shape[1]),
-        variables=tuple(getattr(variables, "variables", variables)),
+        variables=tuple(names),
         label_names=tuple(task.label_columns),
         inputs=tuple(sub.inputs),
         cxr_backbone=backbone,
@@ -304,7 +313,8 @@ def build_spec(
     )
 
 
-def _coerce_task(task: Any, fs: FeatureSet) -> TaskInfo:
+def _coerce_task(task: TaskInfo | TaskSpec | str | None, fs: FeatureSet) -> TaskInfo:
+    """The task to train on, checked against the labels ``fs`` carries (None: ``fs.task``)."""
     if task is None:
         return fs.task
     if isinstance(task, str):
@@ -327,7 +337,7 @@ def _coerce_task(task: Any, fs: FeatureSet) -> TaskInfo:
 def train_model(
     submission: Submission | str | Path,
     fs: FeatureSet,
-    task: Any = None,
+    task: TaskInfo | TaskSpec | str | None = None,
     fold: int = 1,
     seed: int = 0,
     *,
@@ -359,7 +369,7 @@ def train_model(
 def fit_split(
     sub: Submission,
     info: TaskInfo,
-    split: Split,
+    split: FitSplit,
     variables: list[str],
     seed: int,
     *,
@@ -388,26 +398,40 @@ def fit_split(
     return trained
 
 
+def _stats(split: FitSplit) -> NormStats | None:
+    """The training statistics a full `Split` carries (a worker's `FitSplit` has none)."""
+    return split.stats if isinstance(split, Split) else None
+
+
+def _hook(model: nn.Module, name: str) -> Callable[..., Any] | None:
+    """The optional `TrainHooks` method ``name`` of ``model``, or None when it has none.
+
+    Looked up with ``getattr`` because a hook is a plain method of the submission's class:
+    ``nn.Module`` attribute typing knows only parameters, buffers and sub-modules.
+    """
+    return getattr(model, name, None)
+
+
 def _fit_estimator(
     sub: Submission,
     cls: type,
     task: TaskInfo,
     variables: list[str],
-    split: Split,
+    split: FitSplit,
     fold: int,
     seed: int,
 ) -> TrainedModel:
     where = sub.module_path
     spec = build_spec(sub, task, split.train, variables, seed)
     x_train, _ = split.train.flat(sub.inputs)
-    y_train = split.train.y.numpy()
+    y_train = split.train.labels().numpy()
     with _model_errors(where, f"{cls.__name__}(spec, **params)"):
         est = cls(spec, **sub.params)
     with _model_errors(where, "fit"):
         est.fit(x_train, y_train)
-    trained = TrainedModel(sub, spec, task, fold, seed, split.stats, est, "cpu", split=split)
+    trained = TrainedModel(sub, spec, task, fold, seed, _stats(split), est, "cpu", split=split)
     val = trained.predict_proba(split.val)
-    trained.val_score = selection_score(task, split.val.y.numpy(), val)
+    trained.val_score = selection_score(task, split.val.labels().numpy(), val)
     trained.history = [{"epoch": 0, "val_score": trained.val_score}]
     return trained
 
@@ -431,7 +455,7 @@ def _train_torch(
     cls: type,
     task: TaskInfo,
     variables: list[str],
-    split: Split,
+    split: FitSplit,
     fold: int,
     seed: int,
     device: str,
@@ -453,35 +477,38 @@ def _train_torch(
             "Fix: subclass nn.Module, or set `kind: estimator` with fit/predict_proba."
         )
     model.to(device)
-    if hasattr(model, "fit_setup"):
+    if (fit_setup := _hook(model, "fit_setup")) is not None:
         with _model_errors(where, "fit_setup"):
-            model.fit_setup(split.train)
+            fit_setup(split.train)
     params = [p for p in model.parameters() if p.requires_grad]
-    if hasattr(model, "extra_parameters"):
+    if (extra_parameters := _hook(model, "extra_parameters")) is not None:
         seen = {id(p) for p in params}
-        params += [p for p in model.extra_parameters() if id(p) not in seen]
+        params += [p for p in extra_parameters() if id(p) not in seen]
     if not params:
         raise SubmissionError(f"{where}: the model has no trainable parameters")
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    loss_fn = make_loss(task, split.train.y, cfg.class_weights, device)
+    loss_fn = make_loss(task, split.train.labels(), cfg.class_weights, device)
     shuffle_gen = torch.Generator().manual_seed(seed)
     drop_gen = torch.Generator().manual_seed(seed + 1)
     ctx = StepContext(model=model, optimizer=optimizer, seed=seed, device=device, max_epochs=epochs)
-    y_val = split.val.y.numpy()
+    y_val = split.val.labels().numpy()
     best_score, best_state, best_epoch, bad = -math.inf, None, 0, 0
+    training_step = _hook(model, "training_step")
+    on_after_backward = _hook(model, "on_after_backward")
+    on_epoch_end = _hook(model, "on_epoch_end")
     bs = cfg.batch_size
     for epoch in range(epochs):
         ctx.epoch = epoch
         t0 = time.perf_counter()
         model.train()
         losses = []
-        for batch, y in split.train.iter_batches(bs, shuffle=True, generator=shuffle_gen):
+        for batch, y in split.train.labelled_batches(bs, shuffle=True, generator=shuffle_gen):
             if rate > 0:
                 batch = drop_cxr(batch, rate, drop_gen)
             batch, y = batch.to(device), y.to(device)
             with _model_errors(where, f"training step (epoch {epoch})"):
-                if hasattr(model, "training_step"):
-                    loss = model.training_step(batch, y, loss_fn, ctx)
+                if training_step is not None:
+                    loss = training_step(batch, y, loss_fn, ctx)
                 else:
                     logits, extra = split_output(model(batch), spec, len(batch), where)
                     loss = loss_fn(logits, y) + sum(extra.values(), torch.zeros((), device=device))
@@ -493,8 +520,8 @@ def _train_torch(
                         )
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
-                    if hasattr(model, "on_after_backward"):
-                        model.on_after_backward(ctx)
+                    if on_after_backward is not None:
+                        on_after_backward(ctx)
                     if cfg.grad_clip:
                         nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                     optimizer.step()
@@ -513,9 +540,9 @@ def _train_torch(
         log.debug("%s fold %d seed %d: %s", sub.name, fold, seed, record)
         if log_fn is not None:
             log_fn(record)
-        if hasattr(model, "on_epoch_end"):
+        if on_epoch_end is not None:
             with _model_errors(where, "on_epoch_end"):
-                model.on_epoch_end(ctx)
+                on_epoch_end(ctx)
         comparable = score if math.isfinite(score) else -math.inf
         if best_state is None or comparable > best_score:
             best_score, best_epoch, bad = comparable, epoch, 0
@@ -533,7 +560,7 @@ def _train_torch(
         task,
         fold,
         seed,
-        split.stats,
+        _stats(split),
         model,
         device,
         history=ctx.history,

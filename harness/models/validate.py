@@ -14,12 +14,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from harness.errors import HarnessError
-from harness.models.protocol import TASK_KINDS
+from harness.kinds import TASK_KINDS
+
+if TYPE_CHECKING:  # pragma: no cover
+    from harness.models.data import FeatureSet, Split
+    from harness.models.submission import Submission
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +66,7 @@ class ValidationReport:
         return ok
 
 
-def _kinds_for(sub: Any) -> list[str]:
+def _kinds_for(sub: Submission) -> list[str]:
     """Task kinds to exercise: those of the listed tasks when known, else all three."""
     if sub.tasks is None:
         return list(TASK_KINDS)
@@ -107,25 +111,27 @@ def validate_submission(
 
     if not report.run("schema", schema) or not report.run("import", importing):
         return report
-    sub, cls = holder["sub"], holder["cls"]
+    sub: Submission = holder["sub"]
+    cls: type = holder["cls"]
     where = sub.module_path
+    backbone_name = sub.backbone or ""  # set whenever the inputs include cxr_pixels
 
     for kind in _kinds_for(sub):
         fs = FeatureSet.synthetic(n, seed=seed, kind=kind)
         if sub.end_to_end:
             from harness.models.pixels import attach_pixels, synthetic_images
 
-            fs = attach_pixels(fs, synthetic_images(fs, size=32, seed=seed), sub.backbone)
+            fs = attach_pixels(fs, synthetic_images(fs, size=32, seed=seed), backbone_name)
         split = prepare_split(fs, 1)
 
-        def forward(kind: str = kind, split: Any = split, fs: Any = fs) -> str:
+        def forward(kind: str = kind, split: Split = split, fs: FeatureSet = fs) -> str:
             if sub.kind == "estimator":
                 return "estimator: checked through fit / predict_proba"
             backbone, dim = None, None
             if sub.end_to_end:
                 from harness.models.pixels import build_backbone
 
-                backbone, dim = build_backbone(sub.backbone)
+                backbone, dim = build_backbone(backbone_name)
             spec = build_spec(sub, fs.task, split.train, fs, seed, backbone, dim)
             with seeded(seed), _model_errors(where, f"{cls.__name__}(spec, **params)"):
                 model = cls(spec, **sub.params)
@@ -135,7 +141,7 @@ def validate_submission(
                 logits, _ = split_output(model(batch), spec, len(batch), where)
             return f"logits {tuple(logits.shape)}"
 
-        def training(kind: str = kind, split: Any = split, fs: Any = fs) -> str:
+        def training(kind: str = kind, split: Split = split, fs: FeatureSet = fs) -> str:
             preds = []
             for _ in range(2):
                 tm = train_model(
