@@ -13,7 +13,7 @@ import contextlib
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -91,6 +91,9 @@ class TrainSummary:
     val_score: float
     best_epoch: int
     train_seconds: float
+    #: Seconds per training stage as measured where the model trained (``train.steps``,
+    #: ``train.validation``): benchmark diagnostics only, never published.
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
 class Runner(ABC):
@@ -148,6 +151,7 @@ def summary_of(trained: TrainedModel) -> TrainSummary:
         val_score=float(trained.val_score),
         best_epoch=int(trained.best_epoch),
         train_seconds=float(trained.train_seconds),
+        stage_seconds=dict(trained.stage_seconds),
     )
 
 

@@ -364,6 +364,19 @@ def _pipes(
     return stdin, stdout, stderr
 
 
+def _stage_seconds(reported: object) -> dict[str, float]:
+    """The worker's own stage timings, kept only when well formed (they feed the speed
+    benchmark, never a result): known stage names, finite, non-negative seconds."""
+    if not isinstance(reported, dict):
+        return {}
+    out = {}
+    for name in ("train.steps", "train.validation"):
+        value = reported.get(name)
+        if isinstance(value, int | float) and 0.0 <= value < 1e7:
+            out[name] = float(value)
+    return out
+
+
 class IsolatedRunner(Runner):
     """One sandboxed worker process for one submission; requests are served one at a time."""
 
@@ -596,6 +609,7 @@ class IsolatedRunner(Runner):
                 best_epoch=min(max(int(reply["best_epoch"]), 0), 10**6),
                 # measured here, not taken from the worker: it is published in provenance
                 train_seconds=round(time.perf_counter() - started, 3),
+                stage_seconds=_stage_seconds(reply.get("stage_seconds")),
             )
         except (KeyError, TypeError, ValueError):
             raise self._fail(

@@ -152,6 +152,9 @@ class TrainedModel:
     val_score: float = float("nan")
     train_seconds: float = 0.0
     split: FitSplit | None = None
+    #: Seconds in the optimizer steps (an estimator's fit) and the validation passes, for the
+    #: stage breakdown of `benchmarks/evaluate_speed.py` (:mod:`harness.timing`).
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
     def predict_proba(self, data: Tensors | Batch, *, batch_size: int = 1024) -> np.ndarray:
         """Probabilities: (n,) binary, (n, L) multilabel, (n, K) multiclass."""
@@ -427,11 +430,14 @@ def _fit_estimator(
     y_train = split.train.labels().numpy()
     with _model_errors(where, f"{cls.__name__}(spec, **params)"):
         est = cls(spec, **sub.params)
+    t0 = time.perf_counter()
     with _model_errors(where, "fit"):
         est.fit(x_train, y_train)
     trained = TrainedModel(sub, spec, task, fold, seed, _stats(split), est, "cpu", split=split)
+    t1 = time.perf_counter()
     val = trained.predict_proba(split.val)
     trained.val_score = selection_score(task, split.val.labels().numpy(), val)
+    trained.stage_seconds = {"train.steps": t1 - t0, "train.validation": time.perf_counter() - t1}
     trained.history = [{"epoch": 0, "val_score": trained.val_score}]
     return trained
 
@@ -497,6 +503,7 @@ def _train_torch(
     on_after_backward = _hook(model, "on_after_backward")
     on_epoch_end = _hook(model, "on_epoch_end")
     bs = cfg.batch_size
+    spent = {"train.steps": 0.0, "train.validation": 0.0}
     for epoch in range(epochs):
         ctx.epoch = epoch
         t0 = time.perf_counter()
@@ -527,8 +534,11 @@ def _train_torch(
                     optimizer.step()
                     losses.append(float(loss.detach()))
             ctx.step += 1
+        t1 = time.perf_counter()
         val = _predict(model, split.val, spec, device, 64 if spec.end_to_end else 1024, where)
         score = selection_score(task, y_val, val)
+        spent["train.steps"] += t1 - t0
+        spent["train.validation"] += time.perf_counter() - t1
         ctx.val_score = score
         record = {
             "epoch": epoch,
@@ -567,4 +577,5 @@ def _train_torch(
         best_epoch=best_epoch,
         val_score=best_score,
         split=split,
+        stage_seconds=spent,
     )
