@@ -1,12 +1,17 @@
-"""`harness cohort build|show|diff`: build cohorts from MIMIC sources, print and compare builds."""
+"""`harness cohort build|show|diff`: build cohorts from any registered data source, print and
+compare builds (sources: :mod:`harness.cohort.datasources`)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from harness.cohort.datasources import DataSource
 
 console = Console()
 cohort_app = typer.Typer(help="Build, show and compare benchmark cohorts.", no_args_is_help=True)
@@ -33,49 +38,32 @@ def build(
     cxr_root: Path | None = typer.Option(
         None, "--cxr-root", help="Folder of {dicom_id}.jpg images for --carebench."
     ),
+    source: Path | None = typer.Option(
+        None,
+        "--source",
+        help="A source folder of any registered format (detected from it), or a source name "
+        "for that source's default data (`harness list sources`).",
+    ),
 ) -> None:
     """Build the base and matched cohorts (stays, hourly series, manifest, splits)."""
-    from harness.cohort.build import build_cohorts
+    from harness.cohort.datasources import BuildRequest
     from harness.cohort.load import load_cohort
     from harness.cohort.show import funnel_table, overview_table, summarize
 
-    if mimic_cxr is not None and mimic_iv is None:
-        from harness.errors import UsageError
-
-        raise UsageError("--mimic-cxr needs --mimic-iv (the default source has both)")
-    if sum(x is not None for x in (mimic_iv, clif, carebench)) > 1 or (
-        cxr_root is not None and carebench is None
-    ):
-        from harness.errors import UsageError
-
-        raise UsageError("give one source: --mimic-iv, --clif or --carebench (with --cxr-root)")
+    chosen, path, images = _choose_source(
+        {"--mimic-iv": mimic_iv, "--clif": clif, "--carebench": carebench, "--source": source},
+        {"--mimic-cxr": mimic_cxr, "--cxr-root": cxr_root},
+    )
+    request = BuildRequest(
+        path=path,
+        images=images,
+        dataset=dataset,
+        threads=threads,
+        memory_limit=memory_limit,
+        overwrite=overwrite,
+    )
     with console.status("building cohorts"):
-        if clif is not None:
-            from harness.data.clif import build_clif_cohorts
-
-            demo = str(clif) == "demo" and not clif.exists()
-            paths = build_clif_cohorts(
-                None if demo else clif,
-                dataset=dataset,
-                threads=threads,
-                memory_limit=memory_limit,
-                overwrite=overwrite,
-            )
-        elif carebench is not None:
-            from harness.data.carebench import build_carebench_cohorts
-
-            paths = build_carebench_cohorts(
-                carebench, cxr_root, dataset=dataset, overwrite=overwrite
-            )
-        else:
-            paths = build_cohorts(
-                mimic_iv,
-                mimic_cxr,
-                dataset=dataset,
-                memory_limit=memory_limit,
-                threads=threads,
-                overwrite=overwrite,
-            )
+        paths = chosen.build(request)
     summaries = [summarize(load_cohort(path=p)) for p in paths.values()]
     console.print(funnel_table(summaries[-1]))
     console.print(overview_table(summaries))
@@ -117,6 +105,46 @@ def diff(
         console.print(diff_table(result))
     if not result["identical"]:
         raise typer.Exit(1)
+
+
+def _choose_source(
+    given: dict[str, Path | None], image_options: dict[str, Path | None]
+) -> tuple[DataSource, Path | None, Path | None]:
+    """The registered source, its folder and its images folder from the command-line options.
+
+    One source option at most (none: the default synthetic data); ``--source`` takes a folder
+    (its format is detected) or a registered source name (that source's default data); an
+    images option must belong to the chosen source.
+    """
+    from harness.cohort.datasources import DATA_SOURCES, DEFAULT_SOURCE, detect_source
+    from harness.errors import UsageError
+
+    by_option = {s.option: s for _, s in DATA_SOURCES.items()}
+    named = {opt: p for opt, p in given.items() if p is not None}
+    images = {opt: p for opt, p in image_options.items() if p is not None}
+    if len(named) > 1 or len(images) > 1:
+        options = ", ".join(by_option)
+        raise UsageError(f"give one source: {options} or --source (and its images option)")
+    option: str | None = None
+    path: Path | None = None
+    chosen = DATA_SOURCES.get(DEFAULT_SOURCE)
+    if named:
+        option, folder = next(iter(named.items()))
+        if option != "--source":
+            chosen, path = by_option[option], folder
+        elif str(folder) in DATA_SOURCES and not folder.exists():
+            chosen = DATA_SOURCES.get(str(folder))  # a source name: its default data
+        else:
+            chosen, path = detect_source(folder), folder
+    if not images:
+        return chosen, path, None
+    image_option, image_path = next(iter(images.items()))
+    if image_option != chosen.images_option or option is None:
+        owner = next((s for s in by_option.values() if s.images_option == image_option), None)
+        needs = f" needs {owner.option}" if owner else " is not an images option"
+        hint = " (the default source has both)" if option is None else ""
+        raise UsageError(f"{image_option}{needs}{hint}")
+    return chosen, path, image_path
 
 
 def register(app: typer.Typer) -> None:

@@ -1,8 +1,9 @@
 """Build the ``base`` and ``matched`` cohorts from MIMIC-IV + MIMIC-CXR-JPG with DuckDB.
 
 Reads the source tables where they lie (out of core, bounded memory), applies the rules of
-``tasks/cohort.yaml``, computes labels, the CXR link, folds and the 48-hour hourly series, and
-writes each cohort as a content-addressed directory (see DESIGN.md §4.1).
+``tasks/cohort.yaml``, evaluates every task's declared label rule (:mod:`harness.cohort.labels`)
+on the cohort's stays, computes the CXR link, folds and the 48-hour hourly series, and writes each
+cohort as a content-addressed directory (see DESIGN.md §4.1).
 """
 
 from __future__ import annotations
@@ -26,6 +27,14 @@ from harness import __version__, config
 from harness.cohort import hourly as hourly_sql
 from harness.cohort.fingerprint import combine, fingerprint_parts, hourly_digest
 from harness.cohort.folds import assign_folds
+from harness.cohort.labels import (
+    LabelColumn,
+    LabelTable,
+    StayEvents,
+    diagnosis_codes,
+    label_stays,
+    prevalence,
+)
 from harness.cohort.load import DATA_FILES, build_problem, file_sha256
 from harness.cohort.sources import (
     CXR_METADATA_COLUMNS,
@@ -38,8 +47,7 @@ from harness.cohort.spec import (
     CohortSpec,
     feature_names,
     load_cohort_spec,
-    load_phenotypes,
-    load_task,
+    load_tasks,
     load_variables,
     spec_hashes,
 )
@@ -67,19 +75,6 @@ def _dataset_name(mimic_iv: Path) -> str:
 
 def _latest_pointer(dataset: str, cohort: str) -> Path:
     return config.cohorts_dir() / dataset / f"{cohort}.latest"
-
-
-def _sql_label_columns(spec: CohortSpec, los_edges: list[float]) -> str:
-    first, *rest = los_edges
-    los_class = " + ".join(f"CAST(los_days >= {e} AS INTEGER)" for e in rest) or "0"
-    return f"""
-        CAST(adm_death IS NOT NULL AS TINYINT) AS mortality_in_hospital,
-        CAST(CASE WHEN deathtime IS NOT NULL THEN deathtime BETWEEN intime AND outtime
-                  ELSE coalesce(dod BETWEEN CAST(intime AS DATE) AND CAST(outtime AS DATE), false)
-             END AS TINYINT) AS mortality_icu,
-        los_days,
-        CAST(CASE WHEN los_days < {first} THEN NULL ELSE {los_class} END AS TINYINT) AS los_class
-    """
 
 
 def _funnel(con: Any, spec: CohortSpec) -> list[dict[str, Any]]:
@@ -185,8 +180,7 @@ def build_cohorts(
     t0 = time.perf_counter()
     spec = load_cohort_spec()
     variables = load_variables()
-    phenotypes = load_phenotypes()
-    los = load_task("los")
+    tasks = load_tasks()
     cache_tmp = config.cache_root() / "tmp"
     cache_tmp.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache_tmp, prefix="cohort-build-") as work:
@@ -206,8 +200,8 @@ def build_cohorts(
                 cols = ", ".join(f'NULL::{t} AS "{c}"' for c, t in CXR_METADATA_COLUMNS.items())
                 con.execute(f"CREATE VIEW cxr_metadata AS SELECT {cols} WHERE false")
             _check_inputs(con, tables)
-            stays, hourly_path, dropped, missing = _run_sql(
-                con, work, spec, variables, phenotypes, los.bin_edges_days
+            stays, labels, hourly_path, dropped, missing = _run_sql(
+                con, work, spec, variables, tasks
             )
             funnel = stays.attrs.pop("funnel")
         except duckdb.Error as exc:
@@ -247,12 +241,12 @@ def build_cohorts(
             },
             "dropped_values": dropped,
             "missing_itemids": missing,
+            **unavailable_manifest(labels),
             "input_key": input_key,
             "harness_version": __version__,
             "build": {"memory_limit": memory_limit, "threads": threads},
         }
         out = {}
-        label_cols = label_columns(phenotypes)
         for cohort, sub, funnel_c in cohort_subsets(stays, funnel):
             out[cohort] = write_cohort(
                 con_path=work,
@@ -261,11 +255,21 @@ def build_cohorts(
                 hourly_path=hourly_path,
                 common=common,
                 funnel=funnel_c,
-                label_cols=label_cols,
+                labels=labels.columns,
                 overwrite=overwrite,
                 t0=t0,
             )
     return out
+
+
+def unavailable_manifest(labels: LabelTable) -> dict[str, Any]:
+    """Manifest fields naming the tasks a source could not label (none: no fields)."""
+    if not labels.unavailable:
+        return {}
+    return {
+        "labels_unavailable": list(labels.unavailable_columns),
+        "tasks_unavailable": dict(labels.unavailable),
+    }
 
 
 def _check_inputs(con: Any, tables: dict[str, Any]) -> None:
@@ -324,25 +328,13 @@ def _check_funnel(funnel: list[dict[str, Any]], tables: dict[str, Any]) -> None:
         )
 
 
-def label_columns(phenotypes: list[Any]) -> list[str]:
-    """Return the label columns of a stays table: outcomes, length of stay, then phenotype ids."""
-    return [
-        "mortality_in_hospital",
-        "mortality_icu",
-        "los_days",
-        "los_class",
-        *(p.id for p in phenotypes),
-    ]
-
-
 def _run_sql(
     con: Any,
     work: Path,
     spec: CohortSpec,
     variables: list[Any],
-    phenotypes: list[Any],
-    los_edges: list[float],
-) -> tuple[pd.DataFrame, Path, dict[str, int], dict[str, list[int]]]:
+    tasks: list[Any],
+) -> tuple[pd.DataFrame, LabelTable, Path, dict[str, int], dict[str, list[int]]]:
     pred_us = int(round(spec.prediction_hours * 3600e6))
     look_us = int(round(spec.cxr_lookback_hours * 3600e6))
     con.execute(
@@ -350,11 +342,11 @@ def _run_sql(
         CREATE TABLE stays_all AS
         SELECT i.stay_id, i.subject_id, i.hadm_id, i.intime, i.outtime, i.first_careunit,
                p.gender, a.race, a.insurance, a.admission_type, a.deathtime,
+               a.admittime, a.dischtime, a.hospital_expire_flag,
                TRY_CAST(left(p.dod, 10) AS DATE) AS dod,
                p.subject_id IS NOT NULL AS has_patient, a.hadm_id IS NOT NULL AS has_admission,
                CAST(p.anchor_age + year(i.intime) - p.anchor_year AS DOUBLE) AS age,
                epoch(i.outtime - i.intime) / 3600.0 AS icu_hours,
-               epoch(i.outtime - i.intime) / 86400.0 AS los_days,
                i.intime + to_microseconds({pred_us}) AS prediction_time,
                coalesce(a.deathtime, CASE WHEN a.hospital_expire_flag = 1 THEN a.dischtime END)
                  AS adm_death
@@ -376,30 +368,6 @@ def _run_sql(
     con.execute(f"CREATE TABLE cohort AS SELECT * FROM stays_all WHERE {where}")
     con.execute(
         "CREATE TABLE win AS SELECT stay_id, subject_id, intime, prediction_time FROM cohort"
-    )
-
-    # Phenotypes: any diagnosis of the stay's admission whose code is listed for its version.
-    codes = pd.DataFrame(
-        [(p.id, 9, c) for p in phenotypes for c in p.icd9]
-        + [(p.id, 10, c) for p in phenotypes for c in p.icd10],
-        columns=["pid", "icd_version", "code"],
-    ).drop_duplicates()
-    con.register("pheno_codes_df", codes)
-    con.execute("CREATE TABLE pheno_codes AS SELECT * FROM pheno_codes_df")
-    con.execute(
-        """
-        CREATE TABLE pheno AS
-        SELECT DISTINCT d.hadm_id, c.pid
-        FROM diagnoses_icd d
-        JOIN pheno_codes c ON c.icd_version = d.icd_version
-             AND c.code = upper(replace(trim(d.icd_code), '.', ''))
-        WHERE d.hadm_id IN (SELECT hadm_id FROM cohort)
-        """
-    )
-    pheno_cols = ",\n".join(
-        f"CAST(EXISTS (SELECT 1 FROM pheno x WHERE x.hadm_id = c.hadm_id AND x.pid = '{p.id}')"
-        f' AS TINYINT) AS "{p.id}"'
-        for p in phenotypes
     )
 
     # CXR link: latest image with an allowed view whose study time is in the window.
@@ -426,11 +394,9 @@ def _run_sql(
         """
     )
     stays = con.execute(
-        f"""
+        """
         SELECT c.stay_id, c.subject_id, c.hadm_id, c.intime, c.outtime, c.prediction_time,
                c.age, c.gender, c.race, c.insurance, c.admission_type, c.first_careunit,
-               {_sql_label_columns(spec, los_edges)},
-               {pheno_cols},
                x.dicom_id, x.study_id,
                CASE WHEN x.dicom_id IS NULL THEN NULL ELSE
                  'files/p' || left(CAST(x.subject_id AS VARCHAR), 2) || '/p' || x.subject_id
@@ -444,6 +410,12 @@ def _run_sql(
         ORDER BY c.stay_id
         """
     ).df()
+    events = _mimic_events(con, tasks)
+    labels = label_stays(tasks, events)
+    by_stay = labels.frame.set_axis(events.stays["stay_id"].to_numpy(), axis=0)
+    labels.frame = by_stay.loc[stays["stay_id"].to_numpy()].set_axis(stays.index, axis=0)
+    at = stays.columns.get_loc("dicom_id")
+    stays = pd.concat([stays.iloc[:, :at], labels.frame, stays.iloc[:, at:]], axis=1)
     stays = finish_stays(stays, spec)
     stays.attrs["funnel"] = funnel
 
@@ -487,7 +459,44 @@ def _run_sql(
         """
     )
     missing = _missing_itemids(con, variables)
-    return stays, hourly_path, dropped, missing
+    return stays, labels, hourly_path, dropped, missing
+
+
+def _mimic_events(con: Any, tasks: list[Any]) -> StayEvents:
+    """The cohort's stays as the label rules read them (``cohort`` table, stay_id order).
+
+    MIMIC-IV records: admission_death_time = admissions.deathtime; admission_expired =
+    hospital_expire_flag = 1 (at dischtime; a flag without a dischtime is no record);
+    patient_death_date = patients.dod. Diagnoses are those of the cohort's admissions whose
+    normalised code (trimmed, upper case, without dots) some task lists.
+    """
+    stays = con.execute(
+        """
+        SELECT stay_id, hadm_id, intime, outtime, prediction_time, admittime, dischtime,
+               deathtime AS admission_death_time,
+               coalesce(hospital_expire_flag = 1 AND dischtime IS NOT NULL, false)
+                 AS admission_expired,
+               CAST(dod AS TIMESTAMP) AS patient_death_date
+        FROM cohort ORDER BY stay_id
+        """
+    ).df()
+    codes = diagnosis_codes(tasks).astype({"icd_version": "int64", "icd_code": "string"})
+    con.register("label_codes_df", codes)
+    diagnoses = con.execute(
+        """
+        SELECT DISTINCT d.hadm_id, d.icd_version, d.code AS icd_code
+        FROM (SELECT hadm_id, icd_version, upper(replace(trim(icd_code), '.', '')) AS code
+              FROM diagnoses_icd WHERE hadm_id IN (SELECT hadm_id FROM cohort)) d
+        JOIN label_codes_df c ON c.icd_version = d.icd_version AND c.icd_code = d.code
+        """
+    ).df()
+    con.unregister("label_codes_df")
+    return StayEvents(
+        source="MIMIC-IV",
+        stays=stays,
+        evidence=frozenset({"admission_death_time", "admission_expired", "patient_death_date"}),
+        diagnoses=diagnoses,
+    )
 
 
 def _missing_itemids(con: Any, variables: list[Any]) -> dict[str, list[int]]:
@@ -524,10 +533,6 @@ def finish_stays(stays: pd.DataFrame, spec: CohortSpec) -> pd.DataFrame:
     stays["race_group"] = group
     stays["study_id"] = stays["study_id"].astype("Int64")
     stays["n_cxr_candidates"] = stays["n_cxr_candidates"].astype("int64")
-    if stays["los_class"].isna().any():
-        stays["los_class"] = stays["los_class"].astype("Int8")
-    else:
-        stays["los_class"] = stays["los_class"].astype("int8")
     for col in ("dicom_id", "cxr_path", "cxr_view", "gender", "race", "insurance"):
         stays[col] = stays[col].astype("string")
     for col in ("admission_type", "first_careunit"):
@@ -551,12 +556,7 @@ def finish_stays(stays: pd.DataFrame, spec: CohortSpec) -> pd.DataFrame:
     return stays[front + [c for c in stays.columns if c not in front]]
 
 
-def _summaries(stays: pd.DataFrame, label_cols: list[str]) -> tuple[dict, dict]:
-    binary = [c for c in label_cols if c not in ("los_days", "los_class")]
-    prevalence = {c: (float(stays[c].mean()) if len(stays) else None) for c in binary}
-    if "los_class" in label_cols:
-        counts = stays["los_class"].value_counts().sort_index()
-        prevalence["los_class"] = {str(int(k)): int(v) for k, v in counts.items()}
+def _summaries(stays: pd.DataFrame, labels: list[LabelColumn]) -> tuple[dict, dict]:
     has = stays["has_cxr"] == 1
     views = stays.loc[has, "cxr_view"].value_counts()
     availability = {
@@ -569,7 +569,7 @@ def _summaries(stays: pd.DataFrame, label_cols: list[str]) -> tuple[dict, dict]:
         if has.any()
         else None,
     }
-    return prevalence, availability
+    return prevalence(stays, labels), availability
 
 
 def cohort_subsets(stays, funnel: list[dict]):
@@ -597,7 +597,7 @@ def write_cohort(
     hourly_path: Path,
     common: dict[str, Any],
     funnel: list[dict[str, Any]],
-    label_cols: list[str],
+    labels: list[LabelColumn],
     overwrite: bool,
     t0: float,
 ) -> Path:
@@ -624,16 +624,17 @@ def write_cohort(
             f"TO '{tmp_hourly}' (FORMAT parquet, COMPRESSION zstd)"
         )
         con.close()
+    label_cols = [c.name for c in labels]
     parts = fingerprint_parts(stays, label_cols, hourly_digest(tmp_hourly), common["spec_hashes"])
     fingerprint = combine(parts)
-    prevalence, availability = _summaries(stays, label_cols)
+    label_prevalence, availability = _summaries(stays, labels)
     manifest = {
         **common,
         "cohort": cohort,
         "funnel": funnel,
         "n_stays": len(stays),
         "n_subjects": int(stays["subject_id"].nunique()),
-        "label_prevalence": prevalence,
+        "label_prevalence": label_prevalence,
         "cxr_availability": availability,
         "fingerprint": fingerprint,
         "fingerprint_parts": parts,

@@ -27,8 +27,9 @@ log = logging.getLogger(__name__)
 _BUILD_FIX = "run `harness cohort build` (or pass the directory of a build)"
 #: Data files of a build whose sha256 the manifest records (``files``).
 DATA_FILES = ("stays.parquet", "hourly.parquet", "splits.csv")
-#: Outcome label columns in stays.parquet order (phenotype columns follow).
-OUTCOME_LABELS = ("mortality_in_hospital", "mortality_icu", "los_days", "los_class")
+#: Label columns of the builds made before manifests recorded ``label_columns`` (a fixed past
+#: layout, read only to verify those builds; newer builds list their own columns).
+LEGACY_OUTCOME_LABELS = ("mortality_in_hospital", "mortality_icu", "los_days", "los_class")
 _warned_unverified: set[str] = set()
 
 
@@ -91,25 +92,19 @@ def file_sha256(path: Path) -> str:
 
 
 def rebuild_command(manifest: dict[str, Any] | None) -> str:
-    """The `harness cohort build` command that rebuilds the build described by ``manifest``."""
+    """The `harness cohort build` command that rebuilds the build described by ``manifest``
+    (the source's options come from its registration, :mod:`harness.cohort.datasources`)."""
+    from harness.cohort.datasources import DEFAULT_SOURCE, source_for_kind
+
     manifest = manifest or {}
     source = manifest.get("source") or {}
     dataset = manifest.get("dataset")
     kind = source.get("kind")
-    if kind == "mimic" and dataset == config.DEFAULT_DATASET:
+    if kind == DEFAULT_SOURCE and dataset == config.DEFAULT_DATASET:
         return "harness cohort build"
-    args = []
-    if kind == "mimic" and source.get("mimic_iv"):
-        args += ["--mimic-iv", source["mimic_iv"]]
-        if source.get("mimic_cxr"):
-            args += ["--mimic-cxr", source["mimic_cxr"]]
-    elif kind == "clif" and source.get("clif"):
-        args += ["--clif", source["clif"]]
-    elif kind == "carebench" and source.get("carebench"):
-        args += ["--carebench", source["carebench"]]
-        if source.get("mimic_cxr"):
-            args += ["--cxr-root", source["mimic_cxr"]]
-    else:
+    registered = source_for_kind(kind)
+    args = registered.rebuild_args(source) if registered is not None else None
+    if not args:
         return "harness cohort build (with the source options of the original build)"
     if dataset:
         args += ["--dataset", dataset]
@@ -155,15 +150,28 @@ def manifest_label_columns(manifest: dict[str, Any], stays: pd.DataFrame) -> lis
     Recorded as ``label_columns`` since file checksums exist; older manifests list the binary
     labels (outcomes then phenotypes) and ``los_class`` in ``label_prevalence``.
     """
+    return label_column_candidates(manifest, stays)[0]
+
+
+def label_column_candidates(manifest: dict[str, Any], stays: pd.DataFrame) -> list[list[str]]:
+    """The possible fingerprinted label columns of a build, most likely first.
+
+    A manifest that records ``label_columns`` has exactly those. One that does not (a build made
+    before they were recorded) has the legacy layout: the outcome columns of
+    :data:`LEGACY_OUTCOME_LABELS` then the other labels of ``label_prevalence``; the same columns
+    in the order stays.parquet holds them are the second candidate.
+    """
     if "label_columns" in manifest:
-        return list(manifest["label_columns"])
+        return [list(manifest["label_columns"])]
     prevalence = list((manifest.get("label_prevalence") or {}).keys())
     outcomes = [
         c
-        for c in OUTCOME_LABELS
+        for c in LEGACY_OUTCOME_LABELS
         if c in stays.columns and c not in manifest.get("labels_unavailable", [])
     ]
-    return outcomes + [c for c in prevalence if c not in OUTCOME_LABELS]
+    legacy = outcomes + [c for c in prevalence if c not in LEGACY_OUTCOME_LABELS]
+    in_file = [c for c in stays.columns if c in set(legacy)]
+    return [legacy] if in_file == legacy else [legacy, in_file]
 
 
 def verify_build(directory: Path, manifest: dict[str, Any], stays: pd.DataFrame) -> None:
@@ -179,10 +187,12 @@ def verify_build(directory: Path, manifest: dict[str, Any], stays: pd.DataFrame)
     recorded = manifest.get("fingerprint_parts") or {}
     stays_path = directory / "stays.parquet"
     try:
-        label_cols = manifest_label_columns(manifest, stays)
-        parts = fingerprint_parts(
-            stays, label_cols, recorded.get("hourly", ""), manifest.get("spec_hashes") or {}
-        )
+        for label_cols in label_column_candidates(manifest, stays):
+            parts = fingerprint_parts(
+                stays, label_cols, recorded.get("hourly", ""), manifest.get("spec_hashes") or {}
+            )
+            if parts["labels"] == recorded.get("labels"):
+                break
     except KeyError as exc:
         raise InputError(
             f"a column the fingerprint covers is missing ({exc})", path=stays_path, fix=fix

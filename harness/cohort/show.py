@@ -52,13 +52,15 @@ def prevalence_table(summaries: list[dict[str, Any]]) -> Any:
     table.add_column("label")
     for s in summaries:
         table.add_column(f"{s['cohort']} (n={s['n_stays']})", justify="right")
-    labels = [k for k in summaries[0]["label_prevalence"] if k != "los_class"]
-    for label in labels:
+    first = summaries[0]["label_prevalence"]
+    # a flag label has its share of 1s; a class label a {class: count} mapping
+    for label in [k for k, v in first.items() if not isinstance(v, dict)]:
         cells = [s["label_prevalence"].get(label) for s in summaries]
         table.add_row(label, *("-" if c is None else f"{c:.3f}" for c in cells))
-    for s_cls in sorted({k for s in summaries for k in s["label_prevalence"].get("los_class", {})}):
-        cells = [s["label_prevalence"].get("los_class", {}).get(s_cls, 0) for s in summaries]
-        table.add_row(f"los_class={s_cls} (count)", *map(str, cells))
+    for label in [k for k, v in first.items() if isinstance(v, dict)]:
+        counts = [s["label_prevalence"].get(label) or {} for s in summaries]
+        for cls in sorted({k for c in counts for k in c}, key=int):
+            table.add_row(f"{label}={cls} (count)", *(str(c.get(cls, 0)) for c in counts))
     return table
 
 
@@ -106,19 +108,15 @@ def diff_builds(a: str | Path, b: str | Path) -> dict[str, Any]:
         for s in dict.fromkeys([*funnel_a, *funnel_b])
         if funnel_a.get(s) != funnel_b.get(s)
     ]
-    prev = []
-    for label, va in ma["label_prevalence"].items():
-        vb = mb["label_prevalence"].get(label)
-        if label != "los_class" and va != vb:
-            prev.append({"label": label, "a": va, "b": vb})
-    if ma["label_prevalence"].get("los_class") != mb["label_prevalence"].get("los_class"):
-        prev.append(
-            {
-                "label": "los_class",
-                "a": ma["label_prevalence"].get("los_class"),
-                "b": mb["label_prevalence"].get("los_class"),
-            }
-        )
+    pa, pb = ma["label_prevalence"], mb["label_prevalence"]
+    labels = list(dict.fromkeys([*pa, *pb]))
+    # flag labels first, then class-count labels ({class: count} mappings)
+    labels.sort(key=lambda k: isinstance(pa.get(k, pb.get(k)), dict))
+    prev = [
+        {"label": label, "a": pa.get(label), "b": pb.get(label)}
+        for label in labels
+        if pa.get(label) != pb.get(label)
+    ]
     ids_a, ids_b = set(ca.stays["stay_id"]), set(cb.stays["stay_id"])
     specs = sorted(
         k

