@@ -3,7 +3,7 @@
 Reads the source tables where they lie (out of core, bounded memory), applies the rules of
 ``tasks/cohort.yaml``, evaluates every task's declared label rule (:mod:`harness.cohort.labels`)
 on the cohort's stays, computes the CXR link, folds and the 48-hour hourly series, and writes each
-cohort as a content-addressed directory (see DESIGN.md §4.1).
+cohort as a content-addressed directory (:func:`write_cohort`).
 """
 
 from __future__ import annotations
@@ -200,10 +200,9 @@ def build_cohorts(
                 cols = ", ".join(f'NULL::{t} AS "{c}"' for c, t in CXR_METADATA_COLUMNS.items())
                 con.execute(f"CREATE VIEW cxr_metadata AS SELECT {cols} WHERE false")
             _check_inputs(con, tables)
-            stays, labels, hourly_path, dropped, missing = _run_sql(
+            stays, labels, hourly_path, dropped, missing, funnel = _run_sql(
                 con, work, spec, variables, tasks
             )
-            funnel = stays.attrs.pop("funnel")
         except duckdb.Error as exc:
             sources = [*tables.values(), *([cxr_table] if cxr_table else [])]
             raise source_error(exc, sources, mimic_iv) from None
@@ -334,7 +333,11 @@ def _run_sql(
     spec: CohortSpec,
     variables: list[Any],
     tasks: list[Any],
-) -> tuple[pd.DataFrame, LabelTable, Path, dict[str, int], dict[str, list[int]]]:
+) -> tuple[
+    pd.DataFrame, LabelTable, Path, dict[str, int], dict[str, list[int]], list[dict[str, Any]]
+]:
+    """Stays, labels, hourly series (a parquet file), dropped-value counts, item ids missing
+    from the source, and the exclusion funnel."""
     pred_us = int(round(spec.prediction_hours * 3600e6))
     look_us = int(round(spec.cxr_lookback_hours * 3600e6))
     con.execute(
@@ -417,7 +420,6 @@ def _run_sql(
     at = stays.columns.get_loc("dicom_id")
     stays = pd.concat([stays.iloc[:, :at], labels.frame, stays.iloc[:, at:]], axis=1)
     stays = finish_stays(stays, spec)
-    stays.attrs["funnel"] = funnel
 
     # Hourly series over the base cohort.
     con.register("item_map_df", hourly_sql.item_map(variables))
@@ -459,7 +461,7 @@ def _run_sql(
         """
     )
     missing = _missing_itemids(con, variables)
-    return stays, labels, hourly_path, dropped, missing
+    return stays, labels, hourly_path, dropped, missing, funnel
 
 
 def _mimic_events(con: Any, tasks: list[Any]) -> StayEvents:

@@ -64,7 +64,8 @@ def write_cohorts(
     extra_files: Callable[[Path, pd.DataFrame], None] | None = None,
     overwrite: bool = False,
 ) -> dict[str, Path]:
-    """Write ``base`` and ``matched`` cohorts (DESIGN.md §4.1) through the builder's writer.
+    """Write ``base`` and ``matched`` cohorts through the builder's writer (the same layout as a
+    MIMIC build: :func:`harness.cohort.build.write_cohort`).
 
     ``stays`` needs the identity, time and demographic columns of stays.parquet; ``labels`` holds
     the label columns (same index) and the tasks the source could not label, which are named in
