@@ -30,34 +30,35 @@ from pathlib import Path
 import numpy as np
 
 from harness import config
+from harness.leaderboard.aggregate import protocol_key, protocol_of
 from harness.leaderboard.summary import is_fusion
+from harness.results import Block, FusionGain, Result
 
 SOURCES = ("ehr", "cxr", "both", "neither")
 
 
-def _results(root: Path, dataset: str) -> dict[str, dict]:
+def _results(root: Path, dataset: str) -> dict[str, Result]:
+    """The ``ok`` results of ``dataset`` under ``root``, by entry name."""
     out = {}
     for path in sorted((root / dataset).glob("*/result.json")):
-        r = json.loads(path.read_text())
-        if r.get("status") == "ok":
-            out[r["name"]] = r
+        r = Result.load(path)
+        if r.ok and r.name:
+            out[r.name] = r
     return out
 
 
-def one_protocol(results: dict[str, dict], task: str, cohort: str, profile: str) -> dict:
+def one_protocol(results: dict[str, Result], task: str, cohort: str, profile: str) -> dict:
     """The entries evaluated under one protocol, so that no check pools a quick (one fold) entry
     with full ones or a ``carebench`` entry with ``honest`` ones: among the entries of ``profile``,
     those of the protocol with the most folds x seeds (then the most entries). The others are
     listed as left out."""
-    from harness.leaderboard.aggregate import _protocol_key, protocol_of
-
     groups: dict[str, list[str]] = {}
     labels: dict[str, dict] = {}
     for name, r in results.items():
         proto = protocol_of(r, task, cohort)
         if proto["profile"] != profile:
             continue
-        key = _protocol_key(proto)
+        key = protocol_key(proto)
         groups.setdefault(key, []).append(name)
         labels[key] = proto
     if not groups:
@@ -75,6 +76,22 @@ def one_protocol(results: dict[str, dict], task: str, cohort: str, profile: str)
     return {name: results[name] for name in groups[chosen]}
 
 
+def _is_fuser(block: Block) -> bool:
+    """Macro metric significantly above the best unimodal reference (delta CI above 0)."""
+    delta = block.paired_delta(block.references.best_unimodal)
+    return bool(delta and delta.ci_low is not None and delta.ci_low > 0)
+
+
+def _counts_by_source(gain: FusionGain, source: dict) -> dict[str, list[int]]:
+    """Per planted source: [significant labels, labels]."""
+    counts = {s: [0, 0] for s in SOURCES}
+    for label, rec in gain.labels.items():
+        c = counts[source.get(label, "neither")]
+        c[0] += bool(rec.significant)
+        c[1] += 1
+    return counts
+
+
 def fusion_check(results: dict, source: dict, task: str, cohort: str, field: str) -> bool:
     """Among 'fusers' (macro metric significantly above the best unimodal reference) at least
     half of the (entry, 'both' label) cells show a significant gain; across all fusion entries at
@@ -85,22 +102,15 @@ def fusion_check(results: dict, source: dict, task: str, cohort: str, field: str
     print(f"{'entry':26s} fuser " + " ".join(f"{s:>9s}" for s in SOURCES) + "   reference")
     fuser_ok, both_hits, single_hits, n_single = [], [], 0, 0
     for name, r in results.items():
-        block = r["tasks"].get(task, {}).get(cohort, {})
-        gain = block.get(field)
-        if not gain or not is_fusion(r):
+        block = r.block(task, cohort)
+        gain = None if block is None else block.gain(field)
+        if block is None or not gain or not is_fusion(r):
             continue
-        best = (block.get("references") or {}).get("best_unimodal")
-        delta = (block.get("paired_deltas") or {}).get(best, {}).get(block["main_metric"], {})
-        fuser = bool(delta and delta.get("ci_low") is not None and delta["ci_low"] > 0)
-        counts = {s: [0, 0] for s in SOURCES}
-        for label, rec in gain["labels"].items():
-            c = counts[source.get(label, "neither")]
-            c[0] += bool(rec.get("significant"))
-            c[1] += 1
-        refs = gain.get("references") or [gain.get("reference")]
+        fuser = _is_fuser(block)
+        counts = _counts_by_source(gain, source)
         print(f"{name:26s} {'yes' if fuser else 'no':5s} "
               + " ".join(f"{c[0]:>4d} of {c[1]:<2d}" for c in counts.values())
-              + f"   {' / '.join(refs)}")  # fmt: skip
+              + f"   {' / '.join(gain.references)}")  # fmt: skip
         if fuser:
             fuser_ok.append(counts["both"][0] >= 2)
             both_hits.append(counts["both"])
@@ -121,18 +131,16 @@ def fairness_check(results: dict, planted: str, task: str, cohort: str) -> bool:
     print(f"\n== lowest-TPR insurance group ({task}, {cohort}); planted: {planted}")
     worst_of, ehr_refs = {}, []
     for name, r in results.items():
-        block = r["tasks"].get(task, {}).get(cohort, {})
-        fair = block.get("fairness")
-        if not fair:
+        block = r.block(task, cohort)
+        fair = None if block is None else block.fairness
+        insurance = None if fair is None else fair.attribute("insurance")
+        tpr = {} if insurance is None else insurance.rates("tpr")
+        if block is None or not tpr:
             continue
-        rows = [g for g in fair["attributes"]["insurance"]["groups"] if not g.get("suppressed")]
-        tpr = {g["group"]: g["tpr"] for g in rows if g.get("tpr") is not None}
-        if not tpr:
-            continue
-        worst_of[name] = min(tpr, key=tpr.get)
+        worst_of[name] = min(tpr, key=tpr.__getitem__)
         shown = ", ".join(f"{k} {v:.2f}" for k, v in sorted(tpr.items()))
         print(f"{name:26s} lowest {worst_of[name]:10s} ({shown})")
-        ref = (block.get("references") or {}).get("ehr_only")
+        ref = block.references.ehr_only
         if ref:
             ehr_refs.append(ref)
     hits = sum(w == planted for w in worst_of.values())
@@ -148,16 +156,16 @@ def robustness_check(results: dict, task: str, cohort: str) -> bool:
     for name, r in sorted(results.items()):
         if not is_fusion(r):
             continue
-        curve = r["tasks"].get(task, {}).get(cohort, {}).get("robustness", {})
-        curve = curve.get("cxr_missing_mcar")
-        dropout = r.get("provenance", {}).get("train_cxr_dropout")
+        block = r.block(task, cohort)
+        curve = None if block is None else block.curve("cxr_missing_mcar")
+        dropout = r.train_cxr_dropout
         if not curve or dropout is None:
             continue
         group = "aware (dropout > 0)" if dropout > 0 else "dependent (dropout 0)"
-        groups[group].append(curve["auc_normalised"])
-        v = curve["values"]
+        groups[group].append(curve.auc_normalised)
+        v = curve.values
         print(f"{name:26s} dropout {dropout:.2f}  all CXR {v[0]:.3f}  none {v[-1]:.3f}  "
-              f"area {curve['auc_normalised']:.3f}")  # fmt: skip
+              f"area {curve.auc_normalised:.3f}")  # fmt: skip
     for group, areas in groups.items():
         if areas:
             print(f"{group:24s} n={len(areas):2d}  mean area {np.mean(areas):.3f}  "
@@ -186,7 +194,7 @@ def main() -> None:
 
     ids = {p.name: p.id for p in load_phenotypes()}
     source = {ids[name]: rec["source"] for name, rec in truth["labels"]["phenotype"].items()}
-    folds = sorted({f for r in results.values() for f in r["provenance"].get("folds", [])})
+    folds = sorted({f for r in results.values() for f in r.folds})
     print(f"{len(results)} entries on {config.DEFAULT_DATASET}; folds {folds}")
 
     fusion_check(results, source, args.task, args.cohort, "fusion_gain")

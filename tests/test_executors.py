@@ -127,7 +127,7 @@ def test_unknown_executor_names_the_valid_ones():
 
 
 def test_one_worker_serves_a_fold_of_several_cohorts_only_when_folds_follow_subjects():
-    from harness.evaluate.run import folds_shared_by_subject
+    from harness.evaluate.plan import folds_shared_by_subject
 
     base = FeatureSet.synthetic(n=200, seed=1, kind="binary")
     matched = base.subset(np.flatnonzero(base.has_cxr))

@@ -336,7 +336,7 @@ def test_a_truncated_unit_file_is_set_aside_and_trained_again(cache, monkeypatch
     result_before = _result(cache, "ehr_lstm")["tasks"]
     assert main(["evaluate", "submissions/ehr_lstm", *ARGS]) == 0
     assert units[0].with_name(units[0].name + ".damaged").is_file()
-    from harness.evaluate.run import read_unit
+    from harness.evaluate.units import read_unit
 
     read_unit(units[0])  # readable again, and the same numbers (same seed, same code)
     assert _result(cache, "ehr_lstm")["tasks"] == result_before
@@ -345,7 +345,7 @@ def test_a_truncated_unit_file_is_set_aside_and_trained_again(cache, monkeypatch
 def test_a_full_disk_is_one_message_and_exit_2(cache, tmp_path, monkeypatch, capsys):
     import errno
 
-    import harness.evaluate.run as run
+    import harness.evaluate.units as units
 
     monkeypatch.setenv("HARNESS_CACHE", str(cache))
     folder = _write_submission(tmp_path / "diskfull", "diskfull", "", "", cache, 0)
@@ -353,7 +353,7 @@ def test_a_full_disk_is_one_message_and_exit_2(cache, tmp_path, monkeypatch, cap
     def full(path, data):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(run, "atomic_write_bytes", full)
+    monkeypatch.setattr(units, "atomic_write_bytes", full)
     before = _digest_tree(cache / "results" / DATASET / "ehr_lstm")
     assert main(["evaluate", str(folder), *ARGS, "--trusted"]) == 2
     err = " ".join(capsys.readouterr().err.split())

@@ -15,17 +15,12 @@ from harness.cohort.spec import load_task
 from harness.errors import InputError
 from harness.evaluate.bootstrap import bootstrap_indices
 from harness.evaluate.fairness import fairness_groups
+from harness.evaluate.run import EvalSettings, protocol_record
+from harness.evaluate.score import robustness_curve, score_predictions
 from harness.evaluate.stats import benjamini_hochberg
 from harness.leaderboard.aggregate import aggregate
-from harness.leaderboard.result import (
-    build_result,
-    failed_result,
-    provenance,
-    robustness_curve,
-    score_predictions,
-    write_result,
-)
-from harness.leaderboard.schema import LEADERBOARD_SCHEMA, schema_errors
+from harness.results.document import build_result, failed_result, provenance, write_result
+from harness.results.schema import LEADERBOARD_SCHEMA, schema_errors
 
 N = 600
 #: Four of the phenotype task's label ids (the leaderboard publishes only a task's own labels).
@@ -77,7 +72,12 @@ def _result(data, name, strength, resamples):
         name, "1.0", "synthetic-default",
         cohorts={"base": {"fingerprint": "f00d" * 3, "n_stays": N}},
         tasks={"mortality_icu": {"base": binary}, "phenotype": {"base": ml}},
-        provenance_record=provenance(seeds=[0, 1], folds=[1, 2, 3, 4, 5], wall_time_s=1.5),
+        provenance_record=provenance(
+            seeds=[0, 1], folds=[1, 2, 3, 4, 5], wall_time_s=1.5,
+            protocol=protocol_record(
+                EvalSettings(folds=(1, 2, 3, 4, 5), seeds=(0, 1)), ["mortality_icu", "phenotype"]
+            ),
+        ),
     )  # fmt: skip
 
 

@@ -23,24 +23,19 @@ from harness.cohort.spec import load_task
 from harness.errors import InputError
 from harness.evaluate.bootstrap import bootstrap_indices
 from harness.evaluate.fairness import fairness_groups
+from harness.evaluate.run import EvalSettings, protocol_record
+from harness.evaluate.score import score_predictions
 from harness.leaderboard.aggregate import aggregate
 from harness.leaderboard.publish import (
     FAILURE_MESSAGES,
     PublicationError,
     assert_publishable,
     find_paths,
-    sanitize_message,
-    strip_paths,
 )
-from harness.leaderboard.result import (
-    build_result,
-    failed_result,
-    provenance,
-    score_predictions,
-    write_result,
-)
-from harness.leaderboard.schema import LEADERBOARD_SCHEMA, schema_errors
-from harness.leaderboard.signing import sign, signing_key, signing_key_path
+from harness.results.document import build_result, failed_result, provenance, write_result
+from harness.results.schema import LEADERBOARD_SCHEMA, schema_errors
+from harness.sanitize import sanitize_message, strip_paths
+from harness.signing import sign, signing_key, signing_key_path
 
 N = 400
 DATASET = "synthetic-default"
@@ -80,7 +75,12 @@ def honest() -> dict:
         "honest", "1.0", DATASET,
         cohorts={"base": {"fingerprint": "f00d" * 3, "n_stays": N}},
         tasks={"mortality_icu": {"base": binary}, "phenotype": {"base": multi}},
-        provenance_record=provenance(seeds=[0], folds=[1]),
+        provenance_record=provenance(
+            seeds=[0], folds=[1],
+            protocol=protocol_record(
+                EvalSettings(folds=(1,), seeds=(0,)), ["mortality_icu", "phenotype"]
+            ),
+        ),
     )  # fmt: skip
 
 

@@ -15,10 +15,12 @@ import pytest
 from scipy.stats import norm
 
 from harness.evaluate.bootstrap import bootstrap_indices
+from harness.evaluate.run import EvalSettings, protocol_record
+from harness.evaluate.score import score_predictions
 from harness.leaderboard.aggregate import aggregate
 from harness.leaderboard.publish import publishable_result
-from harness.leaderboard.result import build_result, provenance, score_predictions, write_result
-from harness.leaderboard.schema import LEADERBOARD_SCHEMA, schema_errors
+from harness.results.document import build_result, provenance, write_result
+from harness.results.schema import LEADERBOARD_SCHEMA, schema_errors
 
 N = 800
 B = 200
@@ -49,7 +51,10 @@ def results() -> dict[str, dict]:
             name, "1.0", DATASET,
             cohorts={COHORT: {"fingerprint": "f00d" * 3, "n_stays": N}},
             tasks={TASK: {COHORT: block}},
-            provenance_record=provenance(seeds=[0], folds=[1]),
+            provenance_record=provenance(
+                seeds=[0], folds=[1],
+                protocol=protocol_record(EvalSettings(folds=(1,), seeds=(0,)), [TASK]),
+            ),
         )  # fmt: skip
     return out
 

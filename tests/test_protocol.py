@@ -123,7 +123,7 @@ STRENGTHS = {
 def planted_results(tmp_path, monkeypatch):
     """Unit files of a fusion entry and the three unimodal references on one fold and seed."""
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
-    from harness.evaluate import run
+    from harness.evaluate import paths, run
 
     fs = FeatureSet.synthetic(n=1500, seed=4, kind="multilabel")
     _, val_idx, test_idx = fs.split(1)
@@ -133,7 +133,7 @@ def planted_results(tmp_path, monkeypatch):
         p_val = _probs(fs.y[val_idx], np.asarray(s_val), rng)
         p_test = _probs(fs.y[test_idx], np.asarray(s_test), rng)
         key = f"{name}-key"
-        base = run.predictions_dir(name, fs.task.name, cohort_dir, key)
+        base = paths.predictions_dir(name, fs.task.name, cohort_dir, key)
         meta = {
             "unit_schema": 1,
             "task": fs.task.name,
@@ -155,7 +155,7 @@ def planted_results(tmp_path, monkeypatch):
             "tasks": {fs.task.name: {"base": {"main_metric": "auroc_macro",
                                               "metrics": {"auroc_macro": {"value": value}}}}},
         }  # fmt: skip
-        path = run.result_path(name)
+        path = paths.result_path(name)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result))
     stays = fs.demographics.assign(stay_id=fs.stay_id, has_cxr=fs.has_cxr)
@@ -165,11 +165,13 @@ def planted_results(tmp_path, monkeypatch):
 
 
 def _score(fs, cohort, settings, cohort_dir):
-    from harness.evaluate import run
+    from harness.evaluate.paths import predictions_dir
+    from harness.evaluate.pooling import pool_units
+    from harness.evaluate.score import score_task_cohort
 
-    base = run.predictions_dir("fuser", fs.task.name, cohort_dir, "fuser-key")
-    pooled = run.pool_units(fs, base, settings.folds, settings.seeds)
-    return run.score_task_cohort("fuser", fs, cohort, pooled, settings, cohort_dir, {})
+    base = predictions_dir("fuser", fs.task.name, cohort_dir, "fuser-key")
+    pooled = pool_units(fs, base, settings.folds, settings.seeds)
+    return score_task_cohort("fuser", fs, cohort, pooled, settings, cohort_dir, {})
 
 
 def test_references_are_chosen_on_validation_predictions(planted_results):
@@ -188,11 +190,11 @@ def test_references_are_chosen_on_validation_predictions(planted_results):
 
 
 def test_fusion_gain_needs_an_ehr_only_reference(planted_results):
-    from harness.evaluate import run
+    from harness.evaluate.paths import result_path
 
     fs, cohort, settings, cohort_dir = planted_results
     for name in ("ehr_lstm", "ehr_transformer"):
-        run.result_path(name).unlink()
+        result_path(name).unlink()
     block = _score(fs, cohort, settings, cohort_dir)
     assert block["references"]["ehr_only"] is None
     assert block["references"]["cxr_only"] == "cxr_probe"
@@ -211,7 +213,7 @@ def test_validation_choice_is_unbiased_where_the_test_choice_is_not():
     `pick_reference` applies) leaves the delta centred on zero.
     """
     from harness.evaluate.metrics import batched_auroc
-    from harness.evaluate.run import pick_reference
+    from harness.evaluate.score.references import pick_reference
 
     rng = np.random.default_rng(7)
     reps, n = 400, 300
@@ -263,7 +265,7 @@ def test_subgroup_scenario_takes_availability_from_base(store_cache, monkeypatch
     # evaluate attaches base's availability to every cohort it scores
     monkeypatch.setenv("HARNESS_CACHE", str(store_cache))
     from harness.cohort import load_cohort
-    from harness.evaluate.run import subgroup_reference
+    from harness.evaluate.plan import subgroup_reference
     from harness.models.data import load_feature_set
 
     base = load_cohort("base")
@@ -319,8 +321,9 @@ def test_entries_of_different_protocols_are_never_ranked_together():
 
 def test_protocol_block_passes_schema_and_publication():
     from harness.evaluate.run import EvalSettings, protocol_record
+    from harness.evaluate.score import score_predictions
     from harness.leaderboard.publish import publishable_result
-    from harness.leaderboard.result import build_result, provenance, score_predictions
+    from harness.results.document import build_result, provenance
 
     rng = np.random.default_rng(0)
     y = (rng.random(300) < 0.3).astype(float)
@@ -432,7 +435,8 @@ def test_folds_come_from_the_cohort(tmp_path, monkeypatch):
     assert set(ten[val]) == {8}
     prepare_split(fs, 10)
     # a cohort built with n_folds: 10 is evaluated on its 10 folds by default
-    from harness.evaluate.run import EvalSettings, resolve_folds
+    from harness.evaluate.plan import resolve_folds
+    from harness.evaluate.run import EvalSettings
 
     tasks = tmp_path / "tasks"
     shutil.copytree(REPO / "tasks", tasks)

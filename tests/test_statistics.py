@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from scipy.stats import false_discovery_control
 
-from harness.evaluate import bootstrap, fairness, run, stats
+from harness.evaluate import bootstrap, fairness, paths, pooling, stats, units
 from harness.evaluate.bootstrap import (
     DEFAULT_BOOTSTRAP_SEED,
     DEFAULT_N_RESAMPLES,
@@ -25,8 +25,9 @@ from harness.evaluate.bootstrap import (
 )
 from harness.evaluate.fairness import binary_fairness, select_threshold
 from harness.evaluate.metrics import METRICS
+from harness.evaluate.score import score_predictions
+from harness.evaluate.score.cross_cohort import cross_block
 from harness.leaderboard import publish, summary
-from harness.leaderboard.result import score_predictions
 
 # --------------------------------------------------------------------------------------------
 # 1. Fairness: gap inference that holds its level, suppression, Unknown
@@ -303,7 +304,7 @@ class _Task:
 
 
 class _FS:
-    """The parts of a FeatureSet that pool_units and _cross_block read."""
+    """The parts of a FeatureSet that pool_units and cross_block read."""
 
     def __init__(self, kind, n, n_folds, rng, n_labels=3):
         self.task = _Task(kind)
@@ -336,14 +337,14 @@ def _write_units(fs, base, folds, seeds, rng):
             p_test = np.clip(0.3 * fs.y[test] + 0.7 * rng.random(fs.y[test].shape), 0, 1)
             val_probs.setdefault(k, []).append(p_val)
             table = pd.concat([
-                run._frame(fs.stay_id[val], "val", "clean", 0.0, p_val),
-                run._frame(fs.stay_id[test], "test", "clean", 0.0, p_test),
+                units.prediction_frame(fs.stay_id[val], "val", "clean", 0.0, p_val),
+                units.prediction_frame(fs.stay_id[test], "test", "clean", 0.0, p_test),
             ], ignore_index=True)  # fmt: skip
-            meta = {"thresholds": run._thresholds(fs.task.kind, fs.y[val], p_val),
+            meta = {"thresholds": units.select_thresholds(fs.task.kind, fs.y[val], p_val),
                     "train_seconds": 1.0}  # fmt: skip
             arrow = pa.Table.from_pandas(table, preserve_index=False)
             arrow = arrow.replace_schema_metadata({b"harness_unit": json.dumps(meta).encode()})
-            path = run._unit_path(base, run.Unit(fs.task.name, "", k, seed))
+            path = paths.unit_path(base, k, seed)
             path.parent.mkdir(parents=True, exist_ok=True)
             pq.write_table(arrow, path)
     return val_probs
@@ -355,13 +356,15 @@ def test_threshold_is_chosen_on_the_seed_mean_validation_predictions(tmp_path, k
     fs = _FS(kind, 300, 3, rng)
     folds, seeds = (1, 2, 3), (0, 1, 2)
     val_probs = _write_units(fs, tmp_path, folds, seeds, rng)
-    pooled = run.pool_units(fs, tmp_path, folds, seeds)
+    pooled = pooling.pool_units(fs, tmp_path, folds, seeds)
     differs = False
     for k in folds:
         _, val, test = fs.split(k)
         mean_p = np.mean(val_probs[k], axis=0)
-        expected = run._thresholds(kind, fs.y[val], mean_p)
-        per_seed = np.mean([run._thresholds(kind, fs.y[val], p) for p in val_probs[k]], axis=0)
+        expected = units.select_thresholds(kind, fs.y[val], mean_p)
+        per_seed = np.mean(
+            [units.select_thresholds(kind, fs.y[val], p) for p in val_probs[k]], axis=0
+        )
         differs |= not np.allclose(expected, per_seed)
         got = pooled.thresholds[np.isin(pooled.rows, test)]
         want = np.broadcast_to(np.asarray(expected if kind != "binary" else expected[0]),
@@ -411,7 +414,7 @@ def test_cross_cohort_ci_uses_the_documented_resamples():
     ids = np.sort(fs.stay_id[rng.permutation(400)[:300]])
     pos = pd.Index(fs.stay_id).get_indexer(ids)
     runs = [np.clip(0.3 * fs.y[pos] + 0.7 * rng.random(300), 0, 1) for _ in range(2)]
-    rec = run._cross_block(fs, ids, runs, "binary", resample_seed=0)
+    rec = cross_block(fs, ids, runs, "binary", resample_seed=0)
     r = bootstrap_indices(fs.subject_id[pos], DEFAULT_N_RESAMPLES, DEFAULT_BOOTSTRAP_SEED)
     boot = np.mean([bootstrap_metric("auroc", fs.y[pos], p, r) for p in runs], axis=0)
     assert (rec["ci_low"], rec["ci_high"]) == pytest.approx(percentile_ci(boot))

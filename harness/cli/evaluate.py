@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -86,11 +87,11 @@ def register(app: typer.Typer) -> None:
 
         from harness.evaluate.run import EvalSettings, evaluate
 
-        overrides = {
+        overrides: dict[str, Any] = {
             "tasks": _split(task),
             "cohorts": _split(cohort),
-            "folds": tuple(int(x) for x in _split([folds])) if folds else None,
-            "seeds": tuple(int(x) for x in _split([seeds])) if seeds else None,
+            "folds": tuple(int(x) for x in _split([folds]) or ()) if folds else None,
+            "seeds": tuple(int(x) for x in _split([seeds]) or ()) if seeds else None,
             "dataset": dataset,
             "encoder": encoder,
             "device": device,

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from rich.console import JustifyMethod
 
 
 def register(app: typer.Typer) -> None:
@@ -57,8 +61,10 @@ def print_leaderboard(board, console=None, *, summary: bool = False) -> None:
         )
         from harness.leaderboard.render import VS_LEADER_COLUMNS, vs_leader
 
-        columns = (("rank", "right"), ("submission", "left"), ("value", "right"),
-                   ("95% CI", "left"), *((c, "left") for c in VS_LEADER_COLUMNS))  # fmt: skip
+        columns: list[tuple[str, JustifyMethod]] = [
+            ("rank", "right"), ("submission", "left"), ("value", "right"), ("95% CI", "left"),
+            *((c, "left") for c in VS_LEADER_COLUMNS),
+        ]  # fmt: skip
         for col, justify in columns:
             table.add_column(escape(col), justify=justify)
         for row in ranking["rows"]:

@@ -39,6 +39,7 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from statistics import NormalDist
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -153,6 +154,8 @@ def _ppv(y, p, decision):
 def _kernel(name: str) -> Callable:
     """The registered metric through its batched kernel (same values, no per-call validation)."""
     batched = METRICS.get(name).batched
+    if batched is None:
+        raise ValueError(f"metric {name!r} has no batched kernel")
 
     def fn(y, p, decision=None) -> float:
         return float(batched(np.asarray(y), np.asarray(p), np.ones((1, len(y)), np.int32))[0])
@@ -271,7 +274,7 @@ def group_table(
         if col.empty:
             continue
         low, high = float(col.min()), float(col.max())
-        entry = {
+        entry: dict[str, Any] = {
             "group_min": low,
             "group_max": high,
             "difference": high - low,
@@ -363,7 +366,7 @@ def gap_inference(
     other compared groups pooled with its Newcombe CI, for ``tpr`` and ``fpr``.
     """
     rng = np.random.default_rng(seed)
-    codes = pd.Index(list(compared)).get_indexer(np.asarray(groups).astype(str))
+    codes = pd.Index(list(compared)).get_indexer(pd.Index(np.asarray(groups).astype(str)))
     inside = codes >= 0
     pos = np.asarray(y).astype(int) == 1
     d = np.asarray(decision).astype(np.float64)

@@ -82,10 +82,11 @@ def main_metric_for(kind: str, task_metric: str | None = None) -> str:
     name gives :data:`MAIN_METRIC` for the kind; a name the registry does not know raises
     :class:`~harness.errors.UnknownNameError` listing the valid ones (:func:`metric_names`).
     """
-    if not (task_metric or "").strip():
+    text = (task_metric or "").strip()
+    if not text:
         return MAIN_METRIC[kind]
     names = _TASK_METRIC_NAMES.get(kind, {})
-    key = task_metric.strip().lower().replace("-", "_")
+    key = text.lower().replace("-", "_")
     if key in metrics_for(kind):
         return key
     found = names.get(key.replace("macro_", "").replace("_macro", ""))

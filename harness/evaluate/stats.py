@@ -91,13 +91,13 @@ def fusion_gain(
         point_a = np.mean([fn(y[:, j], s[:, j]) for s in score])
         points = {n: np.mean([fn(y[:, j], s[:, j]) for s in runs]) for n, runs in named.items()}
         finite = {n: v for n, v in points.items() if np.isfinite(v)}
-        chosen = max(finite, key=finite.get) if finite else next(iter(named))
+        chosen = max(finite, key=finite.__getitem__) if finite else next(iter(named))
         point_b = points[chosen]
         boot_a = np.mean([bootstrap_metric(metric, y[:, j], s[:, j], resamples) for s in score], 0)
         boot_b = np.mean(
             [bootstrap_metric(metric, y[:, j], s[:, j], resamples) for s in named[chosen]], 0
         )
-        rows[label] = paired_delta(point_a, point_b, boot_a, boot_b).to_dict()
+        rows[label] = paired_delta(float(point_a), float(point_b), boot_a, boot_b).to_dict()
         rows[label]["unstable"] = undefined_fraction(boot_a - boot_b) > UNSTABLE_FRACTION
         if chosen:
             rows[label]["reference"] = chosen

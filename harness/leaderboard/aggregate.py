@@ -11,8 +11,9 @@ marked ``comparison: ci_overlap``), so statistical ties are reported rather than
 evaluations are listed apart under ``failed`` (a category and a sanitized message); files that
 cannot be published go to ``rejected`` (entry folder, category, sanitized reason) and never stop
 the others: unreadable, non-UTF-8, truncated or non-JSON files, NaN or infinity, schema
-violations, a missing or wrong signature (:mod:`harness.leaderboard.signing`), and anything
-:func:`harness.leaderboard.publish.publishable_result` refuses.
+violations, a missing or wrong signature (:mod:`harness.signing`), and anything
+:func:`harness.leaderboard.publish.publishable_result` refuses. Results are read through
+:class:`harness.results.Result` (older schema versions migrated on the way).
 
 Results are found at ``<results>/<dataset>/<name>/result.json`` (what `harness evaluate` writes)
 and, for folders written before results were kept per dataset, ``<results>/<name>/result.json``;
@@ -46,14 +47,15 @@ from harness.leaderboard.publish import (
     rejection,
     strip_private,
 )
-from harness.leaderboard.schema import (
+from harness.results import PROTOCOL_FIELDS, Block, Result
+from harness.results.schema import (
     LEADERBOARD_SCHEMA,
     RESULT_SCHEMA,
     SCHEMA_VERSION,
     schema_errors,
     validate,
 )
-from harness.leaderboard.signing import SIGNATURE_FIELD, signing_key, verify
+from harness.signing import SIGNATURE_FIELD, signing_key, verify
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +145,21 @@ def check_signature(doc: dict, key: bytes | None, *, accept_unsigned: bool = Fal
         )
 
 
+def checked_result(doc: dict, entry: str) -> Result:
+    """``doc`` read as a :class:`Result` once it matches the schema and names its own folder
+    ``entry``; else Rejected (``schema``)."""
+    errors = schema_errors(doc, RESULT_SCHEMA)
+    if errors:
+        raise Rejected("schema", "invalid result.json: " + "; ".join(errors[:3]))
+    try:
+        result = Result(doc)
+    except InputError as exc:  # a schema version this harness cannot read
+        raise Rejected("schema", str(exc)) from None
+    if result.name != entry:
+        raise Rejected("schema", f"names entry {result.name!r} but lies in folder {entry!r}")
+    return result
+
+
 def load_results(
     results_dir: str | Path,
     *,
@@ -179,20 +196,14 @@ def load_results(
                 raise Rejected("unreadable", f"cannot be read ({exc.strerror or exc})") from None
             doc = parse_result(data)
             check_signature(doc, key, accept_unsigned=accept_unsigned)
-            errors = schema_errors(doc, RESULT_SCHEMA)
-            if errors:
-                raise Rejected("schema", "invalid result.json: " + "; ".join(errors[:3]))
-            if doc["name"] != entry:
-                raise Rejected(
-                    "schema", f"names entry {doc['name']!r} but lies in folder {entry!r}"
-                )
-            key_ = (doc["name"], doc["dataset"])
+            result = checked_result(doc, entry)
+            key_ = (str(result.name), str(result.dataset))
             if key_ in seen:
                 log.info("%s: %s on %s already read; skipped", path, *key_)
                 continue
-            if doc["status"] != "ok":
+            if not result.ok:
                 seen.add(key_)
-                failed.append(failed_record(doc))
+                failed.append(failed_record(result))
                 continue
             published = _vet(doc, min_group_size)
         except Rejected as exc:
@@ -246,13 +257,8 @@ def _compare_with_leader(row: dict, leader: dict) -> None:
         row.update(none, comparison="none", tied_with_leader=None)
         return
     mine, theirs = _resamples(row), _resamples(leader)
-    paired = (
-        mine is not None
-        and theirs is not None
-        and mine.shape == theirs.shape
-        and row["_bootstrap"] == leader["_bootstrap"]
-    )
-    if paired:
+    same_bootstrap = row["_bootstrap"] == leader["_bootstrap"]
+    if mine is not None and theirs is not None and mine.shape == theirs.shape and same_bootstrap:
         d = paired_delta(row["value"], leader["value"], mine, theirs).to_dict()
         row.update(
             comparison="paired",
@@ -271,49 +277,12 @@ def _compare_with_leader(row: dict, leader: dict) -> None:
     )
 
 
-#: Protocol fields that make two entries comparable (all part of the ranking key).
-PROTOCOL_FIELDS = (
-    "profile", "folds", "seeds", "max_epochs", "n_resamples", "selection", "threshold",
-)  # fmt: skip
-#: Threshold rule of results written before the protocol was recorded (always validation).
-LEGACY_THRESHOLD = "youden_j_on_validation"
-
-
-def protocol_of(result: dict, task: str | None = None, cohort: str | None = None) -> dict:
-    """The protocol ``result`` was evaluated under (for one task and cohort when given).
-
-    Read from ``provenance.protocol``; results written before it was recorded are ``honest``
-    with the folds, seeds and epoch cap of their provenance, selection on their headline metric
-    and thresholds chosen on validation. ``n_resamples`` is the task block's own bootstrap size;
-    ``selection`` the selection metric of ``task`` (all tasks' when no task is given). The
-    result has every field of :data:`PROTOCOL_FIELDS` plus a readable ``label``.
-    """
-    prov = result.get("provenance") or {}
-    recorded = prov.get("protocol") or {}
-    blocks = [
-        block
-        for t, by_cohort in (result.get("tasks") or {}).items()
-        for c, block in by_cohort.items()
-        if (task is None or t == task) and (cohort is None or c == cohort)
-    ]
-    resamples = {(b.get("bootstrap") or {}).get("n_resamples") for b in blocks} - {None}
-    n_resamples = recorded.get("n_resamples")
-    if len(resamples) == 1:
-        n_resamples = resamples.pop()
-    selection = recorded.get("selection") or {
-        t: block["main_metric"]
-        for t, by_cohort in (result.get("tasks") or {}).items()
-        for block in by_cohort.values()
-    }
-    out = {
-        "profile": recorded.get("profile", "honest"),
-        "folds": list(recorded.get("folds", prov.get("folds")) or []),
-        "seeds": list(recorded.get("seeds", prov.get("seeds")) or []),
-        "max_epochs": recorded.get("max_epochs", prov.get("max_epochs")),
-        "n_resamples": n_resamples,
-        "selection": selection.get(task) if task is not None else dict(sorted(selection.items())),
-        "threshold": recorded.get("threshold", LEGACY_THRESHOLD),
-    }
+def protocol_of(result: Result | dict, task: str | None = None, cohort: str | None = None) -> dict:
+    """The protocol ``result`` was evaluated under (for one task and cohort when given), with a
+    readable ``label``: every field of :data:`~harness.results.PROTOCOL_FIELDS`
+    (:meth:`harness.results.Result.protocol`; results written before protocols were recorded
+    are ``honest`` with the folds, seeds and epoch cap of their provenance)."""
+    out = Result.of(result).protocol(task, cohort)
     out["label"] = protocol_label(out)
     return out
 
@@ -345,8 +314,51 @@ def protocol_label(protocol: dict, *, selection: bool = True) -> str:
     return " · ".join(parts)
 
 
-def _protocol_key(protocol: dict) -> str:
+def protocol_key(protocol: dict) -> str:
+    """The protocol's part of a ranking key: entries with equal keys are ranked together."""
     return json.dumps({k: protocol.get(k) for k in PROTOCOL_FIELDS}, sort_keys=True)
+
+
+def _ranking_key(result: Result, block: Block, protocol: dict) -> tuple:
+    """Entries are ranked together when they share all of this."""
+    return (
+        result.dataset, _fingerprint(result, block.cohort), block.task, block.cohort,
+        block.main_metric, protocol["profile"], protocol["label"], protocol_key(protocol),
+    )  # fmt: skip
+
+
+def _fingerprint(result: Result, cohort: str) -> str:
+    fingerprint = result.fingerprint(cohort)
+    return "unknown" if fingerprint is None else fingerprint
+
+
+def _new_table(result: Result, block: Block, protocol: dict) -> dict:
+    metric = block.main_metric or ""
+    return {
+        "dataset": result.dataset,
+        "fingerprint": _fingerprint(result, block.cohort),
+        "task": block.task,
+        "cohort": block.cohort,
+        "metric": metric,
+        "higher_is_better": HIGHER_IS_BETTER.get(metric, True),
+        "protocol": protocol,
+        "rows": [],
+    }
+
+
+def _row(result: Result, block: Block) -> dict:
+    """An entry's row of a ranking table (``_``-fields are used for ranking, then dropped)."""
+    headline = block.headline
+    boot = block.bootstrap
+    return {
+        "name": result.name,
+        "version": result.version,
+        "value": None if headline is None else headline.value,
+        "ci_low": None if headline is None else headline.ci_low,
+        "ci_high": None if headline is None else headline.ci_high,
+        "_resamples": block.main_resamples,
+        "_bootstrap": [boot.get(k) for k in ("seed", "n_resamples", "key")],
+    }
 
 
 def rank_results(results: list[dict]) -> list[dict]:
@@ -357,42 +369,13 @@ def rank_results(results: list[dict]) -> list[dict]:
     resamples (``main_resamples``) where both have them, CI overlap otherwise.
     """
     tables: dict[tuple, dict] = {}
-    for res in results:
-        for task, cohorts in res["tasks"].items():
-            for cohort, block in cohorts.items():
-                fingerprint = res["cohorts"].get(cohort, {}).get("fingerprint", "unknown")
-                metric = block["main_metric"]
-                protocol = protocol_of(res, task, cohort)
-                key = (
-                    res["dataset"], fingerprint, task, cohort, metric, protocol["profile"],
-                    protocol["label"], _protocol_key(protocol),
-                )  # fmt: skip
-                table = tables.setdefault(
-                    key,
-                    {
-                        "dataset": res["dataset"],
-                        "fingerprint": fingerprint,
-                        "task": task,
-                        "cohort": cohort,
-                        "metric": metric,
-                        "higher_is_better": HIGHER_IS_BETTER.get(metric, True),
-                        "protocol": protocol,
-                        "rows": [],
-                    },
-                )
-                summary = block["metrics"][metric]
-                boot = block.get("bootstrap") or {}
-                table["rows"].append(
-                    {
-                        "name": res["name"],
-                        "version": res["version"],
-                        "value": summary["value"],
-                        "ci_low": summary["ci_low"],
-                        "ci_high": summary["ci_high"],
-                        "_resamples": block.get("main_resamples"),
-                        "_bootstrap": [boot.get(k) for k in ("seed", "n_resamples", "key")],
-                    }
-                )
+    for doc in results:
+        result = Result.of(doc)
+        for block in result.blocks():
+            protocol = protocol_of(result, block.task, block.cohort)
+            key = _ranking_key(result, block, protocol)
+            table = tables.setdefault(key, _new_table(result, block, protocol))
+            table["rows"].append(_row(result, block))
     out = []
     for key in sorted(tables):
         table = tables[key]
@@ -403,8 +386,10 @@ def rank_results(results: list[dict]) -> list[dict]:
         )
         for i, row in enumerate(rows):
             previous = rows[i - 1] if i else None
-            tied = previous is not None and previous["value"] == row["value"]
-            row["rank"] = previous["rank"] if tied else i + 1
+            if previous is not None and previous["value"] == row["value"]:
+                row["rank"] = previous["rank"]  # equal values share a rank
+            else:
+                row["rank"] = i + 1
         for row in rows:
             _compare_with_leader(row, rows[0])
         table["rows"] = [{k: r[k] for k in ROW_FIELDS} for r in rows]

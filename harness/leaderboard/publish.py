@@ -4,9 +4,10 @@ Results are written by `harness evaluate` while running code from strangers, and
 want to rank first or to carry patient data out through the published leaderboard. Everything
 that reaches ``leaderboard.{json,md,html}`` therefore passes through this module:
 
-- :func:`sanitize_message`: free text (a failure's message, a skip reason, a rejection reason)
-  loses control characters, absolute paths (replaced by their file name or ``<path>``), URLs and
-  every run of more than 4 digits (``<n>``), and is capped at :data:`MESSAGE_LIMIT` characters.
+- :func:`~harness.sanitize.sanitize_message`: free text (a failure's message, a skip reason, a
+  rejection reason) loses control characters, absolute paths (replaced by their file name or
+  ``<path>``), URLs and every run of more than 4 digits (``<n>``), and is capped at
+  :data:`~harness.sanitize.MESSAGE_LIMIT` characters.
 - :func:`publishable_result`: a result is published only when every number is finite and inside
   its metric's range, the ranked metric lies inside its own 95% CI, every key is a registered
   name (task, cohort, the task's label ids, scenario and its rate grid, fairness attribute,
@@ -30,33 +31,26 @@ from __future__ import annotations
 import copy
 import math
 import re
-import unicodedata
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError, UsageError
+from harness.results import Result
+from harness.sanitize import (
+    FINAL_PATH_PATTERNS,
+    LONG_DIGITS,
+    clean_text,
+    error_category,
+    sanitize_message,
+)
 
-#: Longest published message (failure messages, rejection reasons, skip reasons).
-MESSAGE_LIMIT = 300
 #: Smallest fairness group (stays) a published result may report numbers for.
 MIN_GROUP_SIZE = 20
 #: Fewest positives and negatives a published group reporting TPR, FPR or AUROC must hold.
 MIN_GROUP_CLASS_COUNT = 10
 
-#: What a failed evaluation is published as (``failed[].category``).
-ERROR_CATEGORIES = (
-    "timeout",  # a time limit was exceeded
-    "memory",  # a memory limit was exceeded
-    "crashed",  # the submission's process died (segfault, killed)
-    "exited",  # the submission ended its process itself (sys.exit, os._exit)
-    "sandbox_violation",  # it reached for files, network or processes it may not use
-    "sandbox_denied",  # the isolated executor's word for the same
-    "invalid_output",  # wrong shape, NaN, values outside [0, 1]
-    "invalid_spec",  # submission.yaml or a definition file is invalid
-    "error",  # anything else
-)
 #: Why a result.json was not published (``rejected[].category``).
 REJECT_CATEGORIES = (
     "unreadable",  # could not be read (I/O error, too large)
@@ -105,26 +99,6 @@ _TOLERANCE = 1e-9
 _RESAMPLE_TOLERANCE = 1e-5
 #: Task-block fields that are vetted and used for ranking but never published.
 PRIVATE_BLOCK_FIELDS = ("main_resamples",)
-_DIGITS = re.compile(r"\d{5,}")
-_URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"`<>]*")
-_SEG = r"[^\s/\\:'\"`<>|,;()\[\]{}]"
-_POSIX = re.compile(rf"(?<![\w.\-~])(?:~[\w.\-]*)?/{_SEG}+(?:/+{_SEG}*)*")
-_WINDOWS = re.compile(rf"(?<![\w])[A-Za-z]:[\\/]+(?:{_SEG}+[\\/]*)*")
-_UNC = re.compile(rf"\\\\{_SEG}+(?:\\+{_SEG}*)*")
-_FILE_NAME = re.compile(r"^[\w\-+]+(?:\.[\w\-+]+)+$")
-#: Path shapes the final check refuses: two or more components, a well-known root, a home.
-_ROOTS = (
-    "home", "Users", "root", "tmp", "var", "mnt", "media", "data", "opt", "srv", "private",
-    "Volumes", "nfs", "scratch", "gpfs", "work", "etc", "proc", "dev", "usr",
-)  # fmt: skip
-_FINAL_PATTERNS = (
-    re.compile(rf"(?<![\w.\-])/{_SEG}+/"),
-    re.compile(rf"(?<![\w.\-])/(?:{'|'.join(_ROOTS)})\b"),
-    re.compile(r"(?<![\w])~[\w.\-]*/"),
-    re.compile(r"(?<![\w])[A-Za-z]:(?:\\\\?|/)\w"),
-    re.compile(r"\\\\{1,2}[\w.$\-]+\\\\{1,2}\w"),
-    re.compile(r"\bfile:/"),
-)
 #: The one URL the rendered HTML holds (the SVG namespace); the final check ignores http(s) URLs.
 _WEB_URL = re.compile(r"\bhttps?://[^\s'\"`<>]*")
 
@@ -146,93 +120,7 @@ class Rejected(Exception):
 
 
 # --------------------------------------------------------------------------------------------
-# Free text
-
-
-def _drop_controls(text: str) -> str:
-    out = []
-    for ch in text:
-        cat = unicodedata.category(ch)
-        if ch in "\t\n\r\v\f" or cat in ("Zl", "Zp"):
-            out.append(" ")
-        elif cat in ("Cc", "Cf", "Cs", "Co", "Cn"):
-            continue
-        else:
-            out.append(ch)
-    return "".join(out)
-
-
-def _last_component(match: re.Match) -> str:
-    parts = [p for p in re.split(r"[\\/]+", match.group(0)) if p]
-    last = parts[-1] if parts else ""
-    return last if _FILE_NAME.match(last) else "<path>"
-
-
-def strip_paths(text: str) -> str:
-    """``text`` with URLs replaced by ``<url>`` and absolute paths (POSIX, ``~``, ``C:\\``, UNC)
-    by their last component when it is a file name (``model.py``), else by ``<path>``."""
-    text = _URL.sub("<url>", text)
-    for pattern in (_UNC, _WINDOWS, _POSIX):
-        text = pattern.sub(_last_component, text)
-    return text
-
-
-def _scrub(text: str) -> str:
-    """Whatever the final check would still call a path becomes ``<path>`` (so that sanitized
-    text can never stop a publication)."""
-    home = str(Path.home())
-    for _ in range(5):
-        before = text
-        for pattern in _FINAL_PATTERNS:
-            text = pattern.sub("<path>", text)
-        if len(home) > 1:
-            text = text.replace(home, "<path>")
-        if text == before:
-            break
-    return text
-
-
-def clean_text(text: Any) -> str:
-    """Control, format and surrogate characters removed and paths stripped (digits kept)."""
-    return _scrub(strip_paths(_drop_controls(str(text))))
-
-
-def sanitize_message(text: Any, limit: int = MESSAGE_LIMIT) -> str:
-    """Publishable form of free text: no control characters, no absolute paths or URLs, no run
-    of more than 4 digits (``<n>``), whitespace collapsed, at most ``limit`` characters.
-
-    Idempotent: sanitizing a sanitized message changes nothing.
-    """
-    text = clean_text("" if text is None else text)
-    text = _DIGITS.sub("<n>", text)
-    text = " ".join(text.split())
-    if len(text) > limit:
-        text = text[: limit - 3].rstrip() + "..."
-    return text
-
-
-def error_category(exc: BaseException | str | None) -> str:
-    """The published category of a failure: an exception's ``category`` attribute when it names
-    one of :data:`ERROR_CATEGORIES`, else one inferred from its type; a string is normalised."""
-    if exc is None:
-        return "error"
-    if isinstance(exc, str):
-        word = exc.strip().lower()
-        return word if word in ERROR_CATEGORIES else "error"
-    named = getattr(exc, "category", None)
-    if isinstance(named, str) and named.strip().lower() in ERROR_CATEGORIES:
-        return named.strip().lower()
-    from harness.errors import SpecError
-
-    if isinstance(exc, TimeoutError):
-        return "timeout"
-    if isinstance(exc, MemoryError):
-        return "memory"
-    if isinstance(exc, SystemExit):
-        return "exited"
-    if isinstance(exc, SpecError):
-        return "invalid_spec"
-    return "error"
+# Records of what is not ranked
 
 
 def rejection(entry: str, category: str, reason: str, source: str | None = None) -> dict:
@@ -261,20 +149,21 @@ FAILURE_MESSAGES = {
 }
 
 
-def failed_record(item: dict) -> dict:
+def failed_record(item: Result | dict) -> dict:
     """The published form of a failed evaluation (a ``failed`` result.json, or an older record
     with ``error``): name, version, dataset, category and sanitized message only."""
-    category = error_category(item.get("category"))
+    failure = Result.of(item)
+    category = error_category(failure.category)
     record = {
-        "name": sanitize_message(item.get("name") or "?", 120),
-        "version": None if item.get("version") is None else sanitize_message(item["version"], 100),
+        "name": sanitize_message(failure.name or "?", 120),
+        "version": None if failure.version is None else sanitize_message(failure.version, 100),
         "category": category,
         # a fixed sentence per category: the submission's own error text stays in the local
         # result.json, since any free text it controls can carry data encoded as letters
         "message": FAILURE_MESSAGES.get(category, FAILURE_MESSAGES["error"]),
     }
-    if item.get("dataset"):
-        record["dataset"] = sanitize_message(item["dataset"], 200)
+    if failure.dataset:
+        record["dataset"] = sanitize_message(failure.dataset, 200)
     return record
 
 
@@ -285,7 +174,7 @@ def failed_record(item: dict) -> dict:
 def find_paths(text: str) -> list[str]:
     """Absolute-path-like fragments of ``text`` (the serialized output), and the home folder."""
     scan = _WEB_URL.sub("", text)
-    hits = [m.group(0) for pattern in _FINAL_PATTERNS for m in pattern.finditer(scan)]
+    hits = [m.group(0) for pattern in FINAL_PATH_PATTERNS for m in pattern.finditer(scan)]
     home = str(Path.home())
     if len(home) > 1 and home in text:
         hits.append(home)
@@ -537,7 +426,7 @@ def _fairness_report(report: dict, where: str, n_stays: int, min_group_size: int
         names = [r["group"] for r in rows]
         if len(set(names)) != len(names):
             raise Rejected("schema", f"{at}: a group is listed twice")
-        if any(_DIGITS.search(g) for g in names):
+        if any(LONG_DIGITS.search(g) for g in names):
             raise Rejected(
                 "patient_level", f"{at}: a group name holds a number of more than 4 digits"
             )
@@ -695,7 +584,7 @@ def _block(block: dict, task: str, kind: str, labels: frozenset, where: str, mgs
 def _public_provenance(prov: dict) -> dict:
     """Known keys only; tasks and scenarios that are not registered are dropped."""
     from harness.evaluate.scenarios import SCENARIOS
-    from harness.leaderboard.result import PROVENANCE_PACKAGES
+    from harness.results.document import PROVENANCE_PACKAGES
 
     out = dict(prov)
     if "package_versions" in out:
@@ -740,7 +629,7 @@ def publishable_result(
     :data:`PRIVATE_BLOCK_FIELDS` are checked, then stripped unless ``keep_private`` (the
     leaderboard keeps them to rank, and strips them with :func:`strip_private` before writing).
     """
-    from harness.leaderboard.schema import schema_errors
+    from harness.results.schema import schema_errors
 
     if min_group_size < MIN_GROUP_SIZE:
         raise UsageError(f"min_group_size must be at least {MIN_GROUP_SIZE}, got {min_group_size}")

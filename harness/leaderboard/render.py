@@ -6,7 +6,11 @@ small hand-built SVG charts (robustness curves, fairness gaps, per-label fusion 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from html import escape
+from typing import Any
+
+from harness.results import Block, Curve, Fairness, FusionGain, Result
 
 PALETTE = ("#1b6ca8", "#d1495b", "#66a182", "#edae49", "#5c4d7d", "#00798c", "#8d6a9f", "#444")
 W, H, PAD = 420, 240, 40
@@ -84,16 +88,18 @@ def _base_name(name: str, profile: str) -> str:
     return name[: -len(suffix)] if profile != "honest" and name.endswith(suffix) else name
 
 
-def _beats_ehr(entry: dict | None, task: str, cohort: str) -> str:
+def _beats_ehr(entry: Mapping[str, Any] | None, task: str, cohort: str) -> str:
     """Whether the headline delta over the EHR-only reference is > 0 with p < 0.05: yes/no/n/a."""
-    block = ((entry or {}).get("tasks") or {}).get(task, {}).get(cohort)
-    if not block:
+    block = None if entry is None else Result.of(entry).block(task, cohort)
+    delta = None if block is None else block.delta_vs_ehr
+    if delta is None or delta.delta is None or delta.p_value is None:
         return "n/a"
-    ref = (block.get("references") or {}).get("ehr_only")
-    delta = (block.get("paired_deltas") or {}).get(ref or "", {}).get(block["main_metric"])
-    if not delta or delta.get("delta") is None or delta.get("p_value") is None:
-        return "n/a"
-    return "yes" if delta["delta"] > 0 and delta["p_value"] < 0.05 else "no"
+    return "yes" if delta.better_at(0.05) else "no"
+
+
+def _top_ranked(rows: Mapping[str, Mapping[str, Any]], names: list[str]) -> str:
+    """The best-ranked of ``names`` on a board (rows by name); ties go to the first name."""
+    return min(names, key=lambda n: (rows[n]["rank"], n))
 
 
 def profile_differences(doc: dict, a: str = "honest", b: str = "carebench") -> list[dict]:
@@ -115,7 +121,7 @@ def profile_differences(doc: dict, a: str = "honest", b: str = "carebench") -> l
         key = (table["dataset"], table["fingerprint"], table["task"], table["cohort"],
                tuple(protocol.get("folds") or ()), protocol.get("max_epochs"))  # fmt: skip
         boards.setdefault(key, {})[profile] = table
-    rows = []
+    rows: list[list[str]] = []
     for key, pair in sorted(boards.items(), key=lambda kv: str(kv[0])):
         if a not in pair or b not in pair:
             continue
@@ -126,7 +132,7 @@ def profile_differences(doc: dict, a: str = "honest", b: str = "carebench") -> l
         if len(common) < 1:
             continue
         metrics = f"{pair[a]['metric']} / {pair[b]['metric']}"
-        top = {p: min(common, key=lambda n, p=p: (ranks[p][n]["rank"], n)) for p in (a, b)}
+        top = {p: _top_ranked(ranks[p], common) for p in (a, b)}
         before = len(rows)
         if top[a] != top[b]:
             rows.append([where, f"top-ranked ({metrics})", top[a], top[b]])
@@ -268,29 +274,29 @@ def _svg(parts: list[str]) -> str:
     )
 
 
-def robustness_svg(title: str, curves: dict[str, dict]) -> str:
+def robustness_svg(title: str, curves: Mapping[str, Curve]) -> str:
     """Line chart: one polyline per submission, x = missingness rate, y = main metric."""
-    values = [v for c in curves.values() for v in c["values"] if v is not None]
-    rates = [r for c in curves.values() for r in c["rates"]]
+    values = [v for c in curves.values() for v in c.values if v is not None]
+    rates = [r for c in curves.values() for r in c.rates]
     if not values:
         return ""
     y_lo, y_hi = min(values), max(values)
     if y_hi - y_lo < 1e-6:
         y_lo, y_hi = y_lo - 0.05, y_hi + 0.05
     x_lo, x_hi = min(rates), max(rates)
-    metric = next(iter(curves.values()))["metric"]
+    metric = next(iter(curves.values())).metric
     parts = _axes(title, f"rate ({metric})", y_lo, y_hi)
     for i, (name, curve) in enumerate(sorted(curves.items())):
         color = PALETTE[i % len(PALETTE)]
         pts = [
             (_scale(r, x_lo, x_hi, PAD, W - 110), _scale(v, y_lo, y_hi, H - PAD, PAD - 10))
-            for r, v in zip(curve["rates"], curve["values"], strict=True)
+            for r, v in zip(curve.rates, curve.values, strict=True)
             if v is not None
         ]
         path = " ".join(f"{x:.1f},{y:.1f}" for x, y in pts)
         parts.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"/>')
         parts += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="{color}"/>' for x, y in pts]
-        auc = _fmt(curve.get("auc_normalised"), 2)
+        auc = _fmt(curve.auc_normalised, 2)
         parts.append(
             f'<text x="{W - 105}" y="{PAD + 12 * i}" fill="{color}">{escape(name)} ({auc})</text>'
         )
@@ -352,58 +358,72 @@ def _html_table(table: dict) -> str:
     return f"<table>{head}{rows}</table>"
 
 
+def _board_blocks(doc: Mapping[str, Any], table: Mapping[str, Any]) -> dict[str, Block]:
+    """Entry name -> its block on a ranking table's board (this board's protocol only)."""
+    ranked = {r["name"] for r in table["rows"]}
+    out = {}
+    for entry in map(Result.of, doc["entries"]):
+        block = entry.block(table["task"], table["cohort"])
+        if block and entry.dataset == table["dataset"] and entry.name in ranked:
+            out[str(entry.name)] = block
+    return out
+
+
+def _robustness_plots(blocks: Mapping[str, Block]) -> list[str]:
+    """One chart per scenario: every entry's curve."""
+    curves = {name: block.robustness for name, block in blocks.items()}
+    scenarios = sorted({s for by_scenario in curves.values() for s in by_scenario})
+    return [
+        robustness_svg(
+            f"robustness: {scenario}",
+            {n: c[scenario] for n, c in curves.items() if scenario in c},
+        )
+        for scenario in scenarios
+    ]
+
+
+def _gain_plot(name: str, gain: FusionGain) -> str:
+    """Per-label fusion gain with CIs (bold: significant)."""
+    bars = [
+        (label, g.delta, g.ci_low, g.ci_high, g.significant)
+        for label, g in gain.labels.items()
+        if g.delta is not None
+    ]
+    title = f"{name}: {gain.metric} gain vs {gain.reference} (bold: q<{gain.alpha})"
+    return bars_svg(title, bars)
+
+
+def _fairness_plot(name: str, fairness: Fairness) -> str:
+    """AUROC gap across the groups of each single attribute."""
+    bars: list[tuple[str, float, float | None, float | None, bool]] = []
+    for attr, t in fairness.attributes.items():
+        if "*" in attr or "auroc" not in t.summary:
+            continue
+        ci = t.gap_ci.get("auroc_difference") or {}
+        bars.append(
+            (attr, t.across("auroc")["difference"], ci.get("ci_low"), ci.get("ci_high"), False)
+        )
+    return bars_svg(f"{name}: AUROC gap across groups", bars)
+
+
+def _board_plots(blocks: Mapping[str, Block]) -> list[str]:
+    """The board's charts: robustness per scenario, then per entry its gain and fairness."""
+    plots = _robustness_plots(blocks)
+    for name, block in sorted(blocks.items()):
+        gain = block.fusion_gain
+        if gain:
+            plots.append(_gain_plot(name, gain))
+        fairness = block.fairness
+        if fairness and fairness.attributes:
+            plots.append(_fairness_plot(name, fairness))
+    return plots
+
+
 def render_html(doc: dict) -> str:
     sections = []
     for table in doc["rankings"]:
         task, cohort = table["task"], table["cohort"]
-        ranked = {r["name"] for r in table["rows"]}  # this board's protocol only
-        blocks = {
-            e["name"]: e["tasks"][task][cohort]
-            for e in doc["entries"]
-            if task in e["tasks"] and cohort in e["tasks"][task]
-            and e["dataset"] == table["dataset"] and e["name"] in ranked
-        }  # fmt: skip
-        plots = []
-        scenarios = sorted({s for b in blocks.values() for s in b.get("robustness", {})})
-        for scenario in scenarios:
-            curves = {
-                n: b["robustness"][scenario]
-                for n, b in blocks.items()
-                if scenario in b.get("robustness", {})
-            }
-            plots.append(robustness_svg(f"robustness: {scenario}", curves))
-        for name, block in sorted(blocks.items()):
-            gain = block.get("fusion_gain")
-            if gain:
-                bars = [
-                    (label, g["delta"], g["ci_low"], g["ci_high"], g["significant"])
-                    for label, g in gain["labels"].items()
-                    if g["delta"] is not None
-                ]
-                plots.append(
-                    bars_svg(
-                        f"{name}: {gain['metric']} gain vs {gain['reference']} "
-                        f"(bold: q<{gain['alpha']})",
-                        bars,
-                    )
-                )
-            fairness = block.get("fairness")
-            if fairness and "attributes" in fairness:
-                bars = []
-                for attr, t in fairness["attributes"].items():
-                    if "*" in attr or "auroc" not in t["summary"]:
-                        continue
-                    ci = t.get("gap_ci", {}).get("auroc_difference", {})
-                    bars.append(
-                        (
-                            attr,
-                            t["summary"]["auroc"]["difference"],
-                            ci.get("ci_low"),
-                            ci.get("ci_high"),
-                            False,
-                        )
-                    )
-                plots.append(bars_svg(f"{name}: AUROC gap across groups", bars))
+        plots = _board_plots(_board_blocks(doc, table))
         sections.append(
             f"<section><h2>{escape(task)} · {escape(cohort)} · {escape(table['metric'])}</h2>"
             f"<p>dataset <code>{escape(table['dataset'])}</code>, cohort fingerprint "

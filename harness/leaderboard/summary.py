@@ -15,16 +15,19 @@ one row per entry and one table per dataset x task x cohort:
   each CXR-missingness curve, the EHR-truncation area, and the train-time CXR dropout the entry
   used (entries that never saw a missing image in training are the ones missingness hurts).
 
-Everything is read from the entries' ``result.json`` blocks; nothing is recomputed.
+Everything is read from the entries' ``result.json`` blocks (through
+:class:`harness.results.Result`); nothing is recomputed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
 from harness.evaluate.stats import adjust_p_values
+from harness.results import AttributeTable, Block, Curve, Delta, FusionGain, Result
 
 #: Attributes shown in the fairness table (intersections stay in the JSON).
 FAIRNESS_ATTRIBUTES = (
@@ -42,36 +45,33 @@ def _fmt(x: float | None, digits: int = 3) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
-def _blocks(doc: dict) -> Iterator[tuple[tuple[str, str, str], dict, dict]]:
+def _blocks(doc: Mapping[str, Any]) -> Iterator[tuple[tuple[str, str, str], Result, Block]]:
     """(dataset, task, cohort), entry, block for every ok entry, in a stable order."""
-    for entry in sorted(doc["entries"], key=lambda e: e["name"]):
-        for task, cohorts in entry["tasks"].items():
-            for cohort, block in cohorts.items():
-                yield (entry["dataset"], task, cohort), entry, block
+    entries = [Result.of(e) for e in doc["entries"]]
+    for entry in sorted(entries, key=lambda e: str(e.name)):
+        for block in entry.blocks():
+            yield (str(entry.dataset), block.task, block.cohort), entry, block
 
 
-def _inputs(entry: dict) -> set[str] | None:
+def _inputs(entry: Result) -> frozenset[str] | None:
     """The entry's declared inputs: from its provenance, else from its submission folder (results
     written before inputs were recorded), else None (unknown)."""
-    prov = entry.get("provenance") or {}
-    if prov.get("inputs") is not None:
-        return set(prov["inputs"])
+    if entry.inputs is not None:
+        return entry.inputs
     from harness import config
     from harness.errors import HarnessError
     from harness.models.submission import load_submission
 
     try:
-        sub = load_submission(
-            config.submissions_dir() / str(prov.get("submission") or entry["name"])
-        )
+        sub = load_submission(config.submissions_dir() / str(entry.submission or entry.name))
     except (HarnessError, OSError):  # folder gone or no longer valid: unknown
         return None
-    return set(sub.inputs)
+    return frozenset(sub.inputs)
 
 
-def is_fusion(entry: dict) -> bool:
+def is_fusion(entry: Result | Mapping[str, Any]) -> bool:
     """True unless the entry is known to use a single modality (EHR only or CXR only)."""
-    inputs = _inputs(entry)
+    inputs = _inputs(Result.of(entry))
     if inputs is None:
         return True
     return bool(inputs & {"ehr", "ehr_summary"}) and bool(inputs & {"cxr", "cxr_pixels"})
@@ -79,11 +79,9 @@ def is_fusion(entry: dict) -> bool:
 
 def _table_wide(table: dict, alpha: float) -> None:
     """Append, per row, the labels significant with the whole table as one BH and BY family."""
-    gains = table.pop("_gains")
-    p = np.array(
-        [np.nan if r.get("p_value") is None else r["p_value"] for g in gains for r in g.values()]
-    )
-    positive = np.array([(r.get("delta") or 0) > 0 for g in gains for r in g.values()], bool)
+    gains: list[dict[str, Delta]] = table.pop("_gains")
+    p = np.array([np.nan if r.p_value is None else r.p_value for g in gains for r in g.values()])
+    positive = np.array([(r.delta or 0) > 0 for g in gains for r in g.values()], bool)
     for method in ("bh", "by"):
         hit = (adjust_p_values(p, method) < alpha) & positive  # NaN q compares False
         start = 0
@@ -93,7 +91,46 @@ def _table_wide(table: dict, alpha: float) -> None:
             start += n
 
 
-def fusion_gain_tables(doc: dict) -> list[dict]:
+def _gain_table(field: str, key: tuple[str, str, str], gain: FusionGain) -> dict:
+    """An empty fusion-gain table of one dataset x task x cohort."""
+    if field == "fusion_gain":
+        title, against = "Fusion gain per label over the EHR-only reference", "EHR-only"
+    else:
+        title = "Fusion gain per label over the best single modality"
+        against = "the better of " + " and ".join(gain.references) + " on each label"
+    return {
+        "kind": field,
+        "title": f"{title} · {key[1]} · {key[2]} ({key[0]})",
+        "note": f"{gain.metric} minus {against}'s on the same bootstrap resamples; "
+        f"significant = delta > 0 with Benjamini-Hochberg q < {gain.alpha} "
+        "across the entry's labels (the family of result.json); table-wide BH / BY = "
+        "the same with every entry x label of this table as one family, "
+        "Benjamini-Hochberg and Benjamini-Yekutieli (any dependence)",
+        "columns": [
+            "submission",
+            "reference",
+            "significant",
+            "labels (delta)",
+            "table-wide BH",
+            "table-wide BY",
+        ],
+        "rows": [],
+        "_gains": [],
+        "_alpha": gain.alpha,
+    }
+
+
+def _gain_row(entry: Result, gain: FusionGain) -> list[str]:
+    hits = gain.significant_labels()
+    return [
+        str(entry.name),
+        " / ".join(gain.references),
+        f"{len(hits)} of {len(gain.labels)}",
+        ", ".join(f"{name} ({delta:+.3f})" for name, delta in hits.items()) or "-",
+    ]
+
+
+def fusion_gain_tables(doc: Mapping[str, Any]) -> list[dict]:
     """Per-label gain over the EHR-only reference, then over the best single modality.
 
     Only entries that use both modalities are listed (a unimodal entry's gain over another
@@ -104,145 +141,109 @@ def fusion_gain_tables(doc: dict) -> list[dict]:
     tables: dict[tuple, dict] = {}
     for field in ("fusion_gain", "fusion_gain_unimodal"):
         for key, entry, block in _blocks(doc):
-            gain = block.get(field)
-            if not gain or not gain.get("labels") or not is_fusion(entry):
+            gain = block.gain(field)
+            if not gain or not gain.labels or not is_fusion(entry):
                 continue
-            refs = gain.get("references") or [gain.get("reference")]
-            if entry["name"] in refs:
+            if entry.name in gain.references:
                 continue
-            if field == "fusion_gain":
-                title, against = "Fusion gain per label over the EHR-only reference", "EHR-only"
-            else:
-                title = "Fusion gain per label over the best single modality"
-                against = "the better of " + " and ".join(refs) + " on each label"
-            table = tables.setdefault(
-                (field, *key),
-                {
-                    "kind": field,
-                    "title": f"{title} · {key[1]} · {key[2]} ({key[0]})",
-                    "note": f"{gain['metric']} minus {against}'s on the same bootstrap resamples; "
-                    f"significant = delta > 0 with Benjamini-Hochberg q < {gain['alpha']} "
-                    "across the entry's labels (the family of result.json); table-wide BH / BY = "
-                    "the same with every entry x label of this table as one family, "
-                    "Benjamini-Hochberg and Benjamini-Yekutieli (any dependence)",
-                    "columns": [
-                        "submission",
-                        "reference",
-                        "significant",
-                        "labels (delta)",
-                        "table-wide BH",
-                        "table-wide BY",
-                    ],
-                    "rows": [],
-                    "_gains": [],
-                    "_alpha": gain["alpha"],
-                },
-            )
-            labels = gain["labels"]
-            hits = sorted(
-                ((name, rec["delta"]) for name, rec in labels.items() if rec.get("significant")),
-                key=lambda item: -item[1],
-            )
-            table["rows"].append(
-                [
-                    entry["name"],
-                    " / ".join(refs),
-                    f"{len(hits)} of {len(labels)}",
-                    ", ".join(f"{name} ({delta:+.3f})" for name, delta in hits) or "-",
-                ]
-            )
-            table["_gains"].append(labels)
+            table = tables.setdefault((field, *key), _gain_table(field, key, gain))
+            table["rows"].append(_gain_row(entry, gain))
+            table["_gains"].append(gain.labels)
     for table in tables.values():
         _table_wide(table, table.pop("_alpha"))
     return list(tables.values())
 
 
-def fairness_tables(doc: dict) -> list[dict]:
+def _fairness_table(key: tuple[str, str, str], shown: list[str]) -> dict:
+    return {
+        "kind": "fairness",
+        "title": f"Lowest-TPR group per attribute · {key[1]} · {key[2]} ({key[0]})",
+        "note": "worst group (its TPR; max - min TPR gap, permutation p-value of equal "
+        "TPRs) at the threshold chosen on the validation split; groups under the minimum "
+        "size, or with fewer than 10 positives or negatives, are suppressed, and Unknown "
+        "is reported but never compared (results written before the permutation test "
+        "show no p-value; their percentile CI of the gap, biased upward, is not published)",
+        "columns": ["submission", *shown],
+        "rows": [],
+    }
+
+
+def _worst_tpr(table: AttributeTable | None) -> str:
+    """``group (its TPR; gap, p)`` of the attribute's lowest-TPR group, or n/a."""
+    tpr = table.across("tpr") if table else {}
+    worst = tpr.get("worst_group")
+    if table is None or worst is None:
+        return "n/a"
+    test = table.gap_test.get("tpr_difference") or {}
+    p_text = f", p {_fmt(test.get('p_value'), 3)}" if test else ""
+    return (
+        f"{worst} ({_fmt(tpr.get('group_min'), 2)}; gap {_fmt(tpr.get('difference'), 2)}{p_text})"
+    )
+
+
+def fairness_tables(doc: Mapping[str, Any]) -> list[dict]:
+    """Per attribute, each entry's lowest-TPR group, one table per dataset x task x cohort."""
     tables: dict[tuple, dict] = {}
     for key, entry, block in _blocks(doc):
-        attributes = (block.get("fairness") or {}).get("attributes")
-        if not attributes:
+        fairness = block.fairness
+        if fairness is None or not fairness.attributes:
             continue
-        shown = [a for a in FAIRNESS_ATTRIBUTES if a in attributes]
-        table = tables.setdefault(
-            key,
-            {
-                "kind": "fairness",
-                "title": f"Lowest-TPR group per attribute · {key[1]} · {key[2]} ({key[0]})",
-                "note": "worst group (its TPR; max - min TPR gap, permutation p-value of equal "
-                "TPRs) at the threshold chosen on the validation split; groups under the minimum "
-                "size, or with fewer than 10 positives or negatives, are suppressed, and Unknown "
-                "is reported but never compared (results written before the permutation test "
-                "show no p-value; their percentile CI of the gap, biased upward, is not published)",
-                "columns": ["submission", *shown],
-                "rows": [],
-            },
-        )
-        row = [entry["name"]]
-        for attribute in table["columns"][1:]:
-            rec = attributes.get(attribute)
-            tpr = (rec or {}).get("summary", {}).get("tpr") or {}
-            worst = tpr.get("worst_group")
-            if not rec or worst is None:
-                row.append("n/a")
-                continue
-            test = (rec.get("gap_test") or {}).get("tpr_difference") or {}
-            ci_text = f", p {_fmt(test.get('p_value'), 3)}" if test else ""
-            row.append(
-                f"{worst} ({_fmt(tpr.get('group_min'), 2)}; gap {_fmt(tpr.get('difference'), 2)}"
-                f"{ci_text})"
-            )
+        shown = [a for a in FAIRNESS_ATTRIBUTES if a in fairness.attributes]
+        table = tables.setdefault(key, _fairness_table(key, shown))
+        row = [str(entry.name)]
+        row += [_worst_tpr(fairness.attribute(a)) for a in table["columns"][1:]]
         table["rows"].append(row)
     return list(tables.values())
 
 
-def robustness_tables(doc: dict) -> list[dict]:
+def _robustness_table(key: tuple[str, str, str], mcar: Curve) -> dict:
+    return {
+        "kind": "robustness",
+        "title": f"Robustness to missing CXR · {key[1]} · {key[2]} ({key[0]})",
+        "note": f"{mcar.metric} with every image present and with none (MCAR rate 1); "
+        "normalised area under each missingness curve (1 = no loss), the MCAR area with "
+        "its 95% CI on the shared bootstrap resamples; train CXR dropout = share of "
+        "training images the entry hid (0: it never saw a missing image)",
+        "columns": [
+            "submission",
+            "train CXR dropout",
+            "all CXR",
+            "no CXR",
+            "area MCAR",
+            "area acuity",
+            "area subgroup",
+            "area EHR 24 h",
+            "area MCAR 95% CI",
+        ],
+        "rows": [],
+    }
+
+
+def _robustness_row(entry: Result, block: Block, mcar: Curve) -> list[str]:
+    areas = [
+        _fmt(curve.auc_normalised if (curve := block.curve(name)) else None)
+        for name in (*CXR_SCENARIOS, "ehr_truncate_24h")
+    ]
+    ci = f"[{_fmt(mcar.ci_low)}, {_fmt(mcar.ci_high)}]" if mcar.has_ci else "n/a"
+    values = mcar.values
+    return [
+        str(entry.name), _fmt(entry.train_cxr_dropout, 2), _fmt(values[0]), _fmt(values[-1]),
+        *areas, ci,
+    ]  # fmt: skip
+
+
+def robustness_tables(doc: Mapping[str, Any]) -> list[dict]:
+    """Each entry's scores with and without CXR and its missingness areas, per board."""
     tables: dict[tuple, dict] = {}
     for key, entry, block in _blocks(doc):
-        curves = block.get("robustness") or {}
-        mcar = curves.get("cxr_missing_mcar")
+        mcar = block.curve("cxr_missing_mcar")
         if not mcar:
             continue
-        table = tables.setdefault(
-            key,
-            {
-                "kind": "robustness",
-                "title": f"Robustness to missing CXR · {key[1]} · {key[2]} ({key[0]})",
-                "note": f"{mcar['metric']} with every image present and with none (MCAR rate 1); "
-                "normalised area under each missingness curve (1 = no loss), the MCAR area with "
-                "its 95% CI on the shared bootstrap resamples; train CXR dropout = share of "
-                "training images the entry hid (0: it never saw a missing image)",
-                "columns": [
-                    "submission",
-                    "train CXR dropout",
-                    "all CXR",
-                    "no CXR",
-                    "area MCAR",
-                    "area acuity",
-                    "area subgroup",
-                    "area EHR 24 h",
-                    "area MCAR 95% CI",
-                ],
-                "rows": [],
-            },
-        )
-        dropout = entry.get("provenance", {}).get("train_cxr_dropout")
-        values = mcar["values"]
-        areas = [
-            _fmt((curves.get(name) or {}).get("auc_normalised"))
-            for name in (*CXR_SCENARIOS, "ehr_truncate_24h")
-        ]
-        ci = (
-            f"[{_fmt(mcar.get('ci_low'))}, {_fmt(mcar.get('ci_high'))}]"
-            if "ci_low" in mcar
-            else "n/a"
-        )
-        table["rows"].append(
-            [entry["name"], _fmt(dropout, 2), _fmt(values[0]), _fmt(values[-1]), *areas, ci]
-        )
+        table = tables.setdefault(key, _robustness_table(key, mcar))
+        table["rows"].append(_robustness_row(entry, block, mcar))
     return list(tables.values())
 
 
-def summary_tables(doc: dict) -> list[dict]:
+def summary_tables(doc: Mapping[str, Any]) -> list[dict]:
     """Every summary table, grouped by kind (fusion gain, fairness, robustness)."""
     return fusion_gain_tables(doc) + fairness_tables(doc) + robustness_tables(doc)

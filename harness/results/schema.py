@@ -1,4 +1,12 @@
-"""Load the JSON Schemas shipped in ``harness/leaderboard/schema/`` and validate documents."""
+"""The JSON Schemas of ``result.json`` and ``leaderboard.json``, and validation against them.
+
+Both schemas ship as package data in ``harness/leaderboard/schema/`` (the leaderboard's schema
+embeds results by reference, so they are loaded into one registry). They are read as data of the
+``harness`` package: validating a result needs nothing of the leaderboard's code.
+
+``SCHEMA_VERSION`` is the version `harness evaluate` writes; :mod:`harness.results.migrate`
+brings older results up to it when they are read.
+"""
 
 from __future__ import annotations
 
@@ -12,17 +20,21 @@ from harness.errors import InputError
 
 RESULT_SCHEMA = "result.schema.json"
 LEADERBOARD_SCHEMA = "leaderboard.schema.json"
-SCHEMA_VERSION = "1.1"
+#: Version of the documents this harness writes (1.2: every ``ok`` result records its protocol).
+SCHEMA_VERSION = "1.2"
+#: Where the schema files lie inside the ``harness`` package.
+SCHEMA_FOLDER = ("leaderboard", "schema")
 
 
 @cache
 def load_schema(name: str) -> dict:
-    text = resources.files("harness.leaderboard").joinpath("schema", name).read_text("utf-8")
+    """The parsed JSON Schema ``name`` (:data:`RESULT_SCHEMA` or :data:`LEADERBOARD_SCHEMA`)."""
+    text = resources.files("harness").joinpath(*SCHEMA_FOLDER, name).read_text("utf-8")
     return json.loads(text)
 
 
 @cache
-def _validator(name: str):
+def _validator(name: str) -> Any:
     from jsonschema import Draft202012Validator
     from referencing import Registry, Resource
 

@@ -1,0 +1,291 @@
+"""Units of an evaluation: one (task, cohort, fold, seed) trained, predicted and stored.
+
+A unit is trained through a :class:`~harness.executors.Runner`; its per-stay predictions
+(validation, clean test, every scenario and rate, the other cohorts' test stays) and its
+metadata (validation thresholds, score, epochs, time) are written atomically to one parquet file
+(:func:`harness.evaluate.paths.unit_path`), so an interrupted evaluation resumes where it
+stopped. The folder of those files is keyed by :func:`run_key`: a hash of the submission's files,
+the protocol code, the encoder, the scenarios and the training overrides, so editing the model
+never reuses stale predictions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+from harness.evaluate.protocol import DEFAULT_PROTOCOL
+from harness.io import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from harness.evaluate.run import EvalSettings
+    from harness.executors import TrainJob, TrainSummary
+    from harness.models.data import FeatureSet, NormStats, Split
+    from harness.models.protocol import Tensors
+    from harness.models.submission import Submission
+
+log = logging.getLogger(__name__)
+
+UNIT_SCHEMA_VERSION = 1
+#: Harness modules whose code decides what a unit computes: editing them invalidates units.
+PROTOCOL_MODULES = ("models/data.py", "models/train.py", "evaluate/scenarios.py")
+
+
+class UnitRunner(Protocol):
+    """What training a unit needs of a runner: a :class:`~harness.executors.Runner`, or the
+    evaluation's lazy wrapper around one."""
+
+    def train(self, job: TrainJob) -> TrainSummary: ...
+
+    def predict(self, tensors: Tensors) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One (task, cohort, fold, seed) of an evaluation."""
+
+    task: str
+    cohort: str
+    fold: int
+    seed: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.task}/{self.cohort} fold {self.fold} seed {self.seed}"
+
+
+# --------------------------------------------------------------------------------------------
+# Which predictions a unit folder holds
+
+
+def _hash_files(root: Path, paths: Sequence[Path]) -> str:
+    """Hash of the files' paths relative to ``root`` and their bytes (order-independent)."""
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        h.update(p.relative_to(root).as_posix().encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def submission_digest(sub: Submission) -> str:
+    """Hash of every file of the submission folder that can change its behaviour."""
+    files = [p for p in sub.path.rglob("*") if p.is_file() and p.suffix in (".py", ".yaml", ".yml")]
+    return _hash_files(sub.path, [p for p in files if "__pycache__" not in p.parts])
+
+
+def protocol_digest() -> str:
+    """Hash of the harness code that decides what a unit computes (:data:`PROTOCOL_MODULES`)."""
+    root = Path(__file__).resolve().parents[1]
+    return _hash_files(root, [root / m for m in PROTOCOL_MODULES])
+
+
+def run_key(
+    sub: Submission, settings: EvalSettings, encoder_key: str, scenarios: Sequence[str]
+) -> str:
+    """Key of a unit folder: submission files, protocol code, encoder, scenarios, overrides."""
+    payload: dict[str, Any] = {
+        "submission": submission_digest(sub),
+        "protocol": protocol_digest(),
+        "scenarios": sorted(scenarios),
+        "encoder_key": encoder_key,
+        "max_epochs": settings.max_epochs,
+        "unit_schema": UNIT_SCHEMA_VERSION,
+    }
+    if settings.train_cxr_dropout is not None:
+        payload["train_cxr_dropout"] = settings.train_cxr_dropout
+    if settings.protocol != DEFAULT_PROTOCOL:  # another selection metric: other checkpoints
+        payload["protocol"] = settings.protocol
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------
+# One unit: train, predict validation (thresholds), clean test, scenarios, other cohorts
+
+
+def _prob_columns(p: np.ndarray) -> dict[str, np.ndarray]:
+    p = p.reshape(len(p), -1)
+    return {f"prob_{j}": p[:, j].astype(np.float64) for j in range(p.shape[1])}
+
+
+def prediction_frame(
+    stay_id: np.ndarray, part: str, scenario: str, rate: float, p: np.ndarray
+) -> pd.DataFrame:
+    """Rows of a unit file: stay, part (val, test, cross:<cohort>), scenario, rate, probs."""
+    cols: dict[str, Any] = {
+        "stay_id": stay_id.astype(np.int64),
+        "part": part,
+        "scenario": scenario,
+        "rate": np.float64(rate),
+    }
+    cols.update(_prob_columns(p))
+    return pd.DataFrame(cols)
+
+
+def select_thresholds(task_kind: str, y_val: np.ndarray, p_val: np.ndarray) -> list[float]:
+    """Youden's J threshold (per label of a multilabel task) on validation; none for multiclass."""
+    from harness.evaluate.fairness import select_threshold
+
+    if task_kind == "binary":
+        return [select_threshold(y_val, p_val)]
+    if task_kind == "multilabel":
+        return [select_threshold(y_val[:, j], p_val[:, j]) for j in range(y_val.shape[1])]
+    return []
+
+
+def _train(
+    runner: UnitRunner, fs: FeatureSet, unit: Unit, settings: EvalSettings, split: Split, key: bytes
+) -> TrainSummary:
+    """Train the unit's model on the fold's training and validation tensors (pseudonymised)."""
+    from harness.executors import TrainJob
+    from harness.executors.base import pseudonymise
+
+    # checkpoint selection on the profile's metric (honest: the task YAML's main_metric)
+    task = replace(fs.task, main_metric=settings.profile.selection_metric(fs.task))
+    return runner.train(
+        TrainJob(
+            task=task, fold=unit.fold, seed=unit.seed, variables=list(fs.variables),
+            train=pseudonymise(split.train, key), val=pseudonymise(split.val, key),
+            device=settings.device, max_epochs=settings.max_epochs,
+            cxr_dropout=settings.train_cxr_dropout,
+        )
+    )  # fmt: skip
+
+
+def _predict_inputs(
+    runner: UnitRunner, fs: FeatureSet, idx: np.ndarray, stats: NormStats, key: bytes
+) -> np.ndarray:
+    """Predictions for rows ``idx`` of ``fs`` from inputs only (normalised with ``stats``)."""
+    from harness.executors.base import pseudonymise
+    from harness.executors.wire import without_labels
+    from harness.models.data import make_tensors
+
+    return runner.predict(pseudonymise(without_labels(make_tensors(fs, idx, stats)), key))
+
+
+def _scenario_frames(
+    runner: UnitRunner, fs: FeatureSet, unit: Unit, names: Sequence[str], split: Split, key: bytes
+) -> list[pd.DataFrame]:
+    """Test predictions under every scenario and non-zero rate."""
+    from harness.evaluate.scenarios import SCENARIOS
+
+    _, _, test_idx = fs.split(unit.fold)
+    frames = []
+    for name in names:
+        scenario = SCENARIOS.get(name)
+        for rate in scenario.rates:
+            if rate == 0.0:
+                continue
+            degraded = scenario.degrade(fs, test_idx, rate, unit.fold)
+            p = _predict_inputs(runner, degraded, test_idx, split.stats, key)
+            frames.append(prediction_frame(fs.stay_id[test_idx], "test", name, rate, p))
+    return frames
+
+
+def _cross_frames(
+    runner: UnitRunner, others: Mapping[str, FeatureSet], unit: Unit, split: Split, key: bytes
+) -> list[pd.DataFrame]:
+    """Predictions on each other cohort's fold-``k`` test stays (normalised on this fold)."""
+    frames = []
+    for other_name, other_fs in others.items():
+        _, _, other_test = other_fs.split(unit.fold)
+        p = _predict_inputs(runner, other_fs, other_test, split.stats, key)
+        part = f"cross:{other_name}"
+        frames.append(prediction_frame(other_fs.stay_id[other_test], part, "clean", 0.0, p))
+    return frames
+
+
+def write_unit(out_path: Path, table: pd.DataFrame, meta: Mapping[str, Any]) -> None:
+    """Write a unit file atomically: the predictions, with ``meta`` in the parquet metadata."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    arrow = pa.Table.from_pandas(table, preserve_index=False)
+    arrow = arrow.replace_schema_metadata({b"harness_unit": json.dumps(meta).encode()})
+    sink = pa.BufferOutputStream()
+    pq.write_table(arrow, sink, compression="zstd")
+    atomic_write_bytes(out_path, sink.getvalue().to_pybytes())
+
+
+def run_unit(
+    runner: UnitRunner,
+    fs: FeatureSet,
+    unit: Unit,
+    settings: EvalSettings,
+    scenario_names: Sequence[str],
+    others: Mapping[str, FeatureSet],
+    out_path: Path,
+) -> None:
+    """Train one (task, cohort, fold, seed) through ``runner`` and write its predictions.
+
+    The harness prepares every input here, on its side of the trust boundary: the fold's
+    normalisation is fitted on its training stays, the model receives the training and
+    validation tensors with labels, then only inputs (no labels) for validation, clean test,
+    each scenario and rate and the other cohort. Thresholds are chosen here from the validation
+    labels the model's answers are compared with.
+    """
+    from harness.executors.base import pseudonym_key, pseudonymise
+    from harness.executors.wire import without_labels
+    from harness.models.data import prepare_split
+
+    key = pseudonym_key(f"{unit.task}/{unit.cohort}/{unit.fold}")
+    split = prepare_split(fs, unit.fold)
+    summary = _train(runner, fs, unit, settings, split, key)
+    _, val_idx, test_idx = fs.split(unit.fold)
+    p_val = runner.predict(pseudonymise(without_labels(split.val), key))
+    p_test = runner.predict(pseudonymise(without_labels(split.test), key))
+    frames = [
+        prediction_frame(fs.stay_id[val_idx], "val", "clean", 0.0, p_val),
+        prediction_frame(fs.stay_id[test_idx], "test", "clean", 0.0, p_test),
+        *_scenario_frames(runner, fs, unit, scenario_names, split, key),
+        *_cross_frames(runner, others, unit, split, key),
+    ]
+    meta = {
+        "unit_schema": UNIT_SCHEMA_VERSION,
+        "task": unit.task,
+        "cohort": unit.cohort,
+        "fold": unit.fold,
+        "seed": unit.seed,
+        "thresholds": select_thresholds(fs.task.kind, fs.y[val_idx], p_val),
+        "val_score": float(summary.val_score),
+        "best_epoch": int(summary.best_epoch),
+        "train_seconds": float(summary.train_seconds),
+    }
+    write_unit(out_path, pd.concat(frames, ignore_index=True), meta)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading finished units back
+
+
+def read_unit(path: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """A unit file's predictions and metadata."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    meta = json.loads(table.schema.metadata[b"harness_unit"])
+    return table.to_pandas(), meta
+
+
+def readable_unit(path: Path) -> bool:
+    """Whether a finished unit's file can be read back; a damaged one is set aside and redone."""
+    try:
+        read_unit(path)
+        return True
+    except Exception as exc:  # noqa: BLE001 - truncated parquet, bad metadata: all recomputed
+        aside = path.with_name(path.name + ".damaged")
+        path.replace(aside)
+        log.warning("%s cannot be read (%s); kept as %s and trained again", path, exc, aside.name)
+        return False
+
+
+def finished(path: Path) -> bool:
+    """Whether ``path`` holds a finished, readable unit (to reuse rather than train again)."""
+    return path.is_file() and readable_unit(path)
