@@ -245,3 +245,59 @@ def test_new_results_are_1_2_and_must_record_their_protocol(doc):
                      provenance_record=provenance())  # fmt: skip
     # a failed evaluation has no protocol to record
     assert schema_errors(failed_result("x", "1", "synthetic-default", "boom")) == []
+
+
+def _group_rows(node):
+    """Every fairness group row of a document (dicts with ``group`` and ``suppressed``)."""
+    if isinstance(node, dict):
+        if "group" in node and "suppressed" in node:
+            yield node
+        for value in node.values():
+            yield from _group_rows(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _group_rows(value)
+
+
+def _break(doc: dict, how: str) -> dict:
+    trial = copy.deepcopy(doc)
+    trial.pop("signature", None)
+    rows = list(_group_rows(trial))
+    kept = next(r for r in rows if not r["suppressed"])
+    hidden = next(r for r in rows if r["suppressed"])
+    if how == "text_number":
+        trial["tasks"][BINARY][COHORT]["metrics"]["auroc"] = "0.9"
+    elif how == "unknown_key":
+        kept["stay_ids"] = 3
+    elif how == "per_stay_array":
+        kept["tpr"] = [0.1, 0.2]
+    elif how == "numbers_on_a_suppressed_group":
+        hidden["n"] = 3
+    elif how == "bad_name":
+        trial["name"] = "a b/../c"
+    return trial
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["text_number", "unknown_key", "per_stay_array", "numbers_on_a_suppressed_group", "bad_name"],
+)
+def test_inlined_schema_rejects_exactly_what_the_published_schema_rejects(doc, how):
+    """The validator inlines leaf definitions for speed; a plain Draft 2020-12 validator of the
+    schema as shipped must report the same violations on broken documents."""
+    from jsonschema import Draft202012Validator
+    from referencing import Registry, Resource
+
+    from harness.results.schema import LEADERBOARD_SCHEMA, RESULT_SCHEMA, load_schema
+
+    registry = Registry().with_resources(
+        (n, Resource.from_contents(load_schema(n))) for n in (RESULT_SCHEMA, LEADERBOARD_SCHEMA)
+    )
+    plain = Draft202012Validator(load_schema(RESULT_SCHEMA), registry=registry)
+    trial = _break(doc, how)
+    fast = schema_errors(trial)
+    slow = sorted(
+        "/".join(map(str, e.absolute_path)) or "(top level)" for e in plain.iter_errors(trial)
+    )
+    assert fast, f"{how}: a broken document passed"
+    assert sorted(e.split(": ")[0] for e in fast) == slow

@@ -95,8 +95,12 @@ def build_result(
     status: str = "ok",
     error: str | None = None,
     category: str | None = None,
+    check: bool = True,
 ) -> dict[str, Any]:
     """Assemble and validate a result document (``cohorts``: {cohort: {fingerprint, ...}}).
+
+    ``check=False`` leaves validation to :func:`write_result` (which always validates), for a
+    caller that writes the document at once: a large result takes a second to validate.
 
     A failed result's ``error`` is sanitized and carries a ``category`` (one of
     ``ERROR_CATEGORIES``; default ``error``). An ``ok`` result must record its protocol
@@ -118,7 +122,8 @@ def build_result(
     }
     if category is not None:
         result["category"] = error_category(category)
-    validate(result, RESULT_SCHEMA)
+    if check:
+        validate(result, RESULT_SCHEMA)
     return result
 
 
