@@ -1,6 +1,6 @@
 """Seconds for 1,000 patient-level bootstrap resamples of macro-AUROC (25 labels x 20,000 stays).
 
-Compares the vectorised kernel (harness.evaluate.bootstrap) with a naive loop calling
+Compares the vectorised kernel (harness.metrics.bootstrap) with a naive loop calling
 scikit-learn's roc_auc_score on each explicitly resampled row set, on the same resamples, and
 prints both times, the ratio and the largest difference between the two sets of values. The
 naive loop is timed on ``--naive`` resamples (default 50) and extrapolated to the full count.
@@ -16,7 +16,7 @@ import time
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from harness.evaluate.bootstrap import bootstrap_indices, bootstrap_metric
+from harness.metrics.bootstrap import bootstrap_indices, bootstrap_metric
 
 
 def main() -> None:

@@ -85,8 +85,8 @@ def run_demo(
         tasks=tuple(tasks), folds=tuple(folds), seeds=tuple(seeds), executor=executor
     )
     console.rule(
-        f"4. evaluate the reference submissions (folds {','.join(map(str, settings.folds))}, "
-        f"seeds {','.join(map(str, settings.seeds))}, at most {settings.max_epochs} epochs)"
+        f"4. evaluate the reference submissions (folds {','.join(map(str, folds))}, "
+        f"seeds {','.join(map(str, seeds))}, at most {settings.max_epochs} epochs)"
     )
     for path in reference_submissions(submissions):
         t0 = time.perf_counter()

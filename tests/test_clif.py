@@ -20,14 +20,14 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def clif_dir() -> Path:
-    from harness.data.clif import default_clif_dir
+    from harness.cohort.clif import default_clif_dir
 
     return default_clif_dir()
 
 
 @pytest.fixture(scope="module")
 def built(clif_dir: Path) -> dict[str, Path]:
-    from harness.data.clif import build_clif_cohorts
+    from harness.cohort.clif import build_clif_cohorts
 
     return build_clif_cohorts(clif_dir)
 
@@ -161,7 +161,7 @@ def test_hourly_values_match_pandas(built, clif_dir):
 
 def test_cohort_loads_and_rebuild_is_noop(built, clif_dir):
     from harness.cohort import load_cohort
-    from harness.data.clif import build_clif_cohorts
+    from harness.cohort.clif import build_clif_cohorts
 
     cohort = load_cohort("base", dataset="clif-clif_demo")
     assert cohort.path == built["base"] and len(cohort.stays) > 0
@@ -171,7 +171,7 @@ def test_cohort_loads_and_rebuild_is_noop(built, clif_dir):
 
 def test_unit_conversion_and_mismatch(tmp_path, clif_dir):
     """A lab in umol/L is converted; an unknown unit is dropped and counted."""
-    from harness.data.clif import ClifTables, hourly_from_clif, load_clif_mapping
+    from harness.cohort.clif import ClifTables, hourly_from_clif, load_clif_mapping
 
     for f in clif_dir.glob("clif_*.parquet"):
         (tmp_path / f.name).symlink_to(f)
@@ -204,7 +204,7 @@ def test_unit_conversion_and_mismatch(tmp_path, clif_dir):
 
 
 def test_bad_inputs_name_file_and_column(tmp_path, clif_dir):
-    from harness.data.clif import build_clif_cohorts, load_clif_mapping
+    from harness.cohort.clif import build_clif_cohorts, load_clif_mapping
 
     with pytest.raises(InputError, match="clif_adt"):
         build_clif_cohorts(tmp_path)

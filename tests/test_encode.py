@@ -17,10 +17,10 @@ import torch
 from encode_fixtures import make_cohort
 
 from harness.encode.encoders import build_test_tiny
-from harness.encode.registry import encoder_key, get_encoder, parse_encoder_name
+from harness.encode.registry import encoder_key, encoder_key_for, get_encoder, parse_encoder_name
 from harness.encode.run import encode_cohort
 from harness.errors import InputError, UnknownNameError, UsageError
-from harness.store import cxr_store_path, encoder_key_for, read_cxr
+from harness.store import cxr_store_path, read_cxr
 
 torch.set_num_threads(1)
 TESTS_DIR = Path(__file__).resolve().parent

@@ -9,7 +9,7 @@ from fairlearn.metrics import demographic_parity_difference, equalized_odds_diff
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from harness.errors import InputError
-from harness.evaluate.fairness import (
+from harness.metrics.fairness import (
     binary_fairness,
     fairness_groups,
     multiclass_fairness,

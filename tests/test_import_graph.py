@@ -4,10 +4,9 @@ Every ``harness/**/*.py`` is parsed (not imported) and each import of ``harness.
 edge from the file's top-level package or module to ``<name>``, imports inside functions and
 ``TYPE_CHECKING`` blocks included: a lazy import is still a dependency. Writing a result
 (`harness.evaluate`) must not need the leaderboard that reads results; both rely on the neutral
-modules below them (`harness.results`, `harness.signing`, `harness.sanitize`).
-
-:data:`KNOWN_EDGES` lists the edges that still close a cycle, each with the file that makes it;
-they are left out of the acyclicity check. Remove an entry once its import is gone.
+modules below them (`harness.results`, `harness.signing`, `harness.sanitize`). The numeric
+layer of scoring (`harness.metrics`) sits below everything that scores: cohort specs, training,
+the sandbox worker, evaluation and the leaderboard.
 """
 
 from __future__ import annotations
@@ -19,21 +18,6 @@ from pathlib import Path
 import pytest
 
 HARNESS = Path(__file__).resolve().parents[1] / "harness"
-
-#: Edges that close cycles, by the file that imports upward (dependency -> why it exists).
-KNOWN_EDGES: dict[tuple[str, str], str] = {
-    (
-        "cohort",
-        "evaluate",
-    ): "cohort/spec.py validates a task's main_metric with the metric registry",
-    ("models", "evaluate"): "models/train.py selects checkpoints with the metric registry",
-    ("executors", "evaluate"): "executors/worker.py",
-    ("models", "executors"): "models/validate.py runs the sandbox check",
-    ("executors", "leaderboard"): "executors/base.py imports harness.leaderboard.signing "
-    "(an alias of harness.signing) for the pseudonym key",
-    ("data", "cohort"): "data/carebench.py, data/clif.py, data/external.py use the cohort builder",
-    ("store", "encode"): "store.py uses the encoder registry",
-}
 
 
 def _node(module: str) -> str | None:
@@ -112,8 +96,13 @@ def test_the_result_format_sits_below_evaluate_and_leaderboard(graph, neutral):
     assert not set(upward) & {"evaluate", "leaderboard", "cli", "demo"}, upward
 
 
-def test_the_package_graph_has_no_cycle_but_the_known_edges(graph):
-    cycle = find_cycle(set(graph) - set(KNOWN_EDGES))
+def test_the_metrics_package_needs_only_the_neutral_modules(graph):
+    needs = {b for (a, b) in graph if a == "metrics"}
+    assert needs <= {"errors", "registry"}, {b: graph[("metrics", b)] for b in needs}
+
+
+def test_the_package_graph_has_no_cycle(graph):
+    cycle = find_cycle(set(graph))
     assert cycle is None, (
         " -> ".join(cycle or [])
         + ": "

@@ -26,14 +26,13 @@ from test_cohort_build import write_mini
 from harness.cohort import load_cohort
 from harness.cohort.build import build_cohorts
 from harness.cohort.spec import load_phenotypes
-from harness.encode.registry import get_encoder
+from harness.encode.registry import encoder_key_for, get_encoder
 from harness.encode.run import encode_cohort, encode_ehr
 from harness.errors import InputError, SpecError
 from harness.store import (
     CHECKSUMS_ATTR,
     cxr_store_path,
     ehr_store_path,
-    encoder_key_for,
     read_cxr,
     read_ehr,
 )
@@ -494,7 +493,7 @@ def test_text_in_a_parquet_source_names_the_row(mini_root, tmp_path):
 
 
 def test_duplicate_stays_from_an_external_source_are_rejected(tmp_path):
-    from harness.data.external import write_cohorts
+    from harness.cohort.external import write_cohorts
 
     stays = pd.DataFrame({"stay_id": [1, 1, 2], "subject_id": [5, 5, 6]})
     with pytest.raises(InputError, match=r"clif-folder: 1 stay_id value\(s\) appear on more"):

@@ -13,12 +13,12 @@ from scipy.stats import false_discovery_control
 from harness.cli.main import main
 from harness.cohort.spec import load_task
 from harness.errors import InputError
-from harness.evaluate.bootstrap import bootstrap_indices
-from harness.evaluate.fairness import fairness_groups
 from harness.evaluate.run import EvalSettings, protocol_record
 from harness.evaluate.score import robustness_curve, score_predictions
-from harness.evaluate.stats import benjamini_hochberg
 from harness.leaderboard.aggregate import aggregate
+from harness.metrics.bootstrap import bootstrap_indices
+from harness.metrics.comparisons import benjamini_hochberg
+from harness.metrics.fairness import fairness_groups
 from harness.results.document import build_result, failed_result, provenance, write_result
 from harness.results.schema import LEADERBOARD_SCHEMA, schema_errors
 
@@ -257,7 +257,7 @@ def test_fusion_gain_over_the_best_single_modality_per_label(data):
     """Each label is compared with whichever unimodal reference is better on it (point AUROC)."""
     from sklearn.metrics import roc_auc_score
 
-    from harness.evaluate.stats import fusion_gain
+    from harness.metrics.comparisons import fusion_gain
 
     rng = np.random.default_rng(11)
     Y = data["Y"]

@@ -21,8 +21,6 @@ import pytest
 from harness.cli.main import main
 from harness.cohort.spec import load_task
 from harness.errors import InputError
-from harness.evaluate.bootstrap import bootstrap_indices
-from harness.evaluate.fairness import fairness_groups
 from harness.evaluate.run import EvalSettings, protocol_record
 from harness.evaluate.score import score_predictions
 from harness.leaderboard.aggregate import aggregate
@@ -32,6 +30,8 @@ from harness.leaderboard.publish import (
     assert_publishable,
     find_paths,
 )
+from harness.metrics.bootstrap import bootstrap_indices
+from harness.metrics.fairness import fairness_groups
 from harness.results.document import build_result, failed_result, provenance, write_result
 from harness.results.schema import LEADERBOARD_SCHEMA, schema_errors
 from harness.sanitize import sanitize_message, strip_paths

@@ -8,7 +8,7 @@ import pytest
 from sklearn import metrics as skm
 
 from harness.errors import UnknownNameError
-from harness.evaluate.metrics import (
+from harness.metrics.registry import (
     HIGHER_IS_BETTER,
     MAIN_METRIC,
     METRICS,
@@ -144,7 +144,7 @@ def test_headline_metric_is_the_one_model_selection_uses(task_name):
     """The scorer's headline follows each task YAML's main_metric, the same number that early
     stopping maximises on validation (selection computes it with scikit-learn directly)."""
     from harness.cohort.spec import load_task
-    from harness.evaluate.metrics import main_metric_for
+    from harness.metrics.registry import main_metric_for
     from harness.models.protocol import TaskInfo
     from harness.models.train import selection_score
 
@@ -161,7 +161,7 @@ def test_headline_metric_is_the_one_model_selection_uses(task_name):
 
 
 def test_main_metric_names():
-    from harness.evaluate.metrics import main_metric_for
+    from harness.metrics.registry import main_metric_for
 
     assert main_metric_for("multiclass", "macro_f1") == "f1_macro"
     assert main_metric_for("multiclass", "kappa") == "kappa_linear"

@@ -26,6 +26,7 @@ def test_feature_set_is_aligned_with_cohort_and_store(built_cache, monkeypatch):
     monkeypatch.setenv("HARNESS_CACHE", str(built_cache))
     from harness import store
     from harness.cohort import load_cohort
+    from harness.encode.registry import encoder_key_for
     from harness.models.data import load_feature_set
     from harness.models.train import train_model
 
@@ -46,7 +47,7 @@ def test_feature_set_is_aligned_with_cohort_and_store(built_cache, monkeypatch):
     assert not (fs.has_cxr & ~linked).any()  # an image only where the cohort links one
     with_image = np.flatnonzero(fs.has_cxr)[:5]
     feats = store.read_cxr(
-        store.encoder_key_for("test_tiny"), [str(d) for d in stays["dicom_id"].iloc[with_image]]
+        encoder_key_for("test_tiny"), [str(d) for d in stays["dicom_id"].iloc[with_image]]
     )
     np.testing.assert_allclose(fs.cxr[with_image], feats.embedding, rtol=1e-6)
     assert np.all(fs.cxr[~fs.has_cxr] == 0)

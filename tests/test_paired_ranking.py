@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from harness.evaluate.bootstrap import bootstrap_indices
 from harness.evaluate.run import EvalSettings, protocol_record
 from harness.evaluate.score import score_predictions
 from harness.leaderboard.aggregate import aggregate
 from harness.leaderboard.publish import publishable_result
+from harness.metrics.bootstrap import bootstrap_indices
 from harness.results.document import build_result, provenance, write_result
 from harness.results.schema import LEADERBOARD_SCHEMA, schema_errors
 

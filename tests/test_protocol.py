@@ -212,8 +212,8 @@ def test_validation_choice_is_unbiased_where_the_test_choice_is_not():
     favourable, so the reported delta is biased downwards; choosing it on validation (the rule
     `pick_reference` applies) leaves the delta centred on zero.
     """
-    from harness.evaluate.metrics import batched_auroc
     from harness.evaluate.score.references import pick_reference
+    from harness.metrics.registry import batched_auroc
 
     rng = np.random.default_rng(7)
     reps, n = 400, 300
@@ -364,7 +364,7 @@ def test_leaderboard_shows_one_board_per_protocol_and_names_it():
 
 
 def test_selection_follows_the_registry_direction():
-    from harness.evaluate.metrics import METRICS, main_metric_for, metrics_for
+    from harness.metrics.registry import METRICS, main_metric_for, metrics_for
     from harness.models.train import selection_score
 
     y = np.array([0] * 80 + [1] * 20, dtype=float)
@@ -399,7 +399,7 @@ def test_selection_follows_the_registry_direction():
 def test_unknown_main_metric_is_rejected_when_the_task_loads(tmp_path, monkeypatch):
     from harness.cohort.spec import load_task
     from harness.errors import SpecError
-    from harness.evaluate.metrics import main_metric_for
+    from harness.metrics.registry import main_metric_for
 
     tasks = tmp_path / "tasks"
     shutil.copytree(REPO / "tasks", tasks)
@@ -485,8 +485,8 @@ def test_carebench_and_honest_entries_are_scored_and_boarded_apart(
     store_cache, monkeypatch, capsys
 ):
     monkeypatch.setenv("HARNESS_CACHE", str(store_cache))
-    from harness.evaluate.metrics import METRICS
     from harness.evaluate.run import read_unit
+    from harness.metrics.registry import METRICS
     from harness.models.data import load_feature_set
 
     args = ["--quick", "-t", "mortality_icu", "-c", "base", "--encoder", "test_tiny",

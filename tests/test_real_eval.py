@@ -101,7 +101,7 @@ def test_carebench_folds_are_used_as_given(cache, monkeypatch, tmp_path):
     """A CareBench folder whose fold 1 differs from the cyclic rule trains on its own stays."""
     monkeypatch.setenv("HARNESS_CACHE", str(cache))
     from harness.cohort import load_cohort
-    from harness.data.carebench import build_carebench_cohorts, export_carebench
+    from harness.cohort.carebench import build_carebench_cohorts, export_carebench
     from harness.evaluate.run import read_unit
     from harness.models.data import prepare_split, split_indices
 

@@ -81,8 +81,8 @@ def test_dicom_monochrome1_is_inverted(name):
 
 def _image_folder(tmp_path: Path, files: list[Path], labels: np.ndarray) -> Path:
     """A CareBench folder with one stay per radiograph (the image is its chosen CXR)."""
+    from harness.cohort.carebench import format_valid_cxrs
     from harness.cohort.spec import load_phenotypes
-    from harness.data.carebench import format_valid_cxrs
 
     root = tmp_path / "cb-pneumonia"
     cxr = root / "images"
@@ -157,10 +157,10 @@ def test_encoded_features_separate_pneumonia(tmp_path, record_property):
     import torch
 
     from harness.cohort import load_cohort
-    from harness.data.carebench import build_carebench_cohorts
-    from harness.encode.registry import get_encoder
+    from harness.cohort.carebench import build_carebench_cohorts
+    from harness.encode.registry import encoder_key_for, get_encoder
     from harness.encode.run import encode
-    from harness.store import encoder_key_for, read_cxr
+    from harness.store import read_cxr
 
     torch.set_num_threads(1)
     files, labels = _pneumonia_files()

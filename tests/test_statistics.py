@@ -14,8 +14,12 @@ import pandas as pd
 import pytest
 from scipy.stats import false_discovery_control
 
-from harness.evaluate import bootstrap, fairness, paths, pooling, stats, units
-from harness.evaluate.bootstrap import (
+from harness.evaluate import paths, pooling, units
+from harness.evaluate.score import score_predictions
+from harness.evaluate.score.cross_cohort import cross_block
+from harness.leaderboard import publish, summary
+from harness.metrics import bootstrap, comparisons, fairness
+from harness.metrics.bootstrap import (
     DEFAULT_BOOTSTRAP_SEED,
     DEFAULT_N_RESAMPLES,
     bootstrap_indices,
@@ -23,11 +27,8 @@ from harness.evaluate.bootstrap import (
     paired_metric_delta,
     percentile_ci,
 )
-from harness.evaluate.fairness import binary_fairness, select_threshold
-from harness.evaluate.metrics import METRICS
-from harness.evaluate.score import score_predictions
-from harness.evaluate.score.cross_cohort import cross_block
-from harness.leaderboard import publish, summary
+from harness.metrics.fairness import binary_fairness, select_threshold
+from harness.metrics.registry import METRICS
 
 # --------------------------------------------------------------------------------------------
 # 1. Fairness: gap inference that holds its level, suppression, Unknown
@@ -229,17 +230,17 @@ def test_bh_over_thirty_labels_can_reach_q_below_alpha():
     sub = ref.copy()
     sub[:, 0] = np.clip(0.9 * y[:, 0] + 0.1 * rng.random(n), 0, 1)
     names = [f"l{j}" for j in range(n_labels)]
-    rows = stats.fusion_gain(names, y, [sub], [ref], bootstrap_indices(np.arange(n), 1000))
+    rows = comparisons.fusion_gain(names, y, [sub], [ref], bootstrap_indices(np.arange(n), 1000))
     assert rows["l0"]["significant"] and rows["l0"]["q_value"] < 0.05
     assert not any(rows[x]["significant"] for x in names[1:])
 
 
 def test_benjamini_yekutieli_matches_scipy():
     p = np.array([0.001, 0.008, 0.039, 0.041, 0.042, 0.06, 0.074, 0.205, np.nan])
-    q = stats.benjamini_yekutieli(p)
+    q = comparisons.benjamini_yekutieli(p)
     assert np.isnan(q[-1])
     assert q[:-1] == pytest.approx(false_discovery_control(p[:-1], method="by"))
-    assert stats.adjust_p_values(p, "bh")[:-1] == pytest.approx(
+    assert comparisons.adjust_p_values(p, "bh")[:-1] == pytest.approx(
         false_discovery_control(p[:-1], method="bh")
     )
 
@@ -259,8 +260,8 @@ def test_fusion_gain_states_its_bh_family_and_p_value_method():
         reference_probs={"ehr": [ref]}, n_resamples=200,
     )  # fmt: skip
     gain = block["fusion_gain"]
-    assert gain["bh_family"] == stats.BH_FAMILY
-    assert "entry" in stats.BH_FAMILY and "reference" in stats.BH_FAMILY
+    assert gain["bh_family"] == comparisons.BH_FAMILY
+    assert "entry" in comparisons.BH_FAMILY and "reference" in comparisons.BH_FAMILY
     assert gain["bh_m"] == 3
     assert block["bootstrap"]["p_value_method"] == bootstrap.P_VALUE_METHOD
 

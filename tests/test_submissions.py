@@ -12,7 +12,7 @@ from harness.cli.main import main
 from harness.errors import SpecError, UsageError
 from harness.models.scaffold import new_submission
 from harness.models.submission import load_submission
-from harness.models.validate import validate_submission
+from harness.validate import validate_submission
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]

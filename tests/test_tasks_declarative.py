@@ -22,7 +22,7 @@ from harness.cohort.labels import (
 from harness.cohort.spec import TaskSpec, list_tasks, load_task
 from harness.config import REPO_ROOT
 from harness.errors import SpecError, UsageError
-from harness.evaluate.metrics import TASK_KINDS, metrics_for
+from harness.metrics.registry import TASK_KINDS, metrics_for
 
 # ------------------------------------------------------------------ every registered task
 
@@ -375,7 +375,7 @@ def test_new_task_is_evaluated(pipeline):
 
 def test_carebench_cannot_provide_a_new_death_window(pipeline, tmp_path):
     from harness.cohort import load_cohort
-    from harness.data.carebench import build_carebench_cohorts, export_carebench
+    from harness.cohort.carebench import build_carebench_cohorts, export_carebench
 
     folder = export_carebench(load_cohort("base"), tmp_path / "cb")
     out = build_carebench_cohorts(folder, dataset="cb-declared")

@@ -43,8 +43,8 @@ def _registered(what: str) -> list[str]:
 
         return list_tasks()
     from harness.encode.registry import ENCODERS
-    from harness.evaluate.metrics import METRICS
     from harness.evaluate.scenarios import SCENARIOS
+    from harness.metrics.registry import METRICS
 
     return {"metrics": METRICS, "scenarios": SCENARIOS, "encoders": ENCODERS}[what].names()
 

@@ -64,7 +64,7 @@ def scenarios_table() -> Table:
 
 
 def metrics_table() -> Table:
-    from harness.evaluate.metrics import MAIN_METRIC, METRICS
+    from harness.metrics.registry import MAIN_METRIC, METRICS
 
     table = _table("metrics (task main_metric, selection, scoring)", "name", "task kind",
                    "better", "headline default")  # fmt: skip

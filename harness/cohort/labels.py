@@ -39,7 +39,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, overload
 
 import numpy as np
 import pandas as pd
@@ -180,10 +180,18 @@ class LabelColumn:
 
 
 class LabelRule(Protocol):
-    """A parsed ``label:`` declaration of one task (``kind``: its registered rule kind)."""
+    """A parsed ``label:`` declaration of one task (``kind``: its registered rule kind).
 
-    kind: str
-    task: str
+    ``kind`` and ``task`` are read-only: the rules are frozen dataclasses.
+    """
+
+    @property
+    def kind(self) -> str:
+        """The registered rule kind (a name in :data:`LABEL_RULES`)."""
+
+    @property
+    def task(self) -> str:
+        """The task the rule labels."""
 
     def columns(self) -> list[LabelColumn]:
         """The columns this rule writes, in order."""
@@ -286,8 +294,19 @@ class Bound:
         return pd.to_datetime(frame[self.anchor]) + pd.Timedelta(hours=self.offset_hours)
 
 
+@overload
+def parse_bound(value: Any, path: Path, where: str, *, optional: Literal[False]) -> Bound: ...
+
+
+@overload
+def parse_bound(value: Any, path: Path, where: str, *, optional: bool) -> Bound | None: ...
+
+
 def parse_bound(value: Any, path: Path, where: str, *, optional: bool) -> Bound | None:
-    """``intime``, ``intime + 168h``, ``outtime - 1d`` (or null when ``optional``)."""
+    """``intime``, ``intime + 168h``, ``outtime - 1d`` (or null when ``optional``).
+
+    A required bound (``optional=False``) is never None, which the first overload states.
+    """
     if value is None and optional:
         return None
     m = _BOUND.match(str(value)) if isinstance(value, str) else None
@@ -441,8 +460,8 @@ class DurationBins:
         cls = np.zeros(len(days), dtype=np.int64)
         for edge in rest:
             cls += (days >= edge).to_numpy(dtype=np.int64)
-        out = pd.Series(cls, index=days.index).astype("Int8")
-        out[(days < first) | days.isna()] = pd.NA
+        # before the first edge, or no duration: no class (<NA> in the nullable Int8 column)
+        out = pd.Series(cls, index=days.index).astype("Int8").mask((days < first) | days.isna())
         if not out.isna().any():
             out = out.astype("int8")
         frame = {self.value_column: days} if self.value_column else {}
@@ -743,5 +762,6 @@ def prevalence(stays: pd.DataFrame, columns: Sequence[LabelColumn]) -> dict[str,
     for c in columns:
         if c.role == "class":
             counts = stays[c.name].value_counts().sort_index()
-            out[c.name] = {str(int(k)): int(v) for k, v in counts.items()}
+            classes = counts.index.to_numpy(dtype=np.int64)
+            out[c.name] = {str(k): int(v) for k, v in zip(classes, counts, strict=True)}
     return out

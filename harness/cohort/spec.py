@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,12 @@ def _read_yaml(path: Path) -> Any:
 
 
 def _check_mapping(
-    data: Any, path: Path, *, where: str, required: set[str], optional: set[str] = frozenset()
+    data: Any,
+    path: Path,
+    *,
+    where: str,
+    required: AbstractSet[str],
+    optional: AbstractSet[str] = frozenset(),
 ) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise SpecError(f"{where} must be a mapping, got {type(data).__name__}", path=path)
@@ -443,7 +449,7 @@ def load_task(name: str) -> TaskSpec:
 def _check_main_metric(kind: str, name: Any, path: Path) -> None:
     """``main_metric`` must name a registered metric of the task's kind (selection and headline
     read the same registry); otherwise the file, the field and the valid names are reported."""
-    from harness.evaluate.metrics import main_metric_for, metric_names
+    from harness.metrics.registry import main_metric_for, metric_names
 
     try:
         main_metric_for(kind, str(name) if name is not None else "")

@@ -180,3 +180,12 @@ def encoder_key(encoder: Encoder) -> str:
     digest = hashlib.sha256(payload.encode()).hexdigest()[:16]
     slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in encoder.name.split("@")[0])
     return f"{slug[:48]}-{digest}"
+
+
+def encoder_key_for(name: str) -> str:
+    """Store key of encoder ``name`` (loads its weights to digest them; runs no forward pass).
+
+    The key is what `harness.store` files the encoder's CXR features under; it is derived here,
+    above the store, because only the registry can build the encoder to digest its weights.
+    """
+    return encoder_key(get_encoder(name))

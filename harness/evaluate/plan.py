@@ -130,7 +130,7 @@ def scenario_names(settings: EvalSettings) -> list[str]:
 def plan_evaluation(sub: Submission, settings: EvalSettings, entry: Entry) -> Plan:
     """Tasks, scenarios, run key, cohorts and folds of evaluating ``sub`` as ``entry``."""
     from harness.cohort import load_cohort
-    from harness.store import encoder_key_for
+    from harness.encode.registry import encoder_key_for
 
     tasks = requested_tasks(sub, settings)
     scenarios = scenario_names(settings)
@@ -182,7 +182,7 @@ def subgroup_reference(
 def cohort_n_folds(cohort: Any) -> int:
     """Folds of a built cohort: its own partition's (a CareBench folder), else its fold column's
     highest value (``n_folds`` of ``cohort.yaml`` at build time); 0 for an empty cohort."""
-    from harness.data.carebench import SPLITS_FILE
+    from harness.cohort.carebench import SPLITS_FILE
 
     given = Path(getattr(cohort, "path", "") or "") / SPLITS_FILE
     if getattr(cohort, "path", None) is not None and given.is_file():

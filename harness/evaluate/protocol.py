@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from harness.evaluate.metrics import main_metric_for
+from harness.metrics.registry import main_metric_for
 
 #: The harness's own protocol (entries carry no suffix).
 DEFAULT_PROTOCOL = "honest"

@@ -172,7 +172,7 @@ class EvalSettings:
 def protocol_record(settings: EvalSettings, tasks: Sequence[str]) -> dict[str, Any]:
     """``provenance.protocol``: what makes two entries comparable (part of the ranking key)."""
     from harness.cohort.spec import load_task
-    from harness.evaluate.bootstrap import DEFAULT_N_RESAMPLES
+    from harness.metrics.bootstrap import DEFAULT_N_RESAMPLES
 
     profile = settings.profile
     return {
@@ -378,7 +378,7 @@ def evaluate_plan(
     prov = result_provenance(plan, executor, time.perf_counter() - started, train_seconds)
     result = build_result(
         plan.entry.name, plan.sub.version, plan.entry.dataset,
-        cohorts=cohort_records(plan.cohorts), tasks=blocks, provenance_record=prov,
+        cohorts=cohort_records(plan.cohorts), tasks=blocks, provenance_record=prov, check=False,
     )  # fmt: skip
     if skipped:
         result["skipped"] = skipped

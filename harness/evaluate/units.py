@@ -131,7 +131,7 @@ def prediction_frame(
 
 def select_thresholds(task_kind: str, y_val: np.ndarray, p_val: np.ndarray) -> list[float]:
     """Youden's J threshold (per label of a multilabel task) on validation; none for multiclass."""
-    from harness.evaluate.fairness import select_threshold
+    from harness.metrics.fairness import select_threshold
 
     if task_kind == "binary":
         return [select_threshold(y_val, p_val)]

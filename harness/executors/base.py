@@ -196,7 +196,7 @@ def pseudonym_key(scope: str = "") -> bytes:
     import hashlib
     import hmac
 
-    from harness.leaderboard.signing import signing_key
+    from harness.signing import signing_key
 
     secret = signing_key()
     if secret is None:  # signing_key creates the key when absent: only a broken cache gets here

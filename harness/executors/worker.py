@@ -52,7 +52,7 @@ def _warm_up() -> None:
     import torch
     from torch import nn
 
-    import harness.evaluate.metrics  # noqa: F401
+    import harness.metrics.registry  # noqa: F401
     import harness.models.blocks  # noqa: F401
     import harness.models.train  # noqa: F401
 

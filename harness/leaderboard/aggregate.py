@@ -33,8 +33,6 @@ import numpy as np
 
 from harness import __version__
 from harness.errors import InputError, UsageError
-from harness.evaluate.bootstrap import paired_delta
-from harness.evaluate.metrics import HIGHER_IS_BETTER
 from harness.io import atomic_write_text
 from harness.leaderboard.publish import (
     MIN_GROUP_SIZE,
@@ -47,6 +45,8 @@ from harness.leaderboard.publish import (
     rejection,
     strip_private,
 )
+from harness.metrics.bootstrap import paired_delta
+from harness.metrics.registry import HIGHER_IS_BETTER
 from harness.results import PROTOCOL_FIELDS, Block, Result
 from harness.results.schema import (
     LEADERBOARD_SCHEMA,
@@ -246,7 +246,7 @@ def _compare_with_leader(row: dict, leader: dict) -> None:
 
     ``delta_vs_leader`` = entry - leader (negative is worse when higher is better); its 95% CI is
     the percentile interval of the paired resample deltas and ``p_vs_leader`` the two-sided
-    normal-approximation p (:func:`harness.evaluate.bootstrap.paired_delta`). Tied: p >= 0.05.
+    normal-approximation p (:func:`harness.metrics.bootstrap.paired_delta`). Tied: p >= 0.05.
     """
     none = {"delta_vs_leader": None, "delta_ci_low": None, "delta_ci_high": None,
             "p_vs_leader": None}  # fmt: skip

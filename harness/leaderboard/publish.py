@@ -261,7 +261,7 @@ def _in_range(value: float | None, bounds: tuple[float, float] | None, where: st
 
 
 def _metric(name: str, where: str, kinds: tuple[str, ...] | None = None) -> None:
-    from harness.evaluate.metrics import METRICS
+    from harness.metrics.registry import METRICS
 
     if name not in METRICS or (kinds and METRICS.get(name).kind not in kinds):
         raise Rejected("unknown_key", f"{where}: {name!r} is not a registered metric here")
@@ -303,7 +303,7 @@ def _main_resamples(block: dict, where: str) -> None:
     metric's range, and their percentile CI the recorded one (they are what it came from)."""
     import numpy as np
 
-    from harness.evaluate.bootstrap import percentile_ci
+    from harness.metrics.bootstrap import percentile_ci
 
     values = block["main_resamples"]
     expected = block["bootstrap"]["n_resamples"]
@@ -341,7 +341,7 @@ def _labels(keys, labels: frozenset[str], task: str, where: str) -> None:
 
 
 def _known_attribute(name: str) -> bool:
-    from harness.evaluate.fairness import FAIRNESS_ATTRIBUTES
+    from harness.metrics.fairness import FAIRNESS_ATTRIBUTES
 
     parts = name.split("*")
     return (
@@ -352,7 +352,7 @@ def _known_attribute(name: str) -> bool:
 
 
 def _group_directions() -> dict[str, bool | None]:
-    from harness.evaluate.fairness import BINARY_GROUP_METRICS, MULTICLASS_GROUP_METRICS
+    from harness.metrics.fairness import BINARY_GROUP_METRICS, MULTICLASS_GROUP_METRICS
 
     out = {name: higher for name, (_, higher) in MULTICLASS_GROUP_METRICS.items()}
     out.update({name: higher for name, (_, higher) in BINARY_GROUP_METRICS.items()})
@@ -501,8 +501,8 @@ def _fairness_report(report: dict, where: str, n_stays: int, min_group_size: int
 
 
 def _block(block: dict, task: str, kind: str, labels: frozenset, where: str, mgs: int) -> None:
-    from harness.evaluate.metrics import PER_LABEL_METRICS, metrics_for
     from harness.evaluate.scenarios import SCENARIOS
+    from harness.metrics.registry import PER_LABEL_METRICS, metrics_for
 
     if block["kind"] != kind:
         raise Rejected("schema", f"{where}: kind {block['kind']!r}, but task {task} is {kind}")

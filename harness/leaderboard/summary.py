@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.evaluate.stats import adjust_p_values
+from harness.metrics.comparisons import adjust_p_values
 from harness.results import AttributeTable, Block, Curve, Delta, FusionGain, Result
 
 #: Attributes shown in the fairness table (intersections stay in the JSON).

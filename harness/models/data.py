@@ -497,6 +497,7 @@ def load_feature_set(
     """
     from harness import store
     from harness.cohort import load_cohort
+    from harness.encode.registry import encoder_key_for
 
     if isinstance(cohort, str):
         cohort = load_cohort(cohort)
@@ -531,7 +532,7 @@ def load_feature_set(
     observed = np.asarray(ehr.observed)[pos].astype(bool)
     summary = np.asarray(ehr.summary)[pos].astype(np.float32)
 
-    key = store.encoder_key_for(encoder)
+    key = encoder_key_for(encoder)
     dicom = stays["dicom_id"].astype(object).where(stays["dicom_id"].notna(), None)
     linked = stays["has_cxr"].fillna(False).astype(bool).to_numpy() & dicom.notna().to_numpy()
     ids = [str(d) for d in dicom[linked]]
@@ -595,7 +596,7 @@ def _given_splits(cohort_path: Path, stay_ids: np.ndarray) -> np.ndarray | None:
     A CareBench build ships ``carebench_splits.parquet`` (fold, stay_id, partition); rows follow
     ``stay_ids``, fold k is column k-1 and a stay absent from fold k is -1 there.
     """
-    from harness.data.carebench import SPLITS_FILE
+    from harness.cohort.carebench import SPLITS_FILE
 
     if not (Path(cohort_path) / SPLITS_FILE).is_file():
         return None

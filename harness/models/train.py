@@ -43,11 +43,11 @@ def selection_score(task: TaskInfo, y: np.ndarray, proba: np.ndarray) -> float:
     """The validation score that drives early stopping (higher is better; NaN if undefined).
 
     The task's ``main_metric`` resolved in the metric registry
-    (:func:`harness.evaluate.metrics.main_metric_for`: the same name and the same value as the
+    (:func:`harness.metrics.registry.main_metric_for`: the same name and the same value as the
     headline the scorer ranks by), negated when lower is better (Brier, ECE) so that the loop
     always maximises. No ``main_metric`` gives the kind's default headline; an unknown one raises.
     """
-    from harness.evaluate.metrics import METRICS, main_metric_for
+    from harness.metrics.registry import METRICS, main_metric_for
 
     metric = METRICS.get(main_metric_for(task.kind, task.main_metric))
     value = float(metric(y, proba))

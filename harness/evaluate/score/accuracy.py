@@ -16,14 +16,14 @@ from typing import Any
 import numpy as np
 
 from harness.errors import InputError
-from harness.evaluate.bootstrap import (
+from harness.metrics.bootstrap import (
     UNSTABLE_FRACTION,
     Resamples,
     bootstrap_metric,
     percentile_ci,
     undefined_fraction,
 )
-from harness.evaluate.metrics import METRICS, PER_LABEL_METRICS
+from harness.metrics.registry import METRICS, PER_LABEL_METRICS
 
 #: Decimals of the stored per-resample headline values (``main_resamples``).
 RESAMPLE_DECIMALS = 6

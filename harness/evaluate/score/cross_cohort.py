@@ -1,7 +1,7 @@
 """Cross-cohort block: each fold model scored on the other cohorts' test stays of its fold.
 
-The CI uses the documented protocol, :data:`~harness.evaluate.bootstrap.DEFAULT_N_RESAMPLES`
-subject-level resamples with :data:`~harness.evaluate.bootstrap.DEFAULT_BOOTSTRAP_SEED` (shared
+The CI uses the documented protocol, :data:`~harness.metrics.bootstrap.DEFAULT_N_RESAMPLES`
+subject-level resamples with :data:`~harness.metrics.bootstrap.DEFAULT_BOOTSTRAP_SEED` (shared
 by every submission scored on those stays).
 """
 
@@ -14,15 +14,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from harness.evaluate.bootstrap import (
+from harness.evaluate.score.accuracy import clean
+from harness.metrics.bootstrap import (
     DEFAULT_BOOTSTRAP_SEED,
     DEFAULT_N_RESAMPLES,
     bootstrap_indices,
     bootstrap_metric,
     percentile_ci,
 )
-from harness.evaluate.metrics import METRICS, main_metric_for
-from harness.evaluate.score.accuracy import clean
+from harness.metrics.registry import METRICS, main_metric_for
 
 if TYPE_CHECKING:
     from harness.models.data import FeatureSet

@@ -2,7 +2,7 @@
 
 Both are scored on the same stays and the same patient-level resamples, so the delta's CI is
 the percentile interval of the per-resample differences; its p-value uses the normal
-approximation with the bootstrap SE (:data:`~harness.evaluate.bootstrap.P_VALUE_METHOD`).
+approximation with the bootstrap SE (:data:`~harness.metrics.bootstrap.P_VALUE_METHOD`).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from harness.evaluate.bootstrap import Resamples, paired_delta
 from harness.evaluate.score.accuracy import Scored, check_runs, score_metric
+from harness.metrics.bootstrap import Resamples, paired_delta
 
 
 def deltas_against(

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harness.evaluate.fairness import binary_fairness, multiclass_fairness
+from harness.metrics.fairness import binary_fairness, multiclass_fairness
 
 
 def label_threshold(thr: np.ndarray, j: int, n_labels: int) -> float | np.ndarray:

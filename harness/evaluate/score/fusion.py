@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from harness.evaluate.bootstrap import Resamples
 from harness.evaluate.score.accuracy import check_runs
-from harness.evaluate.stats import BH_FAMILY, fusion_gain
+from harness.metrics.bootstrap import Resamples
+from harness.metrics.comparisons import BH_FAMILY, fusion_gain
 
 #: The metric fusion gains are measured in.
 GAIN_METRIC = "auroc"

@@ -15,15 +15,6 @@ import numpy as np
 import pandas as pd
 
 from harness.errors import InputError
-from harness.evaluate.bootstrap import (
-    DEFAULT_BOOTSTRAP_SEED,
-    DEFAULT_N_RESAMPLES,
-    P_VALUE_METHOD,
-    Resamples,
-    bootstrap_indices,
-)
-from harness.evaluate.fairness import DEFAULT_MIN_GROUP_SIZE
-from harness.evaluate.metrics import main_metric_for, metrics_for
 from harness.evaluate.score.accuracy import (
     check_runs,
     multilabel_names,
@@ -35,7 +26,16 @@ from harness.evaluate.score.deltas import paired_deltas
 from harness.evaluate.score.fairness import fairness_block
 from harness.evaluate.score.fusion import fusion_blocks
 from harness.evaluate.score.robustness import robustness_block
-from harness.evaluate.stats import DEFAULT_ALPHA
+from harness.metrics.bootstrap import (
+    DEFAULT_BOOTSTRAP_SEED,
+    DEFAULT_N_RESAMPLES,
+    P_VALUE_METHOD,
+    Resamples,
+    bootstrap_indices,
+)
+from harness.metrics.comparisons import DEFAULT_ALPHA
+from harness.metrics.fairness import DEFAULT_MIN_GROUP_SIZE
+from harness.metrics.registry import main_metric_for, metrics_for
 
 
 def _checked_runs(y: np.ndarray, y_prob: Sequence[np.ndarray]) -> tuple[list[np.ndarray], tuple]:
@@ -105,7 +105,7 @@ def score_predictions(
         y_prob: one pooled out-of-fold probability array per seed, rows aligned with y_true.
         subject_ids: patient id per row (bootstrap unit; never written out).
         fold: test fold per row, for mean/sd over folds x seeds (else units are seeds).
-        groups: fairness group labels per row (:func:`harness.evaluate.fairness.fairness_groups`).
+        groups: fairness group labels per row (:func:`harness.metrics.fairness.fairness_groups`).
         threshold: decision threshold(s) chosen on validation: scalar, per row (n,), or for
             multilabel per row and label (n, L) or per label (L,).
         reference_probs: reference submissions' pooled predictions (same layout) for paired

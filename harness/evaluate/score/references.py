@@ -20,14 +20,14 @@ import numpy as np
 import pandas as pd
 
 from harness.errors import InputError
-from harness.evaluate.bootstrap import Resamples
-from harness.evaluate.metrics import HIGHER_IS_BETTER, METRICS
 from harness.evaluate.paths import predictions_dir, result_path, unit_path
 from harness.evaluate.pooling import probs_of
 from harness.evaluate.protocol import DEFAULT_PROTOCOL, reference_entry
 from harness.evaluate.score.fusion import GAIN_METRIC
-from harness.evaluate.stats import DEFAULT_ALPHA, fusion_gain
 from harness.evaluate.units import read_unit
+from harness.metrics.bootstrap import Resamples
+from harness.metrics.comparisons import DEFAULT_ALPHA, fusion_gain
+from harness.metrics.registry import HIGHER_IS_BETTER, METRICS
 from harness.results import Result
 
 if TYPE_CHECKING:

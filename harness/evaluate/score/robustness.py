@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from harness.evaluate.bootstrap import Resamples, bootstrap_metric, percentile_ci
-from harness.evaluate.metrics import METRICS
 from harness.evaluate.score.accuracy import Scored, check_runs, clean
+from harness.metrics.bootstrap import Resamples, bootstrap_metric, percentile_ci
+from harness.metrics.registry import METRICS
 
 
 def normalised_area(x: np.ndarray, v: np.ndarray) -> np.ndarray:

@@ -16,12 +16,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from harness.evaluate.bootstrap import (
-    DEFAULT_BOOTSTRAP_SEED,
-    DEFAULT_N_RESAMPLES,
-    bootstrap_indices,
-)
-from harness.evaluate.fairness import fairness_groups
 from harness.evaluate.pooling import Pooled
 from harness.evaluate.protocol import VALIDATION_THRESHOLD_RULE, ProtocolProfile
 from harness.evaluate.score.cross_cohort import cross_cohort_block
@@ -34,11 +28,17 @@ from harness.evaluate.score.references import (
     find_candidates,
     unimodal_gain,
 )
+from harness.metrics.bootstrap import (
+    DEFAULT_BOOTSTRAP_SEED,
+    DEFAULT_N_RESAMPLES,
+    bootstrap_indices,
+)
+from harness.metrics.fairness import fairness_groups
 
 if TYPE_CHECKING:
     from harness.cohort.load import Cohort
-    from harness.evaluate.bootstrap import Resamples
     from harness.evaluate.run import EvalSettings
+    from harness.metrics.bootstrap import Resamples
     from harness.models.data import FeatureSet
 
 #: Why a multilabel block has no fusion gain (no EHR-only reference evaluated).

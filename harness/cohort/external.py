@@ -162,8 +162,8 @@ def write_cohorts(
     tmp_root = config.cache_root() / "tmp"
     tmp_root.mkdir(parents=True, exist_ok=True)
     out: dict[str, Path] = {}
-    with tempfile.TemporaryDirectory(dir=tmp_root, prefix="cohort-external-") as work:
-        work = Path(work)
+    with tempfile.TemporaryDirectory(dir=tmp_root, prefix="cohort-external-") as tmp:
+        work = Path(tmp)
         hourly_path = work / "hourly.parquet"
         h = hourly[hourly["stay_id"].isin(stays["stay_id"])]
         h = h.astype(

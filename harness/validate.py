@@ -5,6 +5,9 @@ submission supports: construction, one forward pass (shape, finite values), a sh
 run through the harness loop (probabilities of the right shape in [0, 1]) and determinism (a
 second run with the same seed gives identical predictions). Failures are collected as one-line
 messages that name the file and the field; nothing is raised for a failing submission.
+
+This module sits above both `harness.models` (what it checks) and `harness.executors` (the
+sandbox :func:`validate_isolated` runs it in), so neither of those packages imports the other.
 """
 
 from __future__ import annotations
@@ -196,7 +199,7 @@ def validate_isolated(
         report.checks.append(Check("schema", False, f"{folder}: no such submission folder"))
         return report
     require_sandbox()
-    argv = [sys.executable, "-I", "-m", "harness.models.validate", SUBMISSION_MOUNT,
+    argv = [sys.executable, "-I", "-m", "harness.validate", SUBMISSION_MOUNT,
             str(n), str(max_epochs), str(seed)]  # fmt: skip
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="harness-validate-") as tmp:

@@ -6,14 +6,14 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from harness.evaluate.bootstrap import (
+from harness.metrics.bootstrap import (
     UNSTABLE_FRACTION,
     Resamples,
     bootstrap_metric,
     paired_delta,
     undefined_fraction,
 )
-from harness.evaluate.metrics import METRICS
+from harness.metrics.registry import METRICS
 
 DEFAULT_ALPHA = 0.05
 #: The family Benjamini-Hochberg adjusts over in result.json (``fusion_gain*.bh_family``): the
@@ -81,7 +81,7 @@ def fusion_gain(
     p-values are Benjamini-Hochberg adjusted across labels (the family :data:`BH_FAMILY`);
     ``significant`` means q < ``alpha`` and a positive delta (the submission beats the reference
     on that label). ``unstable`` marks labels whose delta is undefined (one class) on more than
-    :data:`~harness.evaluate.bootstrap.UNSTABLE_FRACTION` of the resamples.
+    :data:`~harness.metrics.bootstrap.UNSTABLE_FRACTION` of the resamples.
     """
     y = np.asarray(y_true)
     fn = METRICS.get(metric)

@@ -45,8 +45,8 @@ import numpy as np
 import pandas as pd
 
 from harness.errors import InputError
-from harness.evaluate.bootstrap import CI_LEVEL, DEFAULT_BOOTSTRAP_SEED
-from harness.evaluate.metrics import METRICS
+from harness.metrics.bootstrap import CI_LEVEL, DEFAULT_BOOTSTRAP_SEED
+from harness.metrics.registry import METRICS
 
 log = logging.getLogger(__name__)
 

@@ -194,9 +194,10 @@ def _unique_labels(root: Path, rows: pd.DataFrame, labels: LabelTable) -> pd.Ser
     """Reject a stay whose labels differ between split files; True for each stay's first row."""
     frame = labels.frame.assign(stay_id=rows["stay_id"].to_numpy())
     conflict = frame.groupby("stay_id").nunique(dropna=False).gt(1)
-    if conflict.any(axis=None):
-        sid = int(conflict.index[conflict.any(axis=1)][0])
-        cols = ", ".join(conflict.columns[conflict.loc[sid]])
+    flagged = conflict[conflict.any(axis=1)]
+    if not flagged.empty:
+        sid = int(flagged.index[0])
+        cols = ", ".join(flagged.columns[flagged.iloc[0].to_numpy(dtype=bool)])
         raise InputError(
             f"stay {sid} has different labels ({cols}) in different split files",
             path=root / "splits",
@@ -368,7 +369,8 @@ def read_merged(
         ) from None
     finally:
         con.close()
-    df = df.groupby(["stay_id", "hour", "variable"], as_index=False, sort=True)["value"].mean()
+    keys = ["stay_id", "hour", "variable"]
+    df = df.groupby(keys, as_index=False, sort=True).agg(value=("value", "mean"))
     return df.astype(
         {"stay_id": "int64", "hour": "int16", "variable": "string", "value": "float32"}
     ), missing
@@ -386,7 +388,7 @@ def build_carebench_cohorts(
     Each cohort directory also gets ``carebench_splits.parquet`` (fold, stay_id, partition) with
     the folder's own train/val/test partition of every fold.
     """
-    from harness.data.external import file_stats, write_cohorts
+    from harness.cohort.external import file_stats, write_cohorts
     from harness.io import atomic_write_bytes
 
     root = Path(root).expanduser().resolve()

