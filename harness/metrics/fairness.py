@@ -1,4 +1,5 @@
-"""Group fairness tables with fairlearn's MetricFrame, with suppression and tests of the gaps.
+"""Group fairness tables (all groups at once; fairlearn's MetricFrame is the tested reference),
+with suppression and tests of the gaps.
 
 Rules this module fixes (and states in every report):
 
@@ -194,8 +195,10 @@ def _num(x) -> float | None:
     return x if np.isfinite(x) else None
 
 
-def _metric_frame(metrics, y, p, decision, groups):
-    """One MetricFrame; the decision travels as a column of y_pred (cheaper than sample_params)."""
+def metric_frame(metrics, y, p, decision, groups):
+    """The per-group table through fairlearn's MetricFrame (one call of each metric function per
+    group): the reference the vectorised :func:`group_values` is tested against. The decision
+    travels as a column of y_pred."""
     from fairlearn.metrics import MetricFrame
 
     p2 = np.asarray(p, dtype=np.float64)
@@ -215,6 +218,68 @@ def _metric_frame(metrics, y, p, decision, groups):
         y_pred=stacked,
         sensitive_features=pd.Series(np.asarray(groups), name="group"),
     )
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+
+
+def _counted(name: str, y: np.ndarray, d: np.ndarray, w: np.ndarray) -> np.ndarray | None:
+    """Group metrics that are ratios of counts: one matrix product each (None: not one)."""
+    n = w.sum(axis=1).astype(np.float64)
+    pos = w @ (y == 1).astype(np.float64)
+    hits = w @ d
+    counts = {
+        "n": lambda: n,
+        "prevalence": lambda: _ratio(pos, n),
+        "tpr": lambda: _ratio(w @ (d * (y == 1)), pos),
+        "fpr": lambda: _ratio(w @ (d * (y != 1)), n - pos),
+        "ppv": lambda: _ratio(w @ (d * (y == 1)), hits),
+        "selection_rate": lambda: _ratio(hits, n),
+    }
+    return counts[name]() if name in counts else None
+
+
+def group_values(
+    metrics: dict[str, tuple[Callable, bool | None]],
+    y: np.ndarray,
+    p: np.ndarray,
+    decision: np.ndarray,
+    codes: np.ndarray,
+    n_groups: int,
+) -> dict[str, np.ndarray]:
+    """Every metric of ``metrics`` for every group at once: ``{name: values[n_groups]}``.
+
+    Group ``j`` is the stays with ``codes == j`` (codes < 0 belong to no group). Each group is a
+    row of 0/1 weights over all stays, so the metrics registry's batched kernels (written for
+    bootstrap resamples, also weight rows) give all groups' AUROC, AUPRC, ECE, accuracy or kappa
+    in one call, and the rates are ratios of weighted counts. Same values as calling the
+    per-group functions group by group (:func:`metric_frame`, tested to 1e-12).
+    """
+    n = len(codes)
+    inside = codes >= 0
+    w = np.zeros((n_groups, n), dtype=np.int32)
+    w[codes[inside], np.flatnonzero(inside)] = 1
+    d = np.asarray(decision, dtype=np.float64)
+    out: dict[str, np.ndarray] = {}
+    for name in metrics:
+        counted = _counted(name, y, d, w)
+        if counted is not None:
+            out[name] = counted
+        elif name == "auprc_lift":
+            auprc = out["auprc"] if "auprc" in out else _batched("auprc", y, p, w)
+            out[name] = _ratio(auprc, _ratio(w @ (y == 1).astype(np.float64), w.sum(axis=1)))
+        else:
+            out[name] = _batched(name, y, p, w)
+    return out
+
+
+def _batched(name: str, y: np.ndarray, p: np.ndarray, w: np.ndarray) -> np.ndarray:
+    batched = METRICS.get(name).batched
+    if batched is None:
+        raise ValueError(f"group metric {name!r} has no batched kernel")
+    return np.asarray(batched(y, p, w), dtype=np.float64)
 
 
 def is_unknown(group: str) -> bool:
@@ -253,20 +318,19 @@ def group_table(
     rows: list[dict] = []
     summary: dict = {}
     out = {"groups": rows, "n_suppressed_groups": len(suppressed), "summary": summary}
-    mask = np.isin(g, kept)
-    if kept:
-        frame = _metric_frame(metrics, y[mask], p[mask], decision[mask], g[mask])
-        by_group = frame.by_group
-        for group in kept:
-            row = {"group": group, "suppressed": False}
-            row.update({name: _num(by_group.loc[group, name]) for name in metrics})
-            rows.append(row)
+    codes = pd.Index(kept).get_indexer(pd.Index(g))
+    values = group_values(metrics, y, p, decision, codes, len(kept))
+    by_group = pd.DataFrame(values, index=pd.Index(kept, dtype=object), dtype=np.float64)
+    for group in kept:
+        row = {"group": group, "suppressed": False}
+        row.update({name: _num(by_group.loc[group, name]) for name in metrics})
+        rows.append(row)
     rows.extend({"group": group, "suppressed": True} for group in suppressed)
     rows.sort(key=lambda r: r["group"])
     compared = [group for group in kept if not is_unknown(group)]
     if len(compared) < 2:
         return out
-    table = frame.by_group.astype(float).loc[compared]
+    table = by_group.loc[compared]
     for name, (_, higher) in metrics.items():
         if name == "n":
             continue
@@ -285,7 +349,7 @@ def group_table(
         summary[name] = entry
     if metrics is BINARY_GROUP_METRICS:
         # fairlearn's definitions (max of TPR and FPR differences; selection-rate difference),
-        # read off the same MetricFrame; tests check them against fairlearn's functions.
+        # read off the same table; tests check them against fairlearn's functions.
         gaps = {k: summary.get(k, {}).get("difference", np.nan) for k in ("tpr", "fpr")}
         out["equalized_odds_difference"] = _num(np.fmax(gaps["tpr"], gaps["fpr"]))
         out["demographic_parity_difference"] = _num(summary["selection_rate"]["difference"])
