@@ -49,6 +49,7 @@ from harness.evaluate.score import score_task_cohort
 from harness.evaluate.units import Unit, read_unit, run_unit
 from harness.results import Result
 from harness.results.document import build_result, failed_result, provenance, write_result
+from harness.timing import stage
 
 if TYPE_CHECKING:
     from harness.cohort.load import Cohort
@@ -355,11 +356,13 @@ def run_and_score(
     skipped: list[dict[str, str]] = []
     train_seconds = 0.0
     for task in plan.tasks:
-        task_plan = plan_task(plan, task)
+        with stage("load"):
+            task_plan = plan_task(plan, task)
         skipped += task_plan.skipped
         progress.skip(len(task_plan.skipped) * len(plan.folds) * len(plan.seeds))
         run_task(runner, plan, task_plan, progress)
-        by_cohort, seconds = score_task(plan, task_plan)
+        with stage("scoring.other"):
+            by_cohort, seconds = score_task(plan, task_plan)
         train_seconds += seconds
         if by_cohort:
             blocks[task] = by_cohort
@@ -382,7 +385,8 @@ def evaluate_plan(
     )  # fmt: skip
     if skipped:
         result["skipped"] = skipped
-    write_result(result, plan.entry.result_path)
+    with stage("write"):
+        write_result(result, plan.entry.result_path)
     return result
 
 

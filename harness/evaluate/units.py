@@ -24,6 +24,8 @@ import pandas as pd
 
 from harness.evaluate.protocol import DEFAULT_PROTOCOL
 from harness.io import atomic_write_bytes
+from harness.timing import add as add_stage_seconds
+from harness.timing import stage
 
 if TYPE_CHECKING:
     from harness.evaluate.run import EvalSettings
@@ -236,17 +238,22 @@ def run_unit(
     from harness.models.data import prepare_split
 
     key = pseudonym_key(f"{unit.task}/{unit.cohort}/{unit.fold}")
-    split = prepare_split(fs, unit.fold)
-    summary = _train(runner, fs, unit, settings, split, key)
+    with stage("load"):
+        split = prepare_split(fs, unit.fold)
+    with stage("train.other"):  # less the worker's own optimizer-step and validation time
+        summary = _train(runner, fs, unit, settings, split, key)
+        for name, seconds in summary.stage_seconds.items():
+            add_stage_seconds(name, seconds)
     _, val_idx, test_idx = fs.split(unit.fold)
-    p_val = runner.predict(pseudonymise(without_labels(split.val), key))
-    p_test = runner.predict(pseudonymise(without_labels(split.test), key))
-    frames = [
-        prediction_frame(fs.stay_id[val_idx], "val", "clean", 0.0, p_val),
-        prediction_frame(fs.stay_id[test_idx], "test", "clean", 0.0, p_test),
-        *_scenario_frames(runner, fs, unit, scenario_names, split, key),
-        *_cross_frames(runner, others, unit, split, key),
-    ]
+    with stage("predict"):
+        p_val = runner.predict(pseudonymise(without_labels(split.val), key))
+        p_test = runner.predict(pseudonymise(without_labels(split.test), key))
+        frames = [
+            prediction_frame(fs.stay_id[val_idx], "val", "clean", 0.0, p_val),
+            prediction_frame(fs.stay_id[test_idx], "test", "clean", 0.0, p_test),
+            *_scenario_frames(runner, fs, unit, scenario_names, split, key),
+            *_cross_frames(runner, others, unit, split, key),
+        ]
     meta = {
         "unit_schema": UNIT_SCHEMA_VERSION,
         "task": unit.task,
@@ -258,7 +265,8 @@ def run_unit(
         "best_epoch": int(summary.best_epoch),
         "train_seconds": float(summary.train_seconds),
     }
-    write_unit(out_path, pd.concat(frames, ignore_index=True), meta)
+    with stage("write"):
+        write_unit(out_path, pd.concat(frames, ignore_index=True), meta)
 
 
 # --------------------------------------------------------------------------------------------

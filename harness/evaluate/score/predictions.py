@@ -36,6 +36,7 @@ from harness.metrics.bootstrap import (
 from harness.metrics.comparisons import DEFAULT_ALPHA
 from harness.metrics.fairness import DEFAULT_MIN_GROUP_SIZE
 from harness.metrics.registry import main_metric_for, metrics_for
+from harness.timing import stage
 
 
 def _checked_runs(y: np.ndarray, y_prob: Sequence[np.ndarray]) -> tuple[list[np.ndarray], tuple]:
@@ -123,37 +124,41 @@ def score_predictions(
     r = _resamples_for(subject_ids, y.shape[0], resamples, n_resamples, seed)
     fold_arr = None if fold is None else np.asarray(fold)
     main = main_metric_for(kind, main_metric)
-    scored = score_metrics(metrics_for(kind), y, runs, fold_arr, r)
+    with stage("scoring.bootstrap"):
+        scored = score_metrics(metrics_for(kind), y, runs, fold_arr, r)
     block = _head(kind, main, y.shape[0], runs, fold_arr, r)
     block["metrics"] = {name: s.summary for name, s in scored.items()}
     block["main_resamples"] = resample_values(scored[main].boot)
     labels = None
-    if kind == "multilabel":
-        labels = multilabel_names(label_names, y)
-        block["per_label"] = per_label(labels, y, runs, fold_arr, r)
-    if reference_probs:
-        block["paired_deltas"] = paired_deltas(reference_probs, scored, y, shape, fold_arr, r)
+    with stage("scoring.bootstrap"):
         if kind == "multilabel":
-            block.update(
-                fusion_blocks(
-                    labels or [],
-                    y,
-                    runs,
-                    reference_probs,
-                    shape,
-                    r,
-                    fusion_reference=fusion_reference,
-                    unimodal_references=unimodal_references,
-                    alpha=alpha,
-                )  # fmt: skip
-            )
+            labels = multilabel_names(label_names, y)
+            block["per_label"] = per_label(labels, y, runs, fold_arr, r)
+        if reference_probs:
+            block["paired_deltas"] = paired_deltas(reference_probs, scored, y, shape, fold_arr, r)
+            if kind == "multilabel":
+                block.update(
+                    fusion_blocks(
+                        labels or [],
+                        y,
+                        runs,
+                        reference_probs,
+                        shape,
+                        r,
+                        fusion_reference=fusion_reference,
+                        unimodal_references=unimodal_references,
+                        alpha=alpha,
+                    )  # fmt: skip
+                )
     if scenario_probs:
-        block["robustness"] = robustness_block(
-            scenario_probs, main, y_prob, scored[main], y, shape, r
-        )
+        with stage("scoring.robustness"):
+            block["robustness"] = robustness_block(
+                scenario_probs, main, y_prob, scored[main], y, shape, r
+            )
     if groups is not None:
-        block["fairness"] = fairness_block(
-            kind, y, runs, groups, threshold=threshold, labels=labels,
-            min_group_size=min_group_size,
-        )  # fmt: skip
+        with stage("scoring.fairness"):
+            block["fairness"] = fairness_block(
+                kind, y, runs, groups, threshold=threshold, labels=labels,
+                min_group_size=min_group_size,
+            )  # fmt: skip
     return block
