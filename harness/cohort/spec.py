@@ -7,7 +7,9 @@ count) that goes into cohort manifests and results.
 
 from __future__ import annotations
 
+import copy
 import difflib
+import functools
 import hashlib
 import json
 from collections.abc import Set as AbstractSet
@@ -37,10 +39,19 @@ def spec_hash(data: Any) -> str:
 
 
 def _read_yaml(path: Path) -> Any:
+    """The parsed file (a fresh copy: callers may change it). Parsed once per file version:
+    evaluation reads the task and variable tables for every unit and scenario."""
     if not path.is_file():
         raise SpecError(
             "definition file not found", path=path, fix="restore it from the repository"
         )
+    stat = path.stat()
+    return copy.deepcopy(_parse_yaml(path.resolve(), stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_yaml(path: Path, mtime_ns: int, size: int) -> Any:
+    """Parse ``path``; the modification time and size in the cache key re-read an edited file."""
     try:
         return yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:

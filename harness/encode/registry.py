@@ -8,10 +8,12 @@ given).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from harness.errors import UsageError
@@ -187,5 +189,17 @@ def encoder_key_for(name: str) -> str:
 
     The key is what `harness.store` files the encoder's CXR features under; it is derived here,
     above the store, because only the registry can build the encoder to digest its weights.
+    Built once per name and weights-file version in a process (an evaluation asks for it per
+    task and cohort; a local weights file that changes is digested again).
     """
+    weights = parse_encoder_name(name).weights
+    stamp: tuple[int, int] | None = None
+    if weights and Path(weights).expanduser().is_file():
+        st = Path(weights).expanduser().stat()
+        stamp = (st.st_mtime_ns, st.st_size)
+    return _encoder_key_cached(name, stamp)
+
+
+@functools.lru_cache(maxsize=16)
+def _encoder_key_cached(name: str, stamp: tuple[int, int] | None) -> str:
     return encoder_key(get_encoder(name))
