@@ -31,3 +31,19 @@ def test_encoder_key_is_built_once_per_name(monkeypatch):
     monkeypatch.setattr(registry, "get_encoder", counting)
     keys = {registry.encoder_key_for("test_tiny") for _ in range(3)}
     assert len(keys) == 1 and calls == ["test_tiny"]
+
+
+def test_every_metric_declares_its_range_and_publication_uses_it():
+    import pytest
+
+    from harness.leaderboard.publish import Rejected, metric_range
+    from harness.metrics.registry import METRICS, _register
+
+    assert metric_range("kappa_linear") == (-1.0, 1.0) and metric_range("auroc") == (0.0, 1.0)
+    for name in METRICS:
+        low, high = metric_range(name)
+        assert low < high
+    with pytest.raises(Rejected, match="not a registered metric"):
+        metric_range("made_up")
+    with pytest.raises(TypeError, match="bounds"):
+        _register("no_range", "binary", True)  # a metric must say what range it has

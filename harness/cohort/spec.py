@@ -22,10 +22,10 @@ import yaml
 from harness.cohort.labels import LabelRule, TaskFields, icd_codes, parse_label
 from harness.config import tasks_dir
 from harness.errors import SpecError, UnknownNameError
+from harness.kinds import TASK_KINDS
 
 #: Files in ``tasks/`` that are not tasks.
 NON_TASK_FILES = ("cohort.yaml", "variables.yaml", "phenotypes.yaml", "clif_mapping.yaml")
-TASK_KINDS = ("binary", "multilabel", "multiclass")
 VARIABLE_SOURCES = ("chartevents", "labevents", "outputevents")
 AGGREGATES = ("mean", "sum", "onehot_last")
 CONVERSIONS = ("fahrenheit_to_celsius", "fraction_to_percent")

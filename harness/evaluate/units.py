@@ -38,7 +38,10 @@ log = logging.getLogger(__name__)
 
 UNIT_SCHEMA_VERSION = 1
 #: Harness modules whose code decides what a unit computes: editing them invalidates units.
-PROTOCOL_MODULES = ("models/data.py", "models/train.py", "evaluate/scenarios.py")
+PROTOCOL_MODULES = (
+    "models/data.py", "models/train.py", "evaluate/scenarios.py",
+    "metrics/registry.py",  # checkpoint selection scores validation with a registered metric
+)  # fmt: skip
 
 
 class UnitRunner(Protocol):

@@ -66,16 +66,17 @@ REJECT_CATEGORIES = (
     "path",  # an absolute path survived sanitization
 )
 
-#: Fixed ranges of the registered metrics (the metric registry records no ranges).
-METRIC_RANGES: dict[str, tuple[float, float]] = {
-    **dict.fromkeys(
-        "auroc auprc brier ece accuracy f1_macro auroc_ovr_macro auroc_macro auroc_micro "
-        "auroc_weighted auprc_macro auprc_micro auprc_weighted".split(),
-        (0.0, 1.0),
-    ),
-    "kappa_linear": (-1.0, 1.0),
-    "kappa_unweighted": (-1.0, 1.0),
-}
+
+def metric_range(name: str) -> tuple[float, float]:
+    """The range of a registered metric's values (declared where the metric is registered); an
+    unregistered name is rejected, never published unchecked."""
+    from harness.metrics.registry import METRICS
+
+    if name not in METRICS:
+        raise Rejected("unknown_key", f"{name!r} is not a registered metric")
+    return METRICS.get(name).bounds
+
+
 #: Ranges of the per-group fairness metrics (``n`` is checked apart).
 GROUP_METRIC_RANGES: dict[str, tuple[float, float]] = {
     **dict.fromkeys(
@@ -268,7 +269,7 @@ def _metric(name: str, where: str, kinds: tuple[str, ...] | None = None) -> None
 
 
 def _summary(summary: dict, metric: str, where: str) -> None:
-    bounds = METRIC_RANGES.get(metric)
+    bounds = metric_range(metric)
     for field in ("value", "mean", "ci_low", "ci_high"):
         _in_range(summary.get(field), bounds, f"{where}/{field}")
     sd = summary.get("sd")
@@ -290,7 +291,7 @@ def _within_ci(summary: dict, where: str) -> None:
 
 
 def _delta(delta: dict, metric: str, where: str) -> None:
-    bounds = METRIC_RANGES.get(metric)
+    bounds = metric_range(metric)
     width = None if bounds is None else (-(bounds[1] - bounds[0]), bounds[1] - bounds[0])
     for field in ("delta", "ci_low", "ci_high"):
         _in_range(delta.get(field), width, f"{where}/{field}")
@@ -309,7 +310,7 @@ def _main_resamples(block: dict, where: str) -> None:
     expected = block["bootstrap"]["n_resamples"]
     if len(values) != expected:
         raise Rejected("schema", f"{where}: {len(values)} values for {expected} resamples")
-    bounds = METRIC_RANGES.get(block["main_metric"])
+    bounds = metric_range(block["main_metric"])
     for i, value in enumerate(values):
         if value is not None and not (isinstance(value, int | float) and math.isfinite(value)):
             raise Rejected("non_finite", f"{where}/{i}: not a finite number")
@@ -554,7 +555,7 @@ def _block(block: dict, task: str, kind: str, labels: frozenset, where: str, mgs
             raise Rejected("unknown_key", f"{where}/cross_cohort: {pair!r} names no cohorts")
         _metric(rec["metric"], f"{where}/cross_cohort/{pair}/metric", (kind,))
         for field in ("value", "ci_low", "ci_high"):
-            _in_range(rec.get(field), METRIC_RANGES.get(rec["metric"]), f"{where}/{pair}/{field}")
+            _in_range(rec.get(field), metric_range(rec["metric"]), f"{where}/{pair}/{field}")
 
     for name, curve in (block.get("robustness") or {}).items():
         at = f"{where}/robustness/{name}"
@@ -569,7 +570,7 @@ def _block(block: dict, task: str, kind: str, labels: frozenset, where: str, mgs
             raise Rejected("schema", f"{at}: rates repeat, or values and rates differ in length")
         _metric(curve["metric"], f"{at}/metric", (kind,))
         for i, value in enumerate(curve["values"]):
-            _in_range(value, METRIC_RANGES.get(curve["metric"]), f"{at}/values/{i}")
+            _in_range(value, metric_range(curve["metric"]), f"{at}/values/{i}")
 
     fairness = block.get("fairness")
     if fairness:

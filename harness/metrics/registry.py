@@ -42,13 +42,15 @@ ECE_BINS = 10
 
 @dataclass(frozen=True)
 class Metric:
-    """A registered metric: the plain function, its batched form (if any) and its direction."""
+    """A registered metric: the plain function, its batched form (if any), its direction and
+    the range its values must lie in (publication rejects a value outside it)."""
 
     name: str
     kind: str
     fn: MetricFn
     higher_is_better: bool
     batched: BatchedFn | None = None
+    bounds: tuple[float, float] = (0.0, 1.0)
 
     def __call__(self, y_true, y_score, *, sample_weight=None) -> float:
         return self.fn(y_true, y_score, sample_weight=sample_weight)
@@ -108,9 +110,18 @@ def metric_names(kind: str) -> list[str]:
 PER_LABEL_METRICS = ("auroc", "auprc")
 
 
-def _register(name: str, kind: str, higher_is_better: bool, batched: BatchedFn | None = None):
+def _register(
+    name: str,
+    kind: str,
+    higher_is_better: bool,
+    batched: BatchedFn | None = None,
+    *,
+    bounds: tuple[float, float],
+):
+    """Register a metric; ``bounds`` (required) is the range every value must lie in."""
+
     def decorator(fn: MetricFn) -> MetricFn:
-        METRICS.add(name, Metric(name, kind, fn, higher_is_better, batched))
+        METRICS.add(name, Metric(name, kind, fn, higher_is_better, batched, bounds))
         HIGHER_IS_BETTER[name] = higher_is_better
         return fn
 
@@ -261,7 +272,7 @@ def _both_classes(y: np.ndarray, w: np.ndarray) -> bool:
     return bool(w[y == 1].sum() > 0 and w[y != 1].sum() > 0)
 
 
-@_register("auroc", "binary", True, batched_auroc)
+@_register("auroc", "binary", True, batched_auroc, bounds=(0.0, 1.0))
 def auroc(y_true, y_score, *, sample_weight=None) -> float:
     """Area under the ROC curve (scikit-learn), NaN when one class is absent."""
     from sklearn.metrics import roc_auc_score
@@ -273,7 +284,7 @@ def auroc(y_true, y_score, *, sample_weight=None) -> float:
     return float(roc_auc_score(y, y_score, sample_weight=sample_weight))
 
 
-@_register("auprc", "binary", True, batched_auprc)
+@_register("auprc", "binary", True, batched_auprc, bounds=(0.0, 1.0))
 def auprc(y_true, y_score, *, sample_weight=None) -> float:
     """Average precision (scikit-learn), NaN when one class is absent."""
     from sklearn.metrics import average_precision_score
@@ -285,7 +296,7 @@ def auprc(y_true, y_score, *, sample_weight=None) -> float:
     return float(average_precision_score(y, y_score, sample_weight=sample_weight))
 
 
-@_register("brier", "binary", False, _batched_brier)
+@_register("brier", "binary", False, _batched_brier, bounds=(0.0, 1.0))
 def brier(y_true, y_score, *, sample_weight=None) -> float:
     """Brier score: weighted mean squared error of the probability."""
     from sklearn.metrics import brier_score_loss
@@ -297,7 +308,7 @@ def brier(y_true, y_score, *, sample_weight=None) -> float:
     return float(brier_score_loss(y, y_score, sample_weight=sample_weight, pos_label=1))
 
 
-@_register("ece", "binary", False, _batched_ece)
+@_register("ece", "binary", False, _batched_ece, bounds=(0.0, 1.0))
 def ece(y_true, y_score, *, sample_weight=None) -> float:
     """Expected calibration error, 10 equal-width bins (see module docstring)."""
     y = np.asarray(y_true, dtype=np.float64)
@@ -372,7 +383,7 @@ for _base_name, _base in (("auroc", batched_auroc), ("auprc", batched_auprc)):
     for _avg in ("macro", "micro", "weighted"):
         _fn, _b = _make_multilabel(_base, _avg)
         _fn.__doc__ = f"Multilabel {_base_name.upper()}, {_avg} average (see module docstring)."
-        _register(f"{_base_name}_{_avg}", "multilabel", True, _b)(_fn)
+        _register(f"{_base_name}_{_avg}", "multilabel", True, _b, bounds=(0.0, 1.0))(_fn)
 
 
 # --------------------------------------------------------------------------------------------
@@ -446,16 +457,17 @@ def _multiclass_fn(batched: BatchedFn) -> MetricFn:
     return fn
 
 
-for _name, _b, _doc in (
-    ("accuracy", _batched_accuracy, "Accuracy of the argmax class."),
-    ("f1_macro", _batched_f1_macro, "F1 averaged over all K classes (absent classes score 0)."),
-    ("kappa_linear", _batched_kappa_linear, "Cohen's kappa, linear weights, K ordered classes."),
-    ("kappa_unweighted", _batched_kappa_unweighted, "Cohen's kappa, unweighted (CareBench's)."),
-    ("auroc_ovr_macro", _batched_auroc_ovr, "One-vs-rest AUROC averaged over defined classes."),
+_KAPPA = (-1.0, 1.0)
+for _name, _b, _doc, _bounds in (
+    ("accuracy", _batched_accuracy, "Accuracy of the argmax class.", (0.0, 1.0)),
+    ("f1_macro", _batched_f1_macro, "F1 averaged over all K classes (absent: 0).", (0.0, 1.0)),
+    ("kappa_linear", _batched_kappa_linear, "Cohen's kappa, linear weights.", _KAPPA),
+    ("kappa_unweighted", _batched_kappa_unweighted, "Cohen's kappa (CareBench's).", _KAPPA),
+    ("auroc_ovr_macro", _batched_auroc_ovr, "One-vs-rest AUROC, macro over classes.", (0.0, 1.0)),
 ):
     _f = _multiclass_fn(_b)
     _f.__doc__ = _doc
-    _register(_name, "multiclass", True, _b)(_f)
+    _register(_name, "multiclass", True, _b, bounds=_bounds)(_f)
 
 
 def task_metrics(kind: str, y_true, y_score, *, sample_weight=None) -> dict[str, float]:
