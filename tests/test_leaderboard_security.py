@@ -163,7 +163,7 @@ def test_exception_with_patient_triples_and_path_publishes_neither(tmp_path, hon
     assert len(record["error"]) == 300 and record["error"].endswith("...")
     # the same record edited back by hand to the raw message, unsigned: published only with the
     # maintainer's override, and sanitized again on the way out
-    raw = dict(record, error=error + " " + leak)
+    raw = dict(record, error=error + " " + leak, schema_version="1.0")
     raw.pop("category")
     doc, texts = publish(
         tmp_path,
@@ -334,12 +334,17 @@ def test_a_value_changed_by_hand_is_rejected_by_its_signature(tmp_path, honest):
 
 
 def test_unsigned_results_need_the_maintainers_override(tmp_path, honest, capsys):
-    unsigned = json.dumps(forged(honest, "old")).encode()
+    old = dict(forged(honest, "old"), schema_version="1.0")  # written before signing existed
+    unsigned = json.dumps(old).encode()
     other_key = forged(honest, "alien")
     other_key["signature"] = sign(other_key, bytes(32))
+    # an unsigned file claiming a schema that was always signed: never an old result
+    recent = json.dumps(forged(honest, "recent")).encode()
     files = {"honest": honest, "old": unsigned, "alien": json.dumps(other_key).encode()}
-    doc, _ = publish(tmp_path, files)
-    assert rejected(doc) == [("alien", "signature"), ("old", "signature")]
+    doc, _ = publish(tmp_path, {**files, "recent": recent})
+    assert rejected(doc) == [
+        ("alien", "signature"), ("old", "signature"), ("recent", "signature")
+    ]  # fmt: skip
     reason = doc["rejected"][1]["reason"]
     assert "harness evaluate" in reason and "--accept-unsigned" in reason
     results, out = tmp_path / "results", tmp_path / "cli"
@@ -348,7 +353,8 @@ def test_unsigned_results_need_the_maintainers_override(tmp_path, honest, capsys
     args = ["leaderboard", "--results", str(results), "--out", str(out), "--accept-unsigned"]
     assert main(args) == 0
     board = strict_json((out / "leaderboard.json").read_text())
-    assert ranked(board) == {"honest", "old"} and rejected(board) == [("alien", "signature")]
+    assert ranked(board) == {"honest", "old"}
+    assert rejected(board) == [("alien", "signature"), ("recent", "signature")]
 
 
 def test_a_value_outside_its_own_ci_or_range_is_rejected(tmp_path, honest):

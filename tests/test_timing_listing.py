@@ -64,3 +64,15 @@ def test_cli_usage_errors_are_one_message_not_a_traceback(capsys):
     assert main(["evaluate", "--no-such-flag"]) == 2
     err = capsys.readouterr().err
     assert "widgets" in err and "no-such-flag" in err and "Traceback" not in err
+
+
+def test_worker_timings_are_sanitised_and_bounded_by_the_round_trip():
+    from harness.executors.isolated import _stage_seconds
+
+    assert _stage_seconds("9e6", 2.0) == {}
+    assert _stage_seconds({"train.steps": True, "train.validation": -1, "x": 5}, 2.0) == {}
+    # a worker claiming more time than the round trip took cannot skew the breakdown
+    got = _stage_seconds({"train.steps": 9e6, "train.validation": 3e6}, 2.0)
+    assert sum(got.values()) == pytest.approx(2.0)
+    assert got["train.steps"] == pytest.approx(1.5)
+    assert _stage_seconds({"train.steps": 0.5}, 2.0) == {"train.steps": 0.5}

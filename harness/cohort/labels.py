@@ -339,11 +339,17 @@ class Window:
     def contains(self, frame: pd.DataFrame, time: pd.Series, evidence: Evidence) -> np.ndarray:
         """Whether each stay's record time lies in the window (a missing time never does)."""
         inside = np.ones(len(frame), dtype=bool)
-        for bound, compare in ((self.start, operator.ge), (self.end, operator.le)):
+        for bound, compare, edge in (
+            (self.start, operator.ge, "admittime"),
+            (self.end, operator.le, "dischtime"),
+        ):
             if bound is None:
                 continue
-            if evidence.scope == "admission" and bound.anchor in ADMISSION_ANCHORS:
-                continue  # the admission's own death record is inside the admission
+            if evidence.scope == "admission" and bound == Bound(edge):
+                # The admission's own death record lies inside its admission (MIMIC-IV records a
+                # few deathtimes after dischtime); any other bound, shifted ones included, is
+                # compared like every other record's.
+                continue
             limit, t = bound.times(frame), time
             if evidence.precision == "date":
                 limit, t = limit.dt.normalize(), t.dt.normalize()

@@ -24,6 +24,14 @@ from harness.config import tasks_dir
 from harness.errors import SpecError, UnknownNameError
 from harness.kinds import TASK_KINDS
 
+#: Columns of ``stays.parquet`` that are not labels: identity, times, demographics (model inputs
+#: of the ``demographics`` group), the CXR link and the fold. No task may write one of them.
+STAY_FIELDS = (
+    "stay_id", "subject_id", "hadm_id", "intime", "outtime", "prediction_time", "admittime",
+    "dischtime", "age", "age_group", "gender", "race", "race_group", "insurance",
+    "admission_type", "first_careunit", "dicom_id", "study_id", "cxr_path", "cxr_time_hours",
+    "cxr_view", "n_cxr_candidates", "has_cxr", "fold",
+)  # fmt: skip
 #: Files in ``tasks/`` that are not tasks.
 NON_TASK_FILES = ("cohort.yaml", "variables.yaml", "phenotypes.yaml", "clif_mapping.yaml")
 VARIABLE_SOURCES = ("chartevents", "labevents", "outputevents")
@@ -434,6 +442,15 @@ def load_task(name: str) -> TaskSpec:
     _check_main_metric(data["kind"], data["main_metric"], path)
     fields = TaskFields(name, data["kind"], label_columns, edges, phenos, path)
     label = parse_label(data["label"], fields)
+    taken = sorted({c.name for c in label.columns()} & set(STAY_FIELDS))
+    if taken:
+        raise SpecError(
+            f"label column(s) {taken} would overwrite stays.parquet columns of the same name "
+            "(identity, times, demographics, CXR link or fold): a label there could reach the "
+            "models as an input",
+            path=path,
+            fix="name label columns (and label.value_column) after the task",
+        )
     scored = [c.name for c in label.columns() if c.role != "value"]
     if scored != label_columns:
         raise SpecError(

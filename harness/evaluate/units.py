@@ -107,7 +107,7 @@ def run_key(
     if settings.train_cxr_dropout is not None:
         payload["train_cxr_dropout"] = settings.train_cxr_dropout
     if settings.protocol != DEFAULT_PROTOCOL:  # another selection metric: other checkpoints
-        payload["protocol"] = settings.protocol
+        payload["profile"] = settings.protocol  # beside the code digest, never replacing it
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

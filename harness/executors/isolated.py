@@ -364,16 +364,20 @@ def _pipes(
     return stdin, stdout, stderr
 
 
-def _stage_seconds(reported: object) -> dict[str, float]:
+def _stage_seconds(reported: object, round_trip: float) -> dict[str, float]:
     """The worker's own stage timings, kept only when well formed (they feed the speed
-    benchmark, never a result): known stage names, finite, non-negative seconds."""
+    benchmark, never a result): known stage names, non-negative numbers (not booleans), scaled
+    down so that together they never exceed the round trip the harness measured."""
     if not isinstance(reported, dict):
         return {}
     out = {}
     for name in ("train.steps", "train.validation"):
         value = reported.get(name)
-        if isinstance(value, int | float) and 0.0 <= value < 1e7:
+        if isinstance(value, int | float) and not isinstance(value, bool) and 0.0 <= value < 1e7:
             out[name] = float(value)
+    total = sum(out.values())
+    if total > round_trip:
+        out = {k: v * round_trip / total for k, v in out.items()}
     return out
 
 
@@ -609,7 +613,9 @@ class IsolatedRunner(Runner):
                 best_epoch=min(max(int(reply["best_epoch"]), 0), 10**6),
                 # measured here, not taken from the worker: it is published in provenance
                 train_seconds=round(time.perf_counter() - started, 3),
-                stage_seconds=_stage_seconds(reply.get("stage_seconds")),
+                stage_seconds=_stage_seconds(
+                    reply.get("stage_seconds"), time.perf_counter() - started
+                ),
             )
         except (KeyError, TypeError, ValueError):
             raise self._fail(

@@ -126,7 +126,10 @@ def check_signature(doc: dict, key: bytes | None, *, accept_unsigned: bool = Fal
     """Raise Rejected (``signature``) unless ``doc`` is signed with ``key`` (or unsigned and
     ``accept_unsigned``)."""
     if SIGNATURE_FIELD not in doc:
-        if accept_unsigned:
+        from harness.results.migrate import version_of
+
+        # only results written before signing existed (schema 1.0) may be unsigned
+        if accept_unsigned and version_of(doc) == "1.0":
             return
         raise Rejected(
             "signature", f"unsigned (written before results were signed): {UNSIGNED_FIX}"
