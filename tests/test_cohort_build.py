@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from pipeline_fixtures import copy_dataset
 
 from harness.cohort import load_cohort
 from harness.cohort.build import build_cohorts
@@ -263,6 +264,9 @@ def mini(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Path
 
 @pytest.fixture(scope="session")
 def synthetic(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Path]]:
+    """Its own build, not the session's tiny pipeline: another seed and size than the default
+    data (the pandas reference is checked on a second draw, under a non-default dataset name),
+    and small, since the reference is computed row by row."""
     from harness.data import synthetic as synth
 
     root = tmp_path_factory.mktemp("synth") / "ds"
@@ -559,7 +563,8 @@ def test_load_cohort_not_built_names_the_command():
         load_cohort("base", dataset="never-built")
 
 
-def test_three_concurrent_builds_take_turns(tmp_path):
+@pytest.mark.slow
+def test_three_concurrent_builds_take_turns(tiny_pipeline, tmp_path):
     """Three `harness cohort build` processes at once: all exit 0, one directory per cohort."""
     import os
     import subprocess
@@ -567,8 +572,7 @@ def test_three_concurrent_builds_take_turns(tmp_path):
 
     env = {**os.environ, "HARNESS_CACHE": str(tmp_path / "cache")}
     harness = [sys.executable, "-m", "harness.cli.main"]
-    synth = ["synth", "--n-patients", "300", "--image-size", "64"]
-    subprocess.run([*harness, *synth], env=env, check=True, capture_output=True)
+    copy_dataset(tiny_pipeline, tmp_path / "cache")  # what `harness synth` wrote, no cohorts
     procs = [
         subprocess.Popen([*harness, "cohort", "build"], env=env, stderr=subprocess.PIPE)
         for _ in range(3)

@@ -9,6 +9,7 @@ import pytest
 from harness.cli.main import main
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_demo_runs_every_stage_and_prints_the_leaderboard(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))

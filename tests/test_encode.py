@@ -218,6 +218,7 @@ def reference_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pat
     return root, rel
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "mode,arg",
     [("setitem", 1), ("setitem", 4), ("setitem", 6), ("external", 0)],

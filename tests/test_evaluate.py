@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from pipeline_fixtures import tiny_cache
 from sklearn.metrics import roc_auc_score
 
 from harness import config
@@ -126,10 +125,9 @@ def test_unknown_scenario_suggests_names():
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    root = tmp_path_factory.mktemp("evaluate-cache")
-    with tiny_cache(root):
-        yield root
+def cache(tiny_pipeline_copy):
+    """The session's tiny pipeline, copied: the module writes results and a leaderboard."""
+    return tiny_pipeline_copy
 
 
 DATASET = config.DEFAULT_DATASET  # results live in cache/results/<dataset>/<name>/
@@ -150,6 +148,7 @@ def _result(cache: Path, name: str) -> dict:
     return json.loads((cache / "results" / DATASET / name / "result.json").read_text())
 
 
+@pytest.mark.slow
 def test_evaluate_scores_pooled_predictions_and_resumes(evaluated, monkeypatch):
     cache = evaluated
     monkeypatch.setenv("HARNESS_CACHE", str(cache))
@@ -210,6 +209,7 @@ def test_evaluate_scores_pooled_predictions_and_resumes(evaluated, monkeypatch):
     assert again == block["metrics"]["auroc"]
 
 
+@pytest.mark.slow
 def test_failed_submission_never_replaces_a_good_result(evaluated, monkeypatch, tmp_path):
     cache = evaluated
     monkeypatch.setenv("HARNESS_CACHE", str(cache))
@@ -235,6 +235,7 @@ def _yaml_name(folder: Path) -> str:
     return yaml.safe_load((folder / "submission.yaml").read_text())["name"]
 
 
+@pytest.mark.slow
 def test_leaderboard_ranks_results_without_patient_rows(evaluated, monkeypatch):
     cache = evaluated
     monkeypatch.setenv("HARNESS_CACHE", str(cache))
@@ -250,6 +251,7 @@ def test_leaderboard_ranks_results_without_patient_rows(evaluated, monkeypatch):
     assert {"ehr_lstm", "cxr_probe"} <= names
 
 
+@pytest.mark.slow
 def test_train_cxr_dropout_sweep_is_a_separate_entry(evaluated, monkeypatch, capsys):
     """--train-cxr-dropout: one entry per rate, own units, rate in provenance; bad rates exit 2."""
     cache = evaluated

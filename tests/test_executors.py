@@ -35,6 +35,7 @@ def _predictions(executor: str, name: str, fs: FeatureSet, tmp_path: Path) -> li
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name,kind",
     [("late_fusion", "multilabel"), ("tabular_gbm", "binary"), ("ehr_lstm", "multiclass")],

@@ -16,7 +16,6 @@ import threading
 from pathlib import Path
 
 import pytest
-from pipeline_fixtures import tiny_cache
 
 from harness import config
 from harness.cli.main import main
@@ -205,12 +204,13 @@ def _write_submission(folder: Path, name: str, init: str, forward: str, cache: P
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    root = tmp_path_factory.mktemp("hostile-cache")
-    with tiny_cache(root), pytest.MonkeyPatch.context() as mp:
+def cache(tiny_pipeline_copy):
+    """The session's tiny pipeline, copied (the module writes results), with the EHR reference
+    evaluated on it."""
+    with pytest.MonkeyPatch.context() as mp:
         mp.delenv("HARNESS_EXECUTOR", raising=False)
         assert main(["evaluate", "submissions/ehr_lstm", *ARGS]) == 0
-        yield root
+        yield tiny_pipeline_copy
 
 
 @pytest.fixture(scope="module")
@@ -252,6 +252,7 @@ def _result(cache: Path, name: str) -> dict:
     return json.loads((cache / "results" / DATASET / name / "result.json").read_text())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attack", sorted(ATTACKS))
 def test_attack_is_contained_and_recorded(attack, cache, listener, tmp_path, monkeypatch):
     monkeypatch.setenv("HARNESS_CACHE", str(cache))
@@ -285,6 +286,7 @@ def test_attack_is_contained_and_recorded(attack, cache, listener, tmp_path, mon
             assert "/work/secret" not in text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attack", ["read_label_file", "read_caller_frames"])
 def test_the_label_attacks_are_real_in_process(attack, cache, listener, tmp_path, monkeypatch):
     """Run trusted (in-process) the same attackers read the test labels: AUROC 1.0."""
@@ -297,6 +299,7 @@ def test_the_label_attacks_are_real_in_process(attack, cache, listener, tmp_path
     assert auroc["value"] == pytest.approx(1.0)
 
 
+@pytest.mark.slow
 def test_a_reference_name_cannot_be_claimed(cache, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HARNESS_CACHE", str(cache))
     folder = _write_submission(tmp_path / "impostor", "ehr_lstm", "", "", cache, 0)
@@ -308,6 +311,7 @@ def test_a_reference_name_cannot_be_claimed(cache, tmp_path, monkeypatch, capsys
     assert _digest_tree(reference) == before
 
 
+@pytest.mark.slow
 def test_an_entry_belongs_to_its_first_folder(cache, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HARNESS_CACHE", str(cache))
     first = _write_submission(tmp_path / "a" / "mine", "mine", "", "", cache, 0)
@@ -327,6 +331,7 @@ def test_an_entry_belongs_to_its_first_folder(cache, tmp_path, monkeypatch, caps
 # Damaged predictions, full disks, bad task lists: one message, nothing lost
 
 
+@pytest.mark.slow
 def test_a_truncated_unit_file_is_set_aside_and_trained_again(cache, monkeypatch):
     monkeypatch.setenv("HARNESS_CACHE", str(cache))
     units = sorted((cache / "results" / DATASET / "ehr_lstm" / "predictions").rglob("*.parquet"))
@@ -342,6 +347,7 @@ def test_a_truncated_unit_file_is_set_aside_and_trained_again(cache, monkeypatch
     assert _result(cache, "ehr_lstm")["tasks"] == result_before
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_message_and_exit_2(cache, tmp_path, monkeypatch, capsys):
     import errno
 
@@ -375,6 +381,7 @@ def test_an_unknown_task_in_the_tasks_list_is_an_error(tmp_path):
         load_submission(tmp_path)
 
 
+@pytest.mark.slow
 def test_validate_runs_the_submission_in_the_sandbox(tmp_path, capsys):
     marker = tmp_path / "outside" / "written.txt"
     marker.parent.mkdir()
@@ -414,6 +421,7 @@ class Model(nn.Module):
 """
 
 
+@pytest.mark.slow
 def test_a_worker_never_outlives_its_fold(cache, tmp_path, monkeypatch, capsys):
     """Fold 2's test stays train fold 1: a worker serving both could remember their labels."""
     monkeypatch.setenv("HARNESS_CACHE", str(cache))
@@ -446,6 +454,7 @@ def _fold_args(folds: str) -> list[str]:
     return [*args, "--seeds", "0"]
 
 
+@pytest.mark.slow
 def test_a_stderr_flood_does_not_grow_the_harness(cache, tmp_path, monkeypatch):
     import resource
 
@@ -459,6 +468,7 @@ def test_a_stderr_flood_does_not_grow_the_harness(cache, tmp_path, monkeypatch):
     assert _result(cache, "flood")["category"] == "exited"
 
 
+@pytest.mark.slow
 def test_links_in_a_submission_folder_are_refused(tmp_path, cache):
     from harness.errors import SpecError
     from harness.models.submission import load_submission
@@ -497,6 +507,7 @@ class Model(nn.Module):
 """
 
 
+@pytest.mark.slow
 def test_kernel_keyrings_are_not_shared_between_workers(cache, tmp_path, monkeypatch, capsys):
     """Kernel state kept per user (the user keyring) must not carry data from fold to fold."""
     monkeypatch.setenv("HARNESS_CACHE", str(cache))
@@ -523,6 +534,7 @@ def test_a_yaml_alias_bomb_is_refused_before_it_expands(tmp_path):
         load_submission(tmp_path)
 
 
+@pytest.mark.slow
 def test_memory_the_resident_set_does_not_show_is_still_limited(cache, tmp_path, monkeypatch):
     """A memfd holds memory outside the worker's RSS: the worker's cgroup counts it."""
     from harness.executors.isolated import WorkerCgroup

@@ -45,6 +45,8 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="module")
 def mini_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The hand-written mini dataset (planted edge cases), not the session's tiny pipeline: the
+    tests damage copies of its files and builds, and need stays they can name."""
     return write_mini(tmp_path_factory.mktemp("integrity-mini"))
 
 

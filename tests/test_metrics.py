@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
+from harness.cohort.spec import list_tasks
 from harness.errors import UnknownNameError
 from harness.metrics.registry import (
     HIGHER_IS_BETTER,
@@ -137,9 +138,7 @@ def test_task_metrics_and_unknown_name():
         METRICS.get("aurocc")
 
 
-@pytest.mark.parametrize(
-    "task_name", ["mortality_in_hospital", "mortality_icu", "phenotype", "los"]
-)
+@pytest.mark.parametrize("task_name", list_tasks())
 def test_headline_metric_is_the_one_model_selection_uses(task_name):
     """The scorer's headline follows each task YAML's main_metric, the same number that early
     stopping maximises on validation (selection computes it with scikit-learn directly)."""

@@ -294,6 +294,7 @@ def _auroc(tm, j):
     return roc_auc_score(t.y.numpy()[:, j], tm.predict_proba(t)[:, j])
 
 
+@pytest.mark.slow
 def test_planted_signal_is_recovered(planted):
     labels = list(planted.task.label_columns)
     ehr, cxr, both = (labels.index(c) for c in ("label_ehr", "label_cxr", "label_both"))

@@ -6,20 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from harness.cli.main import main
-
 torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
-def built_cache(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("pipeline-cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HARNESS_CACHE", str(cache))
-        assert main(["synth", "--n-patients", "150", "--image-size", "64"]) == 0
-        assert main(["cohort", "build"]) == 0
-        assert main(["encode", "-c", "base", "-e", "test_tiny"]) == 0
-        yield cache
+def built_cache(tiny_pipeline):
+    """The session's tiny pipeline, read only: these tests load features and train in memory."""
+    return tiny_pipeline
 
 
 def test_feature_set_is_aligned_with_cohort_and_store(built_cache, monkeypatch):

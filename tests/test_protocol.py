@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from pipeline_fixtures import tiny_cache
+from pipeline_fixtures import copy_dataset
 
 from harness.cli.main import main
 from harness.models.data import FeatureSet, split_indices
@@ -30,10 +30,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def store_cache(tmp_path_factory):
-    root = tmp_path_factory.mktemp("protocol-cache")
-    with tiny_cache(root):
-        yield root
+def store_cache(tiny_pipeline_copy):
+    """The session's tiny pipeline, copied: the module writes results and a leaderboard."""
+    return tiny_pipeline_copy
 
 
 def _changed_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -420,7 +419,7 @@ def test_unknown_main_metric_is_rejected_when_the_task_loads(tmp_path, monkeypat
 # 6. Folds come from the cohort
 
 
-def test_folds_come_from_the_cohort(tmp_path, monkeypatch):
+def test_folds_come_from_the_cohort(tiny_pipeline, tmp_path, monkeypatch):
     from harness.models.data import prepare_split
 
     fs = FeatureSet.synthetic(n=2000, seed=1, kind="binary")
@@ -444,7 +443,7 @@ def test_folds_come_from_the_cohort(tmp_path, monkeypatch):
     spec.write_text(spec.read_text().replace("n_folds: 5", "n_folds: 10"))
     monkeypatch.setenv("HARNESS_TASKS", str(tasks))
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
-    assert main(["synth", "--n-patients", "200", "--image-size", "64"]) == 0
+    copy_dataset(tiny_pipeline, tmp_path / "cache")  # the generated data, no cohorts yet
     assert main(["cohort", "build"]) == 0
     from harness.cohort import load_cohort
 
@@ -481,6 +480,7 @@ def test_carebench_profile_settings():
         EvalSettings(protocol="carebench", tasks=("mortality_in_hospital",))
 
 
+@pytest.mark.slow
 def test_carebench_and_honest_entries_are_scored_and_boarded_apart(
     store_cache, monkeypatch, capsys
 ):

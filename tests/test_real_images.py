@@ -140,6 +140,7 @@ def _loo_nearest_centroid(x: np.ndarray, y: np.ndarray) -> float:
 RANDOM_SEEDS = range(8)
 
 
+@pytest.mark.slow
 @needs_pneumonia
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_encoded_features_separate_pneumonia(tmp_path, record_property):

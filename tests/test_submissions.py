@@ -116,6 +116,7 @@ def test_new_submission_scaffold_validates(tmp_path):
         new_submission("9lives", tmp_path)
 
 
+@pytest.mark.slow
 def test_cli_validate_and_new_submission(tmp_path, capsys):
     assert main(["new-submission", "cli_model", "--dir", str(tmp_path)]) == 0
     assert (tmp_path / "cli_model" / "model.py").is_file()

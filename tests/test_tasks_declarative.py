@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from harness.cli.main import main
 from harness.cohort.labels import (
     LABEL_RULES,
     GivenLabels,
@@ -293,20 +294,19 @@ description: >-
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    """A tiny cache (synth -> cohort build -> encode) built with two extra task files."""
-    from pipeline_fixtures import tiny_cache
-
+def pipeline(tiny_pipeline_copy, tmp_path_factory):
+    """The session's tiny pipeline, copied, its cohorts rebuilt with two extra task files (the
+    generated data and the CXR features are reused; the cohorts and EHR features are new)."""
     folder = tmp_path_factory.mktemp("declared-tasks")
     for f in (REPO_ROOT / "tasks").glob("*.yaml"):
         shutil.copy(f, folder / f.name)
     (folder / "mortality_7d.yaml").write_text(MORTALITY_7D)
     (folder / "tobacco_use.yaml").write_text(TOBACCO)
-    root = tmp_path_factory.mktemp("declared-cache")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HARNESS_TASKS", str(folder))
-        with tiny_cache(root):
-            yield root
+        assert main(["cohort", "build"]) == 0
+        assert main(["encode", "-e", "test_tiny"]) == 0
+        yield tiny_pipeline_copy
 
 
 def _reference(iv: Path, stays: pd.DataFrame) -> pd.DataFrame:
@@ -373,6 +373,7 @@ def test_new_task_is_evaluated(pipeline):
     assert math.isfinite(block["metrics"]["auroc"]["value"])
 
 
+@pytest.mark.slow
 def test_carebench_cannot_provide_a_new_death_window(pipeline, tmp_path):
     from harness.cohort import load_cohort
     from harness.cohort.carebench import build_carebench_cohorts, export_carebench

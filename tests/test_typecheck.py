@@ -12,11 +12,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 #: A cold run (no .mypy_cache) takes about a minute on a loaded two-core machine.
 TIMEOUT_S = 900
 
 
+@pytest.mark.slow
 def test_mypy_reports_no_errors() -> None:
     assert importlib.util.find_spec("mypy") is not None, (
         "mypy is not installed here; install the test extra: pip install -e '.[test]'"
