@@ -390,3 +390,40 @@ def test_carebench_cannot_provide_a_new_death_window(pipeline, tmp_path):
     stays = load_cohort(path=out["base"]).stays.set_index("stay_id").sort_index()
     src = load_cohort("base").stays.set_index("stay_id").sort_index()
     assert stays["tobacco_use"].tolist() == src["tobacco_use"].tolist()
+
+
+def test_shifted_admission_anchors_bound_admission_death_records(tmp_path, monkeypatch):
+    def window(text: str):
+        folder = tmp_path / str(len(list(tmp_path.iterdir())))  # a fresh tasks folder each
+        folder.mkdir()
+        return _rule(
+            f"label:\n  rule: death_in_window\n  window: {text}\n"
+            "  evidence: [admission_death_time, admission_expired]\n",
+            folder,
+            monkeypatch,
+        )
+
+    deaths = [T("2150-01-02 08:00"), T("2150-01-09"), T("2150-01-11"), pd.NaT]
+    events = _events(
+        {"admission_death_time", "admission_expired"},
+        admission_death_time=deaths,
+        admission_expired=[d is not pd.NaT for d in deaths],
+    )
+    first_72h = window("{start: admittime, end: admittime + 72h}")
+    assert label_stays([first_72h], events).frame["t"].tolist() == [1, 0, 0, 0]
+    # a death recorded during the admission is not a death after discharge; one recorded after
+    # the administrative discharge time is
+    after = window("{start: dischtime, end: dischtime + 720h}")
+    assert label_stays([after], events).frame["t"].tolist() == [0, 0, 1, 0]
+    # the admission's own record counts even when written after dischtime (MIMIC-IV does this)
+    in_hospital = window("{start: null, end: dischtime}")
+    assert label_stays([in_hospital], events).frame["t"].tolist() == [1, 1, 1, 0]
+
+
+@pytest.mark.parametrize("column", ["insurance", "age", "fold", "has_cxr"])
+def test_a_label_may_not_shadow_a_stay_column(tmp_path, monkeypatch, column):
+    head = BINARY_HEAD.format(name="t").replace("label_columns: [t]", f"label_columns: [{column}]")
+    label = "label:\n  rule: death_in_window\n  window: {start: intime, end: outtime}\n"
+    _tasks_copy(tmp_path, monkeypatch, t=head + label + "  evidence: [admission_death_time]\n")
+    with pytest.raises(SpecError, match=rf"(?s)\['{column}'\] would overwrite stays.parquet"):
+        load_task("t")

@@ -17,6 +17,7 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -247,19 +248,7 @@ def build_cohorts(
             "harness_version": __version__,
             "build": {"memory_limit": memory_limit, "threads": threads},
         }
-        out = {}
-        for cohort, sub, funnel_c in cohort_subsets(stays, funnel):
-            out[cohort] = write_cohort(
-                con_path=work,
-                cohort=cohort,
-                stays=sub,
-                hourly_path=hourly_path,
-                common=common,
-                funnel=funnel_c,
-                labels=labels.columns,
-                overwrite=overwrite,
-                t0=t0,
-            )
+        out = write_cohorts(work, stays, funnel, hourly_path, common, labels, overwrite, t0)
     return out
 
 
@@ -574,6 +563,30 @@ def _summaries(stays: pd.DataFrame, labels: list[LabelColumn]) -> tuple[dict, di
         else None,
     }
     return prevalence(stays, labels), availability
+
+
+def write_cohorts(
+    work: Path,
+    stays: pd.DataFrame,
+    funnel: list[dict[str, Any]],
+    hourly_path: Path,
+    common: dict[str, Any],
+    labels: LabelTable,
+    overwrite: bool,
+    t0: float,
+    extra_files: Callable[[Path, pd.DataFrame], None] | None = None,
+) -> dict[str, Path]:
+    """Write every cohort (:func:`cohort_subsets`) of one build; ``extra_files(folder, stays)``
+    adds source-specific files to each. Returns {cohort: folder}."""
+    out = {}
+    for cohort, sub, funnel_c in cohort_subsets(stays, funnel):
+        out[cohort] = write_cohort(
+            con_path=work, cohort=cohort, stays=sub, hourly_path=hourly_path, common=common,
+            funnel=funnel_c, labels=labels.columns, overwrite=overwrite, t0=t0,
+        )  # fmt: skip
+        if extra_files is not None:
+            extra_files(out[cohort], sub)
+    return out
 
 
 def cohort_subsets(stays, funnel: list[dict]):

@@ -161,7 +161,6 @@ def write_cohorts(
     }
     tmp_root = config.cache_root() / "tmp"
     tmp_root.mkdir(parents=True, exist_ok=True)
-    out: dict[str, Path] = {}
     with tempfile.TemporaryDirectory(dir=tmp_root, prefix="cohort-external-") as tmp:
         work = Path(tmp)
         hourly_path = work / "hourly.parquet"
@@ -173,18 +172,7 @@ def write_cohorts(
         h[["stay_id", "hour", "variable", "value"]].to_parquet(
             hourly_path, index=False, compression="zstd"
         )
-        for cohort, sub, funnel_c in build.cohort_subsets(stays, funnel):
-            out[cohort] = build.write_cohort(
-                con_path=work,
-                cohort=cohort,
-                stays=sub,
-                hourly_path=hourly_path,
-                common=common,
-                funnel=funnel_c,
-                labels=labels.columns,
-                overwrite=overwrite,
-                t0=t0,
-            )
-            if extra_files is not None:
-                extra_files(out[cohort], sub)
+        out = build.write_cohorts(
+            work, stays, funnel, hourly_path, common, labels, overwrite, t0, extra_files
+        )
     return out
