@@ -11,10 +11,15 @@ from collections.abc import Sequence
 
 from rich.console import Console
 
+from harness.evaluate.parallel import JobOutcome
+
 #: Reference submissions, EHR reference and unimodal ones first (others are compared with them).
 REFERENCE_ORDER = ("ehr_lstm", "ehr_transformer", "cxr_probe")
 #: Tasks the demo evaluates (quick settings); `harness evaluate` covers all four by default.
 DEMO_TASKS = ("mortality_in_hospital", "phenotype")
+#: The slowest references to train on the default data (`benchmarks/evaluate_speed.py`): started
+#: first when several evaluations run at once, so that no long one starts last.
+SLOWEST_FIRST = ("tabular_gbm", "umse")
 
 
 def reference_submissions(names: Sequence[str] | None = None) -> list:
@@ -26,8 +31,25 @@ def reference_submissions(names: Sequence[str] | None = None) -> list:
     if names:
         wanted = set(names)
         found = [p for p in found if p.name in wanted]
-    head = [p for name in REFERENCE_ORDER for p in found if p.name == name]
+    head = [p for name in (*REFERENCE_ORDER, *SLOWEST_FIRST) for p in found if p.name == name]
     return head + [p for p in found if p not in head]
+
+
+def print_outcome(outcome: JobOutcome, console: Console) -> None:
+    """One line per evaluated submission: units, time and headline metrics, or its error."""
+    if outcome.error is not None:  # one broken submission does not stop the demo
+        console.print(f"[red]{outcome.folder} failed[/]: {outcome.error}")
+        return
+    heads = ", ".join(
+        f"{r['task']}/{r['cohort']} {r['metric']}={r['value']:.3f}"
+        for r in outcome.headline
+        if r["value"] is not None
+    )
+    console.print(
+        f"{outcome.folder:16s} {outcome.units_run} trained, {outcome.units_reused} reused, "
+        f"{outcome.seconds:5.1f} s  {heads}",
+        highlight=False,
+    )
 
 
 def run_demo(
@@ -38,6 +60,7 @@ def run_demo(
     folds: Sequence[int] = (1,),
     seeds: Sequence[int] = (0,),
     executor: str | None = None,
+    jobs: int | None = None,
     console: Console | None = None,
 ) -> None:
     from harness import config
@@ -47,7 +70,9 @@ def run_demo(
     from harness.data.synthetic import generate, summarize_dataset
     from harness.display import print_leaderboard, print_summary
     from harness.encode.run import encode
-    from harness.evaluate.run import EvalSettings, evaluate
+    from harness.evaluate.parallel import default_jobs, evaluate_many, threads_per_job
+    from harness.evaluate.run import EvalSettings
+    from harness.evaluate.score.references import UNIMODAL_REFERENCES
     from harness.leaderboard.aggregate import aggregate
 
     console = console or Console()
@@ -88,23 +113,17 @@ def run_demo(
         f"4. evaluate the reference submissions (folds {','.join(map(str, folds))}, "
         f"seeds {','.join(map(str, seeds))}, at most {settings.max_epochs} epochs)"
     )
-    for path in reference_submissions(submissions):
-        t0 = time.perf_counter()
-        try:
-            outcome = evaluate(path, settings)
-        except Exception as exc:  # one broken submission must not stop the demo
-            console.print(f"[red]{path.name} failed[/]: {exc}")
-            continue
-        heads = ", ".join(
-            f"{r['task']}/{r['cohort']} {r['metric']}={r['value']:.3f}"
-            for r in outcome.headline
-            if r["value"] is not None
-        )
+    folders = reference_submissions(submissions)
+    jobs = default_jobs(len(folders)) if jobs is None else jobs
+    if jobs > 1:
         console.print(
-            f"{path.name:16s} {outcome.units_run} trained, {outcome.units_reused} reused, "
-            f"{time.perf_counter() - t0:5.1f} s  {heads}",
-            highlight=False,
+            f"{len(folders)} submissions, {jobs} at a time with {threads_per_job(jobs)} "
+            "thread(s) each; the references first (the others' scores are compared with them)"
         )
+    evaluate_many(
+        folders, settings, references=UNIMODAL_REFERENCES, jobs=jobs,
+        on_done=lambda outcome: print_outcome(outcome, console),
+    )  # fmt: skip
 
     console.rule("5. leaderboard")
     board = aggregate(config.results_dir(), config.leaderboard_dir())

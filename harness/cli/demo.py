@@ -23,6 +23,14 @@ def register(app: typer.Typer) -> None:
             help="Run the reference submissions in-process instead of sandboxed (faster; only "
             "for a submissions folder whose code you trust).",
         ),
+        jobs: int = typer.Option(
+            None,
+            "--jobs",
+            "-j",
+            min=1,
+            help="Submissions evaluated at once, the cores split between them (default: one "
+            "per core; 1 runs them one after another in this process).",
+        ),
     ) -> None:
         """Synth -> cohort -> encode -> evaluate the references (quick) -> leaderboard."""
         from harness.demo import DEMO_TASKS, run_demo
@@ -40,4 +48,5 @@ def register(app: typer.Typer) -> None:
             folds=fold_list,
             seeds=seed_list,
             executor="local" if trusted else None,
+            jobs=jobs,
         )

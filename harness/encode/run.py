@@ -440,10 +440,27 @@ def encode_cohort(
         source=source,
         repair=repair,
     )
+    return _report(cohort, key, images, stats, device, encoder.name, repair=repair, t0=t0)
+
+
+def _report(
+    cohort: Cohort,
+    key: str,
+    images: Mapping[str, Path | None],
+    stats: ImageRunStats,
+    device: str | None,
+    encoder_name: str,
+    *,
+    repair: bool,
+    t0: float,
+    feats: Any = None,
+) -> EncodeReport:
+    """Encode the cohort's EHR store if needed, read the image statuses back, and report."""
     ehr_existed = ehr_store_exists(cohort)
     ehr_key, ehr_reused = encode_ehr(cohort, repair=repair)
     ids = sorted(images)
-    feats = read_cxr(key, ids) if ids else None
+    if feats is None:
+        feats = read_cxr(key, ids) if ids else None
     failures: list[tuple[str, str, str]] = []
     counts: Counter[str] = Counter()
     if feats is not None:
@@ -466,12 +483,34 @@ def encode_cohort(
         forward_calls=stats.forward_calls,
         ehr_reused=ehr_reused,
         n_pending_elsewhere=stats.n_pending_elsewhere,
-        device=resolve_device(device),
-        encoder=encoder.name,
+        device=resolve_device(device) if stats.forward_calls else (device or "none"),
+        encoder=encoder_name,
         failures=failures,
         repair=stats.repair,
         ehr_repaired=ehr_existed and not ehr_reused,
     )
+
+
+def _nothing_to_encode(cohort: Cohort, encoder: str, device: str | None) -> EncodeReport | None:
+    """The report of a run with nothing to encode, found without building the encoder (no
+    torch import, no weights loaded): every linked image has a committed row (encoded or
+    recorded as a failure) in verified chunks. None when anything is left (or the store cannot
+    be read: the full run reports why)."""
+    from harness.encode.registry import encoder_key_for
+    from harness.store import STATUS_NOT_ENCODED
+
+    t0 = time.perf_counter()
+    key = encoder_key_for(encoder)
+    images = cohort_images(cohort)
+    ids = sorted(images)
+    try:
+        feats = read_cxr(key, ids) if ids else None
+    except InputError:
+        return None
+    if feats is not None and bool((feats.status == STATUS_NOT_ENCODED).any()):
+        return None
+    stats = ImageRunStats(len(images), 0, len(images), 0, 0.0, 0)
+    return _report(cohort, key, images, stats, device, encoder, repair=False, t0=t0, feats=feats)
 
 
 def encode(
@@ -497,6 +536,8 @@ def encode(
     from harness.encode.registry import get_encoder
 
     coh = load_cohort(cohort=cohort, dataset=dataset, path=cohort_path)
+    if not repair and (done := _nothing_to_encode(coh, encoder, device)) is not None:
+        return done
     enc = get_encoder(encoder)
     return encode_cohort(
         coh,

@@ -94,7 +94,7 @@ def run_planned(runner: UnitRunner, plan: Plan, task_plan: TaskPlan, planned: Pl
     c = planned.unit.cohort
     run_unit(
         runner, task_plan.sets[c], planned.unit, plan.settings, plan.scenarios,
-        task_plan.others[c], planned.path,
+        task_plan.others[c], planned.path, inputs=plan.sub.inputs,
     )  # fmt: skip
 
 

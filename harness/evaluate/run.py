@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,6 +46,13 @@ from harness.evaluate.plan import Entry, Plan, TaskPlan, plan_evaluation, plan_t
 from harness.evaluate.pooling import pool_units
 from harness.evaluate.protocol import DEFAULT_PROTOCOL, ProtocolProfile, protocol_suffix
 from harness.evaluate.score import score_task_cohort
+from harness.evaluate.scoring_key import (
+    record_scoring,
+    reference_inputs,
+    reusable_result,
+    scoring_key,
+    units_present,
+)
 from harness.evaluate.units import Unit, read_unit, run_unit
 from harness.results import Result
 from harness.results.document import build_result, failed_result, provenance, write_result
@@ -328,6 +335,8 @@ class EvalOutcome:
     units_reused: int
     seconds: float
     headline: list[dict[str, Any]] = field(default_factory=list)
+    #: Whether result.json was scored by this call (False: the recorded result was still valid).
+    scored: bool = True
 
 
 def open_entry(sub: Submission, settings: EvalSettings) -> tuple[Entry, Executor]:
@@ -346,36 +355,81 @@ def open_entry(sub: Submission, settings: EvalSettings) -> tuple[Entry, Executor
 
 
 def run_and_score(
-    plan: Plan, runner: LazyRunner, progress: Progress
+    plan: Plan,
+    runner: LazyRunner,
+    progress: Progress,
+    before_scoring: Callable[[], object] | None = None,
+    *,
+    defer_scoring: bool = False,
 ) -> tuple[dict[str, dict[str, dict[str, Any]]], list[dict[str, str]], float]:
-    """Every task of the plan, one at a time: plan its units, run them, score its cohorts.
+    """Every task of the plan: plan its units, run them, score its cohorts.
 
+    ``before_scoring`` is called once, before the first task is scored. Each task is scored as
+    soon as it is trained (only one task's feature sets are held at a time), or, with
+    ``defer_scoring``, every task is trained first and then every task scored (evaluations
+    running side by side wait in ``before_scoring`` for the reference submissions their scores
+    are compared with, and should not hold a core meanwhile).
     Returns the task blocks, the skipped (task, cohort) pairs and the units' training time.
     """
     blocks: dict[str, dict[str, dict[str, Any]]] = {}
     skipped: list[dict[str, str]] = []
     train_seconds = 0.0
+    trained: list[TaskPlan] = []
+    started_scoring = False
+
+    def score(task_plan: TaskPlan) -> None:
+        nonlocal train_seconds, started_scoring
+        if not started_scoring and before_scoring is not None:
+            before_scoring()
+        started_scoring = True
+        with stage("scoring.other"):
+            by_cohort, seconds = score_task(plan, task_plan)
+        train_seconds += seconds
+        if by_cohort:
+            blocks[task_plan.task] = by_cohort
+
     for task in plan.tasks:
         with stage("load"):
             task_plan = plan_task(plan, task)
         skipped += task_plan.skipped
         progress.skip(len(task_plan.skipped) * len(plan.folds) * len(plan.seeds))
         run_task(runner, plan, task_plan, progress)
-        with stage("scoring.other"):
-            by_cohort, seconds = score_task(plan, task_plan)
-        train_seconds += seconds
-        if by_cohort:
-            blocks[task] = by_cohort
+        if defer_scoring:
+            trained.append(task_plan)
+        else:
+            score(task_plan)
+    if defer_scoring:
+        runner.shutdown()  # nothing is trained from here on: free the workers while waiting
+        for task_plan in trained:
+            score(task_plan)
     if not blocks:
         raise _nothing_evaluated(plan, skipped)
     return blocks, skipped, train_seconds
 
 
 def evaluate_plan(
-    plan: Plan, runner: LazyRunner, executor: Executor, progress: Progress, started: float
+    plan: Plan,
+    runner: LazyRunner,
+    executor: Executor,
+    progress: Progress,
+    started: float,
+    before_scoring: Callable[[], object] | None = None,
 ) -> dict[str, Any]:
-    """Run and score the plan, and write its ``result.json``; returns the result."""
-    blocks, skipped, train_seconds = run_and_score(plan, runner, progress)
+    """Run and score the plan, and write its ``result.json`` and the key it was scored under
+    (:mod:`harness.evaluate.scoring_key`); returns the result.
+
+    ``before_scoring`` (evaluations side by side: wait for the references) is called once
+    every task is trained, before anything is scored."""
+    references: dict[str, Any] = {}
+
+    def snapshot_references() -> None:
+        if before_scoring is not None:
+            before_scoring()
+        references.update(reference_inputs(plan))  # what the scores will be compared with
+
+    blocks, skipped, train_seconds = run_and_score(
+        plan, runner, progress, snapshot_references, defer_scoring=before_scoring is not None
+    )
     if progress.callback:
         progress.callback("scored", progress.total, progress.total)
     prov = result_provenance(plan, executor, time.perf_counter() - started, train_seconds)
@@ -387,6 +441,7 @@ def evaluate_plan(
         result["skipped"] = skipped
     with stage("write"):
         write_result(result, plan.entry.result_path)
+        record_scoring(plan, scoring_key(plan, references))
     return result
 
 
@@ -407,11 +462,14 @@ def evaluate(
     settings: EvalSettings | None = None,
     *,
     progress: ProgressFn | None = None,
+    before_scoring: Callable[[], object] | None = None,
 ) -> EvalOutcome:
     """Evaluate one submission folder and write ``cache/results/<dataset>/<name>/result.json``.
 
     On failure a ``failed`` result is written only when no valid result exists yet, so a broken
-    re-run never replaces good numbers; the error is re-raised.
+    re-run never replaces good numbers; the error is re-raised. ``before_scoring`` is called
+    after the last unit is trained and before anything is scored or an earlier result is
+    reused (possibly twice: it must be idempotent, like waiting for an event).
     """
     from harness.executors import Limits
     from harness.models.submission import load_submission
@@ -424,7 +482,16 @@ def evaluate(
     try:
         plan = plan_evaluation(sub, settings, entry)
         counter = Progress(plan.n_units, progress)
-        result = evaluate_plan(plan, runner, executor, counter, started)
+        reused = reusable_result(plan)
+        if reused is not None and before_scoring is not None:
+            before_scoring()  # the references may still be running: judge once they are done
+            reused = reusable_result(plan)
+        if reused is not None:  # every unit finished and nothing scoring reads has changed
+            n = units_present(plan)
+            counter = Progress(n, None, done=n, reused=n)
+            result = reused
+        else:
+            result = evaluate_plan(plan, runner, executor, counter, started, before_scoring)
     except HarnessError as exc:
         record_failure(sub, entry, exc)
         raise
@@ -439,7 +506,32 @@ def evaluate(
         units_reused=counter.reused,
         seconds=time.perf_counter() - started,
         headline=headline_rows(result),
+        scored=reused is None,
     )
+
+
+def recorded_outcome(submission: str | Path, settings: EvalSettings) -> EvalOutcome | None:
+    """What `evaluate` would return without training or scoring anything: the recorded result
+    when every unit is finished and its scoring key is current; None when there is work to do
+    (or the submission cannot be planned: `evaluate` then reports why)."""
+    from harness.models.submission import load_submission
+
+    started = time.perf_counter()
+    try:
+        sub = load_submission(submission)
+        entry, _ = open_entry(sub, settings)
+        plan = plan_evaluation(sub, settings, entry)
+        reused = reusable_result(plan)
+    except HarnessError:
+        return None
+    if reused is None:
+        return None
+    n = units_present(plan)
+    return EvalOutcome(
+        name=entry.name, result_path=entry.result_path, result=reused, units_total=n,
+        units_run=0, units_reused=n, seconds=time.perf_counter() - started,
+        headline=headline_rows(reused), scored=False,
+    )  # fmt: skip
 
 
 def headline_rows(result: Result | Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from harness.evaluate.protocol import DEFAULT_PROTOCOL
+from harness.evaluate.requests import VariantChains, changed_stays, predict_all, scatter_rows
 from harness.io import atomic_write_bytes
 from harness.timing import add as add_stage_seconds
 from harness.timing import stage
@@ -30,7 +31,7 @@ from harness.timing import stage
 if TYPE_CHECKING:
     from harness.evaluate.run import EvalSettings
     from harness.executors import TrainJob, TrainSummary
-    from harness.models.data import FeatureSet, NormStats, Split
+    from harness.models.data import FeatureSet, Split
     from harness.models.protocol import Tensors
     from harness.models.submission import Submission
 
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 UNIT_SCHEMA_VERSION = 1
 #: Harness modules whose code decides what a unit computes: editing them invalidates units.
 PROTOCOL_MODULES = (
-    "models/data.py", "models/train.py", "evaluate/scenarios.py",
+    "models/data.py", "models/train.py", "evaluate/scenarios.py", "evaluate/requests.py",
     "metrics/registry.py",  # checkpoint selection scores validation with a registered metric
 )  # fmt: skip
 
@@ -164,47 +165,41 @@ def _train(
     )  # fmt: skip
 
 
-def _predict_inputs(
-    runner: UnitRunner, fs: FeatureSet, idx: np.ndarray, stats: NormStats, key: bytes
-) -> np.ndarray:
-    """Predictions for rows ``idx`` of ``fs`` from inputs only (normalised with ``stats``)."""
-    from harness.executors.base import pseudonymise
-    from harness.executors.wire import without_labels
-    from harness.models.data import make_tensors
-
-    return runner.predict(pseudonymise(without_labels(make_tensors(fs, idx, stats)), key))
-
-
-def _scenario_frames(
-    runner: UnitRunner, fs: FeatureSet, unit: Unit, names: Sequence[str], split: Split, key: bytes
-) -> list[pd.DataFrame]:
-    """Test predictions under every scenario and non-zero rate."""
+def _scenario_chains(
+    fs: FeatureSet, unit: Unit, names: Sequence[str], split: Split, clean: Tensors,
+    inputs: Sequence[str] | None,
+) -> VariantChains:  # fmt: skip
+    """Every scenario at every non-zero rate, as chains of variants of the clean test rows."""
     from harness.evaluate.scenarios import SCENARIOS
+    from harness.executors.wire import without_labels
+    from harness.models.data import make_tensors, restrict_inputs
 
     _, _, test_idx = fs.split(unit.fold)
-    frames = []
+    chains = VariantChains(clean)
     for name in names:
         scenario = SCENARIOS.get(name)
-        for rate in scenario.rates:
-            if rate == 0.0:
-                continue
+        chains.start_chain()
+        for rate in sorted(r for r in scenario.rates if r != 0.0):
             degraded = scenario.degrade(fs, test_idx, rate, unit.fold)
-            p = _predict_inputs(runner, degraded, test_idx, split.stats, key)
-            frames.append(prediction_frame(fs.stay_id[test_idx], "test", name, rate, p))
-    return frames
+            # tensors are built stay by stay: only the stays the scenario changed are rebuilt
+            rows = np.flatnonzero(changed_stays(fs, degraded, test_idx))
+            if rows.size == 0:  # nothing this scenario can change (e.g. no image to drop)
+                chains.add(clean)
+                continue
+            part = make_tensors(degraded, test_idx[rows], split.stats)
+            chains.add(scatter_rows(clean, rows, restrict_inputs(without_labels(part), inputs)))
+    return chains
 
 
-def _cross_frames(
-    runner: UnitRunner, others: Mapping[str, FeatureSet], unit: Unit, split: Split, key: bytes
-) -> list[pd.DataFrame]:
-    """Predictions on each other cohort's fold-``k`` test stays (normalised on this fold)."""
-    frames = []
-    for other_name, other_fs in others.items():
-        _, _, other_test = other_fs.split(unit.fold)
-        p = _predict_inputs(runner, other_fs, other_test, split.stats, key)
-        part = f"cross:{other_name}"
-        frames.append(prediction_frame(other_fs.stay_id[other_test], part, "clean", 0.0, p))
-    return frames
+def _scenario_rates(names: Sequence[str]) -> list[tuple[str, float]]:
+    """(scenario, rate) of every chain variant, in :func:`_scenario_chains` order."""
+    from harness.evaluate.scenarios import SCENARIOS
+
+    return [
+        (name, rate)
+        for name in names
+        for rate in sorted(r for r in SCENARIOS.get(name).rates if r != 0.0)
+    ]
 
 
 def write_unit(out_path: Path, table: pd.DataFrame, meta: Mapping[str, Any]) -> None:
@@ -227,35 +222,64 @@ def run_unit(
     scenario_names: Sequence[str],
     others: Mapping[str, FeatureSet],
     out_path: Path,
+    inputs: Sequence[str] | None = None,
 ) -> None:
     """Train one (task, cohort, fold, seed) through ``runner`` and write its predictions.
 
     The harness prepares every input here, on its side of the trust boundary: the fold's
     normalisation is fitted on its training stays, the model receives the training and
     validation tensors with labels, then only inputs (no labels) for validation, clean test,
-    each scenario and rate and the other cohort. Thresholds are chosen here from the validation
-    labels the model's answers are compared with.
+    each scenario and rate and the other cohort, every input the submission does not declare
+    (``inputs``) zeroed. Rows identical to rows already asked are not asked again
+    (:mod:`harness.evaluate.requests`). Thresholds are chosen here from the validation labels
+    the model's answers are compared with.
     """
     from harness.executors.base import pseudonym_key, pseudonymise
     from harness.executors.wire import without_labels
-    from harness.models.data import prepare_split
+    from harness.models.data import make_tensors, prepare_split, restrict_inputs
 
     key = pseudonym_key(f"{unit.task}/{unit.cohort}/{unit.fold}")
     with stage("load"):
         split = prepare_split(fs, unit.fold)
+        split = replace(
+            split,
+            train=restrict_inputs(split.train, inputs),
+            val=restrict_inputs(split.val, inputs),
+            test=restrict_inputs(split.test, inputs),
+        )
     with stage("train.other"):  # less the worker's own optimizer-step and validation time
         summary = _train(runner, fs, unit, settings, split, key)
         for name, seconds in summary.stage_seconds.items():
             add_stage_seconds(name, seconds)
     _, val_idx, test_idx = fs.split(unit.fold)
     with stage("predict"):
-        p_val = runner.predict(pseudonymise(without_labels(split.val), key))
-        p_test = runner.predict(pseudonymise(without_labels(split.test), key))
+        clean_test = without_labels(split.test)
+        chains = _scenario_chains(fs, unit, scenario_names, split, clean_test, inputs)
+        crosses = []
+        for other_name, other_fs in others.items():
+            _, _, other_test = other_fs.split(unit.fold)
+            t = restrict_inputs(make_tensors(other_fs, other_test, split.stats), inputs)
+            crosses.append((other_name, other_fs.stay_id[other_test], without_labels(t)))
+        parts = [without_labels(split.val), clean_test, *chains.requests()]
+        parts += [t for _, _, t in crosses]
+        answers = predict_all(
+            lambda t: runner.predict(pseudonymise(t, key)), [without_labels(p) for p in parts]
+        )
+        p_val, p_test = answers[0], answers[1]
+        n_variants = len(chains.variants)
+        scenario_p = chains.answers(p_test, answers[2 : 2 + n_variants])
+        test_ids = fs.stay_id[test_idx]
         frames = [
             prediction_frame(fs.stay_id[val_idx], "val", "clean", 0.0, p_val),
-            prediction_frame(fs.stay_id[test_idx], "test", "clean", 0.0, p_test),
-            *_scenario_frames(runner, fs, unit, scenario_names, split, key),
-            *_cross_frames(runner, others, unit, split, key),
+            prediction_frame(test_ids, "test", "clean", 0.0, p_test),
+            *(
+                prediction_frame(test_ids, "test", name, rate, p)
+                for (name, rate), p in zip(_scenario_rates(scenario_names), scenario_p, strict=True)
+            ),
+            *(
+                prediction_frame(ids, f"cross:{name}", "clean", 0.0, p)
+                for (name, ids, _), p in zip(crosses, answers[2 + n_variants :], strict=True)
+            ),
         ]
     meta = {
         "unit_schema": UNIT_SCHEMA_VERSION,

@@ -380,6 +380,32 @@ def make_tensors(fs: FeatureSet, idx: np.ndarray, stats: NormStats) -> Tensors:
     )
 
 
+#: The tensors each declared input of ``submission.yaml`` opens to the model; the others are
+#: zeroed (an EHR-only entry cannot read the image it is compared without).
+INPUT_FIELDS = {
+    "ehr": ("ehr", "ehr_mask"),
+    "ehr_summary": ("ehr_summary",),
+    "cxr": ("cxr", "has_cxr", "cxr_time_hours"),
+    "cxr_pixels": ("cxr_pixels", "has_cxr", "cxr_time_hours"),
+    "demographics": ("demographics",),
+}
+
+
+def restrict_inputs(t: Tensors, inputs: Sequence[str] | None) -> Tensors:
+    """``t`` with every input tensor the declared ``inputs`` do not open zeroed (same shapes;
+    ``None`` keeps them all)."""
+    if inputs is None:
+        return t
+    opened = {name for i in inputs for name in INPUT_FIELDS.get(i, ())}
+    changes: dict[str, Any] = {
+        name: torch.zeros_like(getattr(t, name))
+        for names in INPUT_FIELDS.values()
+        for name in names
+        if name not in opened and getattr(t, name) is not None
+    }
+    return replace(t, **changes) if changes else t
+
+
 #: Codes of a given partition table (`FeatureSet.given_splits`); -1 = not in that fold.
 PARTITION_CODES = {"train": 0, "val": 1, "test": 2}
 

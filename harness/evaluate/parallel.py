@@ -1,0 +1,195 @@
+"""Several submissions evaluated side by side: one process per job, the cores split between them.
+
+Small models on a few cores use them poorly: two evaluations with one thread each finish sooner
+than the same two run one after the other with two threads each (every sandbox round trip,
+prediction, scenario and scoring step is single-threaded Python, and intra-op parallelism on
+a 32-wide network barely pays). :func:`evaluate_many` runs up to ``jobs`` evaluations at once in
+spawned processes, each limited to ``cores // jobs`` threads (torch, OpenMP, BLAS).
+
+Scores of an entry are compared with the reference submissions' predictions (paired deltas,
+fusion gains), so the references are started first, each reference scores once the references
+before it have finished, and every other evaluation, once trained, waits for all of them: the
+results are those of evaluating one after another in that order. Evaluations started in this
+order cannot deadlock (one waits only for evaluations started before it). At the end the
+references are evaluated again: one whose comparison set grew after it was scored (a later
+reference) is re-scored, nothing is trained, and the others return at once (their scoring key
+is unchanged). One evaluation failing does not stop the others; its error is returned in its
+:class:`JobOutcome`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import multiprocessing as mp
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from harness.evaluate.run import EvalSettings
+
+log = logging.getLogger(__name__)
+
+#: Environment variables that size the thread pools of torch, OpenMP and BLAS.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+#: Most evaluations run at once by default (each holds its cohorts' feature sets in memory).
+MAX_DEFAULT_JOBS = 8
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """What one evaluation of :func:`evaluate_many` gave: its figures, or its error."""
+
+    folder: str
+    seconds: float
+    units_run: int = 0
+    units_reused: int = 0
+    headline: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+    #: Whether the result was scored (False: the recorded result was still valid).
+    scored: bool = True
+
+
+def default_jobs(n_submissions: int, cpus: int | None = None) -> int:
+    """One evaluation per core (at most :data:`MAX_DEFAULT_JOBS`), no more than submissions."""
+    cpus = cpus or os.cpu_count() or 1
+    return max(1, min(cpus, MAX_DEFAULT_JOBS, n_submissions))
+
+
+def threads_per_job(jobs: int, cpus: int | None = None) -> int:
+    """The cores divided between ``jobs`` evaluations (at least one thread each)."""
+    cpus = cpus or os.cpu_count() or 1
+    return max(1, cpus // max(1, jobs))
+
+
+def _limit_threads(threads: int) -> None:
+    """Set before torch or scikit-learn start their pools (the worker's initializer)."""
+    for var in THREAD_VARIABLES:
+        os.environ[var] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _wait_all(events: Sequence[Any]) -> None:
+    for event in events:
+        event.wait()
+
+
+def _evaluate_one(path: str, settings: EvalSettings, waits: Sequence[Any] = ()) -> JobOutcome:
+    """Evaluate one folder; every event of ``waits`` is waited for before scoring."""
+    from harness.evaluate.run import evaluate
+
+    started = time.perf_counter()
+    before = functools.partial(_wait_all, list(waits)) if waits else None
+    try:
+        outcome = evaluate(path, settings, before_scoring=before)
+    except Exception as exc:  # noqa: BLE001 - one broken submission must not stop the others
+        return JobOutcome(Path(path).name, time.perf_counter() - started, error=str(exc))
+    return JobOutcome(
+        Path(path).name,
+        time.perf_counter() - started,
+        units_run=outcome.units_run,
+        units_reused=outcome.units_reused,
+        headline=outcome.headline,
+        scored=outcome.scored,
+    )
+
+
+def _recorded(path: Path, settings: EvalSettings) -> JobOutcome | None:
+    from harness.evaluate.run import recorded_outcome
+
+    outcome = recorded_outcome(path, settings)
+    if outcome is None:
+        return None
+    return JobOutcome(
+        path.name, outcome.seconds, units_reused=outcome.units_reused,
+        headline=outcome.headline, scored=False,
+    )  # fmt: skip
+
+
+def evaluate_many(
+    paths: Sequence[Path],
+    settings: EvalSettings,
+    *,
+    references: Sequence[str],
+    jobs: int | None = None,
+    threads: int | None = None,
+    on_done: Callable[[JobOutcome], None] | None = None,
+) -> list[JobOutcome]:
+    """Evaluate ``paths`` with ``settings``, up to ``jobs`` at once; outcomes in completion
+    order, then those of references re-scored at the end.
+
+    ``references``: folder names the other evaluations are compared with (started first, in
+    the order of ``paths``). ``jobs=1`` evaluates in this process, one after another.
+    ``threads``: per evaluation (default: the cores divided between the jobs).
+    """
+    outcomes: list[JobOutcome] = []
+
+    def done(outcome: JobOutcome) -> None:
+        outcomes.append(outcome)
+        if on_done is not None:
+            on_done(outcome)
+
+    # What is already done is answered here, without starting a process: every reference, and
+    # the others too when no reference is left to evaluate (else they may be compared with a
+    # reference about to change, and judge that once it has finished).
+    recorded = {p: _recorded(p, settings) for p in paths}
+    all_refs = [p for p in paths if p.name in set(references)]
+    if any(recorded[p] is None for p in all_refs):
+        recorded = {p: o if p in all_refs else None for p, o in recorded.items()}
+    for outcome in recorded.values():
+        if outcome is not None:
+            done(outcome)
+    refs = [p for p in all_refs if recorded[p] is None]
+    others = [p for p in paths if p not in all_refs and recorded[p] is None]
+    if not refs and not others:
+        return outcomes
+    # a reference evaluated now may change what the references scored before it compare with
+    settle = all_refs if refs and len(all_refs) > 1 else []
+    jobs = default_jobs(len(refs) + len(others)) if jobs is None else max(1, jobs)
+
+    if jobs == 1 or len(refs) + len(others) <= 1:
+        for path in refs + others:
+            done(_evaluate_one(str(path), settings))
+        for path in settle:
+            again = _evaluate_one(str(path), settings)
+            if again.scored or again.error:
+                done(again)
+        return outcomes
+
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    ctx = mp.get_context("spawn")  # no fork of a process that may hold torch's thread pools
+    threads = threads or threads_per_job(jobs)
+    log.info("%d evaluations, %d at a time, %d thread(s) each", len(refs) + len(others), jobs,
+             threads)  # fmt: skip
+    with (
+        ctx.Manager() as manager,
+        ProcessPoolExecutor(
+            jobs, mp_context=ctx, initializer=_limit_threads, initargs=(threads,)
+        ) as pool,
+    ):
+        finished = {p: manager.Event() for p in refs}
+        gates = list(finished.values())
+        futures = {
+            pool.submit(_evaluate_one, str(p), settings, gates[:i]): p for i, p in enumerate(refs)
+        }
+        futures |= {pool.submit(_evaluate_one, str(p), settings, gates): p for p in others}
+        for future in as_completed(futures):
+            path = futures[future]
+            try:
+                outcome = future.result()
+            except Exception as exc:  # noqa: BLE001 - the job's process died (killed, out of memory)
+                outcome = JobOutcome(path.name, 0.0, error=f"the evaluation process died: {exc}")
+            if path in finished:
+                finished[path].set()
+            done(outcome)
+        for again in pool.map(_evaluate_one, [str(p) for p in settle], [settings] * len(settle)):
+            if again.scored or again.error:
+                done(again)
+    return outcomes
