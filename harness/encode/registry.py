@@ -181,21 +181,7 @@ def encoder_key(encoder: Encoder) -> str:
     )
     digest = hashlib.sha256(payload.encode()).hexdigest()[:16]
     slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in encoder.name.split("@")[0])
-    key = f"{slug[:48]}-{digest}"
-    _remember(encoder.name, key)
-    return key
-
-
-def _remember(name: str, key: str) -> None:
-    """Record an encoder's key for later processes (:func:`encoder_key_for`), when its weights
-    can be told unchanged without building it."""
-    try:
-        spec = parse_encoder_name(name)
-    except UsageError:
-        return
-    memo = _memo_stamp(spec, _weights_stamp(spec))
-    if memo is not None:
-        _write_memo(spec.name, memo, key)
+    return f"{slug[:48]}-{digest}"
 
 
 def encoder_key_for(name: str) -> str:
@@ -213,7 +199,10 @@ def encoder_key_for(name: str) -> str:
         known = _read_memo().get(spec.name)
         if isinstance(known, dict) and known.get("stamp") == memo and known.get("key"):
             return str(known["key"])
-    return _encoder_key_cached(name, stamp)  # encoder_key remembers it
+    key = _encoder_key_cached(name, stamp)
+    if memo is not None:  # built from its name: what a later process would build too
+        _write_memo(spec.name, memo, key)
+    return key
 
 
 def _weights_stamp(spec: EncoderSpec) -> tuple[int, int] | None:
