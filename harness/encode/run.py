@@ -503,13 +503,14 @@ def _nothing_to_encode(cohort: Cohort, encoder: str, device: str | None) -> Enco
     key = encoder_key_for(encoder)
     images = cohort_images(cohort)
     ids = sorted(images)
-    try:
-        feats = read_cxr(key, ids) if ids else None
+    try:  # the store must exist even for a cohort without images (readers open it)
+        feats = read_cxr(key, ids)
     except InputError:
         return None
-    if feats is not None and bool((feats.status == STATUS_NOT_ENCODED).any()):
+    if bool((feats.status == STATUS_NOT_ENCODED).any()):
         return None
     stats = ImageRunStats(len(images), 0, len(images), 0, 0.0, 0)
+    feats = feats if ids else None
     return _report(cohort, key, images, stats, device, encoder, repair=False, t0=t0, feats=feats)
 
 
