@@ -77,6 +77,14 @@ def run_demo(
 
     console = console or Console()
     started = time.perf_counter()
+    stages: dict[str, float] = {}
+    mark = started
+
+    def lap(name: str) -> None:
+        nonlocal mark
+        now = time.perf_counter()
+        stages[name] = now - mark
+        mark = now
 
     console.rule("1. synthetic MIMIC-IV + MIMIC-CXR-JPG dataset")
     root = config.default_dataset_dir()
@@ -91,12 +99,14 @@ def run_demo(
     summary["path"] = str(root)
     print_summary(summary, console)
 
+    lap("synth")
     console.rule("2. cohorts")
     paths = build_cohorts()
     summaries = [summarize(load_cohort(path=paths[c])) for c in ("base", "matched")]
     console.print(funnel_table(summaries[1]))
     console.print(overview_table(summaries))
 
+    lap("cohorts")
     console.rule("3. encode (CXR embeddings + EHR tensors, cached)")
     for cohort in ("base", "matched"):
         report = encode(cohort)
@@ -106,6 +116,7 @@ def run_demo(
             f"CXR key {report.cxr_key}, EHR key {report.ehr_key}"
         )
 
+    lap("encode")
     settings = EvalSettings.quick(
         tasks=tuple(tasks), folds=tuple(folds), seeds=tuple(seeds), executor=executor
     )
@@ -125,7 +136,10 @@ def run_demo(
         on_done=lambda outcome: print_outcome(outcome, console),
     )  # fmt: skip
 
+    lap("evaluate")
     console.rule("5. leaderboard")
     board = aggregate(config.results_dir(), config.leaderboard_dir())
     print_leaderboard(board, console, summary=True)
-    console.print(f"demo finished in {time.perf_counter() - started:.0f} s")
+    lap("leaderboard")
+    laps = ", ".join(f"{name} {seconds:.1f}" for name, seconds in stages.items())
+    console.print(f"demo finished in {time.perf_counter() - started:.1f} s ({laps})")

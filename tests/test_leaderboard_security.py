@@ -377,3 +377,29 @@ def test_signing_key_is_private_and_stable(tmp_path, monkeypatch):
     assert len(key) == 32 and path.read_bytes() == key and signing_key() == key
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert [p.name for p in path.parent.iterdir()] == ["result-signing.key"]
+
+
+def test_the_final_path_check_scans_only_slashed_stretches_and_finds_the_same():
+    """Reference: every pattern over the whole text (what the check did before it skipped the
+    stretches without a slash or a backslash)."""
+    import random
+    from pathlib import Path
+
+    from harness.leaderboard.publish import _WEB_URL, find_paths
+    from harness.sanitize import FINAL_PATH_PATTERNS
+
+    def whole_text(text: str) -> list[str]:
+        scan = _WEB_URL.sub("", text)
+        hits = [m.group(0) for p in FINAL_PATH_PATTERNS for m in p.finditer(scan)]
+        home = str(Path.home())
+        return hits + ([home] if len(home) > 1 and home in text else [])
+
+    rng = random.Random(7)
+    alphabet = "ab/\\:~.-_ \"'C\n\tfile:/homeusrtmphttps://x.y/z`<>"
+    found = 0
+    for _ in range(5000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 48)))
+        expected = whole_text(text)
+        assert sorted(find_paths(text)) == sorted(expected), repr(text)
+        found += bool(expected)
+    assert found > 500  # the generated texts do hold paths

@@ -301,3 +301,62 @@ def test_inlined_schema_rejects_exactly_what_the_published_schema_rejects(doc, h
     )
     assert fast, f"{how}: a broken document passed"
     assert sorted(e.split(": ")[0] for e in fast) == slow
+
+
+def _leaves(node, path=()):
+    """(path, value) of every leaf of a JSON document."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _leaves(v, (*path, k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _leaves(v, (*path, i))
+    else:
+        yield path, node
+
+
+def test_the_compiled_validator_agrees_with_the_python_reference(doc):
+    """jsonschema-rs (what the harness validates with) against the pure-Python jsonschema on
+    the real result and on 160 single-field corruptions of it."""
+    import random
+
+    from jsonschema import Draft202012Validator
+    from referencing import Registry, Resource
+
+    from harness.results.schema import LEADERBOARD_SCHEMA, RESULT_SCHEMA, load_schema
+
+    registry = Registry().with_resources(
+        (name, Resource.from_contents(load_schema(name)))
+        for name in (RESULT_SCHEMA, LEADERBOARD_SCHEMA)
+    )
+    reference = Draft202012Validator(load_schema(RESULT_SCHEMA), registry=registry)
+    doc["schema_version"] = SCHEMA_VERSION
+    doc.pop("signature", None)
+    assert reference.is_valid(doc) and schema_errors(doc) == []
+    leaves = list(_leaves(doc))
+    rng = random.Random(3)
+    bad_values = ["x", -1, 1e9, None, True, [], {}, "a" * 500, 2]
+    rejected = 0
+    for _ in range(80):
+        path, _value = rng.choice(leaves)
+        mutated = copy.deepcopy(doc)
+        node = mutated
+        for part in path[:-1]:
+            node = node[part]
+        node[path[-1]] = rng.choice(bad_values)
+        expected = reference.is_valid(mutated)
+        assert (schema_errors(mutated) == []) == expected, path
+        rejected += not expected
+        extra = copy.deepcopy(doc)  # an unknown key where keys are closed
+        parent = extra
+        for part in path[:-1]:
+            parent = parent[part]
+        if isinstance(parent, dict):
+            parent["unexpected_field"] = 1
+            assert (schema_errors(extra) == []) == reference.is_valid(extra), path
+    assert rejected > 20  # most corruptions are caught by both
+    # NaN is not JSON: the reference takes it for a number, the harness refuses it (a result
+    # is written with allow_nan=False anyway)
+    with_nan = copy.deepcopy(doc)
+    with_nan["tasks"][MULTILABEL][COHORT]["metrics"]["auroc_macro"]["value"] = float("nan")
+    assert reference.is_valid(with_nan) and schema_errors(with_nan) != []

@@ -510,8 +510,10 @@ def _nothing_to_encode(cohort: Cohort, encoder: str, device: str | None) -> Enco
     if bool((feats.status == STATUS_NOT_ENCODED).any()):
         return None
     stats = ImageRunStats(len(images), 0, len(images), 0, 0.0, 0)
-    feats = feats if ids else None
-    return _report(cohort, key, images, stats, device, encoder, repair=False, t0=t0, feats=feats)
+    return _report(
+        cohort, key, images, stats, device, encoder, repair=False, t0=t0,
+        feats=feats if ids else None,
+    )  # fmt: skip
 
 
 def encode(

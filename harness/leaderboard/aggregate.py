@@ -428,15 +428,22 @@ def build_leaderboard(
     rejected: list[dict] | None = None,
     *,
     min_group_size: int = MIN_GROUP_SIZE,
+    vetted: bool = False,
 ) -> dict:
     """The leaderboard document: only publishable results are ranked (others are rejected),
-    failures are reduced to category + sanitized message, and no absolute path gets through."""
+    failures are reduced to category + sanitized message, and no absolute path gets through.
+
+    ``vetted``: ``results`` are :func:`load_results`' publishable copies, already checked (they
+    are not checked a second time)."""
     _check_min_group_size(min_group_size)
     entries, failures, refused = [], [], [dict(r) for r in rejected or []]
     for res in results:
         name = str(res.get("name", "?")) if isinstance(res, dict) else "?"
         if isinstance(res, dict) and res.get("status") == "failed":
             failures.append(failed_record(res))
+            continue
+        if vetted:
+            entries.append(res)
             continue
         try:
             entry = _vet(res, min_group_size)
@@ -487,7 +494,9 @@ def aggregate(
     results, failed, rejected = load_results(
         results_dir, accept_unsigned=accept_unsigned, key=key, min_group_size=min_group_size
     )
-    document = build_leaderboard(results, failed, rejected, min_group_size=min_group_size)
+    document = build_leaderboard(
+        results, failed, rejected, min_group_size=min_group_size, vetted=True
+    )
     out_dir = Path(out_dir)
     paths = {
         "json": out_dir / "leaderboard.json",

@@ -172,10 +172,20 @@ def failed_record(item: Result | dict) -> dict:
 # The final check
 
 
+#: Stretches of text between whitespace and quotes that hold a slash or a backslash: no path
+#: shape of :data:`FINAL_PATH_PATTERNS` (nor a web URL) crosses whitespace or a quote, and each
+#: needs a slash or a backslash, so scanning these alone finds what scanning everything finds.
+_SLASHED = re.compile(r"(?<![^\s\"'])[^\s\"']*[/\\][^\s\"']*")
+
+
 def find_paths(text: str) -> list[str]:
     """Absolute-path-like fragments of ``text`` (the serialized output), and the home folder."""
-    scan = _WEB_URL.sub("", text)
-    hits = [m.group(0) for pattern in FINAL_PATH_PATTERNS for m in pattern.finditer(scan)]
+    hits = [
+        m.group(0)
+        for stretch in _SLASHED.findall(text)
+        for pattern in FINAL_PATH_PATTERNS
+        for m in pattern.finditer(_WEB_URL.sub("", stretch))
+    ]
     home = str(Path.home())
     if len(home) > 1 and home in text:
         hits.append(home)
