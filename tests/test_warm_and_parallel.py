@@ -248,3 +248,37 @@ def test_encode_with_nothing_to_encode_never_imports_torch(tiny_pipeline):
     )
     assert "nothing to encode" in out.stdout
     assert out.stdout.split("TORCH")[-1].split() == ["False", "0"], out.stdout
+
+
+@pytest.mark.slow
+def test_an_unchanged_leaderboard_is_not_rebuilt(cache, monkeypatch):
+    import harness.leaderboard.aggregate as aggregate_module
+    from harness.evaluate.run import evaluate
+    from harness.leaderboard.aggregate import aggregate
+
+    monkeypatch.setenv("HARNESS_CACHE", str(cache))
+    evaluate(REPO / "submissions/ehr_lstm", _settings())
+    results, out = cache / "results", cache / "leaderboard"
+    first = aggregate(results, out)
+    written = {k: (p.read_bytes(), p.stat().st_mtime_ns) for k, p in first.paths.items()}
+
+    built = []
+    original = aggregate_module.load_results
+    monkeypatch.setattr(
+        aggregate_module, "load_results", lambda *a, **k: built.append(1) or original(*a, **k)
+    )
+    again = aggregate(results, out)
+    assert built == [] and again.document == first.document
+    assert {k: (p.read_bytes(), p.stat().st_mtime_ns) for k, p in again.paths.items()} == written
+
+    # a result changes (here: evaluated with other settings): rebuilt
+    evaluate(REPO / "submissions/ehr_lstm", _settings(n_resamples=60))
+    aggregate(results, out)
+    assert built == [1]
+    # a leaderboard file edited or removed: rebuilt
+    first.paths["md"].write_text("edited")
+    aggregate(results, out)
+    assert built == [1, 1] and first.paths["md"].read_text() != "edited"
+    first.paths["html"].unlink()
+    aggregate(results, out)
+    assert built == [1, 1, 1] and first.paths["html"].is_file()

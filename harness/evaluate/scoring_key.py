@@ -41,13 +41,25 @@ SCORING_FILE = "scoring.json"
 NOT_SCORED = ("executor", "replace")
 
 
+#: Parts of the harness package that cannot change a score: the command line and display, the
+#: leaderboard (its schema aside), where units run (their output is hashed as unit files), the
+#: synthetic generator and encoders (their output is hashed through cohort fingerprints and the
+#: encoder key). Everything else (evaluate, metrics, results, cohort, models, ...) is hashed.
+NOT_SCORING_CODE = (
+    "cli/", "demo.py", "display.py", "executors/", "data/", "encode/", "leaderboard/render",
+    "leaderboard/aggregate.py", "leaderboard/summary.py", "templates/",
+)  # fmt: skip
+
+
 @functools.lru_cache(maxsize=1)
 def code_digest() -> str:
-    """Hash of the harness package's code and schemas (every ``.py`` and ``.json`` file)."""
+    """Hash of the harness code and schemas scoring depends on (every ``.py`` and ``.json``
+    file outside :data:`NOT_SCORING_CODE`)."""
     root = Path(__file__).resolve().parents[1]
     h = hashlib.sha256()
     for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".json")):
-        if "__pycache__" in path.parts:
+        rel = path.relative_to(root).as_posix()
+        if "__pycache__" in path.parts or rel.startswith(NOT_SCORING_CODE):
             continue
         h.update(path.relative_to(root).as_posix().encode())
         h.update(path.read_bytes())

@@ -23,6 +23,8 @@ when both hold the same (name, dataset), the per-dataset one wins.
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import hashlib
 import json
 import logging
 import math
@@ -475,6 +477,63 @@ def build_leaderboard(
     return document
 
 
+#: Beside the leaderboard files (local): the inputs they were built from and their hashes.
+INPUTS_FILE = ".inputs.json"
+
+
+def _paths(out_dir: Path) -> dict[str, Path]:
+    return {kind: out_dir / f"leaderboard.{kind}" for kind in ("json", "md", "html")}
+
+
+@functools.lru_cache(maxsize=1)
+def _code_digest() -> str:
+    """Hash of the harness package's code and schemas."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".json")):
+        if "__pycache__" not in path.parts:
+            h.update(path.relative_to(root).as_posix().encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def inputs_key(
+    results_dir: Path, accept_unsigned: bool, key: bytes | None, min_group_size: int
+) -> str:
+    """Hash of everything a leaderboard is built from: every result file's bytes, the options,
+    the signing key (hashed) and the harness code."""
+    h = hashlib.sha256()
+    options = {
+        "accept_unsigned": accept_unsigned,
+        "min_group_size": min_group_size,
+        "key": None if key is None else hashlib.sha256(key).hexdigest(),
+        "code": _code_digest(),
+    }
+    h.update(json.dumps(options, sort_keys=True).encode())
+    if results_dir.is_dir():
+        for path in result_files(results_dir):
+            h.update(path.relative_to(results_dir).as_posix().encode())
+            h.update(hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def current_leaderboard(out_dir: Path, inputs: str) -> Leaderboard | None:
+    """The written leaderboard when it was built from ``inputs`` and its files are as written
+    (a second `harness leaderboard` over unchanged results rewrites nothing); else None."""
+    try:
+        record = json.loads((out_dir / INPUTS_FILE).read_text(encoding="utf-8"))
+        if not isinstance(record, dict) or record.get("inputs") != inputs:
+            return None
+        paths = _paths(out_dir)
+        texts = {kind: path.read_bytes() for kind, path in paths.items()}
+    except (OSError, ValueError):
+        return None
+    files = record.get("files") or {}
+    if any(files.get(kind) != hashlib.sha256(t).hexdigest() for kind, t in texts.items()):
+        return None
+    return Leaderboard(json.loads(texts["json"]), paths)
+
+
 def aggregate(
     results_dir: str | Path,
     out_dir: str | Path,
@@ -491,18 +550,20 @@ def aggregate(
     """
     from harness.leaderboard.render import render_html, render_markdown
 
+    out_dir = Path(out_dir)
+    if key is None:
+        key = signing_key(create=False)
+    inputs = inputs_key(Path(results_dir), accept_unsigned, key, min_group_size)
+    current = current_leaderboard(out_dir, inputs)
+    if current is not None:
+        return current
     results, failed, rejected = load_results(
         results_dir, accept_unsigned=accept_unsigned, key=key, min_group_size=min_group_size
     )
     document = build_leaderboard(
         results, failed, rejected, min_group_size=min_group_size, vetted=True
     )
-    out_dir = Path(out_dir)
-    paths = {
-        "json": out_dir / "leaderboard.json",
-        "md": out_dir / "leaderboard.md",
-        "html": out_dir / "leaderboard.html",
-    }
+    paths = _paths(out_dir)
     texts = {
         "json": json.dumps(document, indent=2, allow_nan=False) + "\n",
         "md": render_markdown(document),
@@ -512,6 +573,11 @@ def aggregate(
         assert_publishable(text, paths[kind].name)
     for kind, text in texts.items():
         atomic_write_text(paths[kind], text)
+    record = {
+        "inputs": inputs,
+        "files": {kind: hashlib.sha256(text.encode()).hexdigest() for kind, text in texts.items()},
+    }
+    atomic_write_text(out_dir / INPUTS_FILE, json.dumps(record, indent=1))
     log.info(
         "leaderboard: %d entries, %d failed, %d rejected -> %s",
         len(document["entries"]), len(document["failed"]), len(document["rejected"]), out_dir,
