@@ -35,15 +35,23 @@ class LazyRunner:
     started in the background, so a sandbox's start-up overlaps the previous fold's work.
     """
 
-    def __init__(self, executor: Executor, sub: Submission, limits: Limits):
+    def __init__(
+        self, executor: Executor, sub: Submission, limits: Limits, sessions: int | None = None
+    ):
         self.executor, self.sub, self.limits = executor, sub, limits
         self.runner: Runner | None = None
         self.spare: Runner | None = None
+        #: Runners still to be opened, when known: none is prestarted after the last one.
+        self.sessions = sessions
 
     def _get(self) -> Runner:
         if self.runner is None:
             self.runner = self.spare or self.executor.open(self.sub, self.limits)
-            self.spare = self.executor.prestart(self.sub, self.limits)
+            self.spare = None
+            if self.sessions is not None:
+                self.sessions -= 1
+            if self.sessions is None or self.sessions > 0:
+                self.spare = self.executor.prestart(self.sub, self.limits)
         return self.runner
 
     def shutdown(self) -> None:

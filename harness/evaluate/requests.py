@@ -85,8 +85,15 @@ def concat_rows(parts: Sequence[Tensors]) -> Tensors:
     return replace(first, **changes, y=None, index=index)
 
 
-#: Raw inputs of a FeatureSet a scenario may change, compared stay by stay.
-RAW_FIELDS = ("ehr_values", "ehr_observed", "ehr_summary", "cxr", "has_cxr", "cxr_time_hours")
+#: Raw inputs of a FeatureSet behind each tensor a declared input opens.
+RAW_FIELDS = {
+    "ehr": ("ehr_values", "ehr_observed"),
+    "ehr_mask": ("ehr_observed",),
+    "ehr_summary": ("ehr_summary",),
+    "cxr": ("cxr", "has_cxr"),
+    "has_cxr": ("has_cxr",),
+    "cxr_time_hours": ("cxr_time_hours", "has_cxr"),
+}
 
 
 def _raw_differs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -96,15 +103,22 @@ def _raw_differs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return ne.reshape(len(a), -1).any(axis=1)
 
 
-def changed_stays(clean: FeatureSet, degraded: FeatureSet, idx: np.ndarray) -> np.ndarray:
-    """Per row of ``idx``, whether ``degraded`` holds other raw inputs than ``clean`` (every
-    row when something not compared here, demographics or pixels, was replaced)."""
-    if degraded.demographics is not clean.demographics or (
-        degraded.cxr_pixels is not clean.cxr_pixels
+def changed_stays(
+    clean: FeatureSet, degraded: FeatureSet, idx: np.ndarray, inputs: Sequence[str] | None = None
+) -> np.ndarray:
+    """Per row of ``idx``, whether ``degraded`` holds other raw inputs than ``clean`` among
+    those the declared ``inputs`` read (all for None); every row when the demographics or the
+    pixels the inputs read were replaced."""
+    from harness.models.data import INPUT_FIELDS
+
+    opened = {n for i in (inputs or INPUT_FIELDS) for n in INPUT_FIELDS.get(i, ())}
+    if ("demographics" in opened and degraded.demographics is not clean.demographics) or (
+        "cxr_pixels" in opened and degraded.cxr_pixels is not clean.cxr_pixels
     ):
         return np.ones(len(idx), dtype=bool)
+    raw = sorted({r for tensor in opened for r in RAW_FIELDS.get(tensor, ())})
     out = np.zeros(len(idx), dtype=bool)
-    for name in RAW_FIELDS:
+    for name in raw:
         a, b = getattr(clean, name), getattr(degraded, name)
         if a is not b:
             out |= _raw_differs(np.asarray(a)[idx], np.asarray(b)[idx])
@@ -172,13 +186,18 @@ class VariantChains:
         self.chains.append([])
         self._previous = None
 
-    def add(self, degraded: Tensors) -> None:
-        """Add the next variant of the current chain."""
-        changed = rows_differ(degraded, self.clean)
-        if self._previous is None:
-            same = np.zeros(len(changed), dtype=bool)
-        else:
-            same = changed & ~rows_differ(degraded, self._previous)
+    def add(self, degraded: Tensors, candidates: np.ndarray | None = None) -> None:
+        """Add the next variant of the current chain; ``candidates``: the only rows that may
+        differ from the clean rows (all when None)."""
+        n = len(self.clean)
+        rows = np.arange(n) if candidates is None else np.asarray(candidates, dtype=np.int64)
+        changed = np.zeros(n, dtype=bool)
+        same = np.zeros(n, dtype=bool)
+        if rows.size:
+            here = take_rows(degraded, rows)
+            changed[rows] = rows_differ(here, take_rows(self.clean, rows))
+            if self._previous is not None:
+                same[rows] = changed[rows] & ~rows_differ(here, take_rows(self._previous, rows))
         ask = take_rows(degraded, np.flatnonzero(changed & ~same))
         self.variants.append(Variant(changed, same, ask))
         self.chains[-1].append(len(self.variants) - 1)

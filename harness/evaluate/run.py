@@ -51,6 +51,7 @@ from harness.evaluate.scoring_key import (
     reference_inputs,
     reusable_result,
     scoring_key,
+    sessions_to_train,
     units_present,
 )
 from harness.evaluate.units import Unit, read_unit, run_unit
@@ -481,6 +482,7 @@ def evaluate(
     runner = LazyRunner(executor, sub, Limits.for_submission(sub.limits))
     try:
         plan = plan_evaluation(sub, settings, entry)
+        runner.sessions = sessions_to_train(plan)  # no sandbox prestarted after the last
         counter = Progress(plan.n_units, progress)
         reused = reusable_result(plan)
         if reused is not None and before_scoring is not None:

@@ -160,6 +160,23 @@ def with_availability_reference(fs, stays, cohort: str = AVAILABILITY_COHORT):
     return fs.replace(provenance={**fs.provenance, AVAILABILITY_KEY: reference})
 
 
+def test_population(fs, test_idx: np.ndarray):
+    """The test rows of ``fs`` as a set of their own, degraded by every scenario exactly as
+    ``fs`` would be on those rows (every scenario reads only the rows it may change, except
+    `cxr_missing_subgroup` without a reference population, which reads the availability of the
+    whole set: that is attached first as the reference). Degrading the test rows alone spares
+    copying the training rows for every scenario and rate."""
+    reference = (getattr(fs, "provenance", None) or {}).get(AVAILABILITY_KEY)
+    demo = fs.demographics
+    if reference is None and SUBGROUP_ATTRIBUTE in demo.columns:
+        group = demo[SUBGROUP_ATTRIBUTE].astype(str).to_numpy()
+        has = np.asarray(fs.has_cxr, dtype=bool)
+        availability = {str(g): float(has[group == g].mean()) for g in np.unique(group)}
+        own = {"cohort": "self", "attribute": SUBGROUP_ATTRIBUTE, "availability": availability}
+        fs = fs.replace(provenance={**fs.provenance, AVAILABILITY_KEY: own})
+    return fs.subset(np.asarray(test_idx))
+
+
 def _subgroup(fs, test_idx, rate, rng):
     eligible = _with_cxr(fs, test_idx)
     demo = fs.demographics

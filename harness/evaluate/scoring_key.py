@@ -154,6 +154,23 @@ def scoring_key(plan: Plan, references: Mapping[str, Any] | None = None) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def sessions_to_train(plan: Plan) -> int:
+    """(task, fold) pairs with a unit file still missing: the runners the evaluation will open
+    when one serves every cohort of a fold (at least that many otherwise)."""
+    missing = {
+        (task, k)
+        for task in plan.tasks
+        for cohort in plan.cohorts.values()
+        for k in plan.folds
+        for s in plan.seeds
+        if not unit_path(
+            predictions_dir(plan.entry.name, task, cohort.path.name, plan.key, plan.entry.dataset),
+            k, s,
+        ).is_file()
+    }  # fmt: skip
+    return len(missing)
+
+
 def units_present(plan: Plan) -> int:
     """How many of the plan's unit files exist."""
     return sum(v is not None for v in _unit_digests(plan, plan.entry.name, plan.key).values())

@@ -170,24 +170,26 @@ def _scenario_chains(
     inputs: Sequence[str] | None,
 ) -> VariantChains:  # fmt: skip
     """Every scenario at every non-zero rate, as chains of variants of the clean test rows."""
-    from harness.evaluate.scenarios import SCENARIOS
+    from harness.evaluate.scenarios import SCENARIOS, test_population
     from harness.executors.wire import without_labels
-    from harness.models.data import make_tensors, restrict_inputs
+    from harness.models.data import make_tensors
 
     _, _, test_idx = fs.split(unit.fold)
+    population = test_population(fs, test_idx)  # the test rows, degraded as within fs
+    local = np.arange(len(test_idx))
     chains = VariantChains(clean)
     for name in names:
         scenario = SCENARIOS.get(name)
         chains.start_chain()
         for rate in sorted(r for r in scenario.rates if r != 0.0):
-            degraded = scenario.degrade(fs, test_idx, rate, unit.fold)
-            # tensors are built stay by stay: only the stays the scenario changed are rebuilt
-            rows = np.flatnonzero(changed_stays(fs, degraded, test_idx))
-            if rows.size == 0:  # nothing this scenario can change (e.g. no image to drop)
-                chains.add(clean)
+            degraded = scenario.degrade(population, local, rate, unit.fold)
+            # tensors are built stay by stay: only the stays whose inputs changed are rebuilt
+            rows = np.flatnonzero(changed_stays(population, degraded, local, inputs))
+            if rows.size == 0:  # nothing the model reads changed (e.g. no image to drop)
+                chains.add(clean, rows)
                 continue
-            part = make_tensors(degraded, test_idx[rows], split.stats)
-            chains.add(scatter_rows(clean, rows, restrict_inputs(without_labels(part), inputs)))
+            part = make_tensors(degraded, rows, split.stats, inputs=inputs)
+            chains.add(scatter_rows(clean, rows, without_labels(part)), rows)
     return chains
 
 
@@ -258,7 +260,7 @@ def run_unit(
         crosses = []
         for other_name, other_fs in others.items():
             _, _, other_test = other_fs.split(unit.fold)
-            t = restrict_inputs(make_tensors(other_fs, other_test, split.stats), inputs)
+            t = make_tensors(other_fs, other_test, split.stats, inputs=inputs)
             crosses.append((other_name, other_fs.stay_id[other_test], without_labels(t)))
         parts = [without_labels(split.val), clean_test, *chains.requests()]
         parts += [t for _, _, t in crosses]

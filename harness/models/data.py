@@ -331,41 +331,65 @@ def fit_stats(fs: FeatureSet, train_idx: np.ndarray) -> NormStats:
     return NormStats(ehr_med, ehr_scale, sum_med, sum_scale, encoder, names, len(train_idx))
 
 
-def make_tensors(fs: FeatureSet, idx: np.ndarray, stats: NormStats) -> Tensors:
+def make_tensors(
+    fs: FeatureSet, idx: np.ndarray, stats: NormStats, *, inputs: Sequence[str] | None = None
+) -> Tensors:
     """Normalise and impute rows ``idx`` of ``fs`` with ``stats`` (a pure function).
 
     EHR: (x - median) / IQR where observed, forward fill, then the training median (0 after
     normalisation) before the first observation. The CXR embedding is zeroed and its time set to 0
     wherever ``has_cxr`` is false: degrading ``has_cxr`` alone is a complete missingness scenario.
+    ``inputs``: the declared inputs; the tensors they do not open are zeros, not computed (the
+    same as :func:`restrict_inputs` of the full tensors).
     """
     idx = np.asarray(idx)
     if idx.dtype == bool:
         idx = np.flatnonzero(idx)
+    opened = _opened(inputs)
+    n, (_, t, f) = len(idx), fs.ehr_values.shape
     observed = fs.ehr_observed[idx].astype(bool)
-    z = (fs.ehr_values[idx] - stats.ehr_median) / stats.ehr_scale
-    z = _forward_fill(np.where(observed, z, np.nan), observed)
-    ehr = np.clip(np.nan_to_num(z, nan=0.0), -CLIP, CLIP).astype(np.float32)
+    if "ehr" in opened:
+        z = (fs.ehr_values[idx] - stats.ehr_median) / stats.ehr_scale
+        z = _forward_fill(np.where(observed, z, np.nan), observed)
+        ehr = np.clip(np.nan_to_num(z, nan=0.0), -CLIP, CLIP).astype(np.float32)
+        mask = observed.astype(np.float32)
+    else:
+        ehr = mask = np.zeros((n, t, f), dtype=np.float32)
 
-    summary = (fs.ehr_summary[idx] - stats.summary_median) / stats.summary_scale
-    summary = np.clip(np.nan_to_num(summary, nan=0.0, posinf=0.0, neginf=0.0), -CLIP, CLIP)
+    if "ehr_summary" in opened:
+        summary = (fs.ehr_summary[idx] - stats.summary_median) / stats.summary_scale
+        summary = np.clip(np.nan_to_num(summary, nan=0.0, posinf=0.0, neginf=0.0), -CLIP, CLIP)
+    else:
+        summary = np.zeros((n, fs.ehr_summary.shape[1]), dtype=np.float32)
 
     has = fs.has_cxr[idx].astype(bool)
-    cxr = np.where(has[:, None], np.nan_to_num(fs.cxr[idx]), 0.0).astype(np.float32)
-    cxr_time = np.where(has, np.nan_to_num(fs.cxr_time_hours[idx]), 0.0).astype(np.float32)
+    if "cxr" in opened:
+        cxr = np.where(has[:, None], np.nan_to_num(fs.cxr[idx]), 0.0).astype(np.float32)
+    else:
+        cxr = np.zeros((n, fs.cxr.shape[1]), dtype=np.float32)
+    if "has_cxr" in opened:
+        cxr_time = np.where(has, np.nan_to_num(fs.cxr_time_hours[idx]), 0.0).astype(np.float32)
+    else:
+        has, cxr_time = np.zeros(n, dtype=bool), np.zeros(n, dtype=np.float32)
 
-    if stats.demo_encoder is not None:
+    if stats.demo_encoder is not None and "demographics" in opened:
         cat, num = _demo_columns(fs.demographics)
         frame = fs.demographics.iloc[idx][cat + num].copy()
         frame[cat] = _as_object(frame[cat])
         demo = np.asarray(stats.demo_encoder.transform(frame), dtype=np.float32)
     else:
-        demo = np.zeros((len(idx), 0), dtype=np.float32)
+        demo = np.zeros((len(idx), len(stats.demo_names)), dtype=np.float32)
 
+    pixels = None
+    if fs.cxr_pixels is not None:
+        pixels = fs.cxr_pixels[torch.as_tensor(idx)]
+        if "cxr_pixels" not in opened:
+            pixels = torch.zeros_like(pixels)
     y = fs.y[idx]
     y_t = torch.as_tensor(y, dtype=torch.long if fs.task.kind == "multiclass" else torch.float32)
     return Tensors(
         ehr=torch.from_numpy(ehr),
-        ehr_mask=torch.from_numpy(observed.astype(np.float32)),
+        ehr_mask=torch.from_numpy(mask),
         ehr_summary=torch.from_numpy(summary.astype(np.float32)),
         cxr=torch.from_numpy(cxr),
         has_cxr=torch.from_numpy(has.astype(np.float32)),
@@ -374,7 +398,7 @@ def make_tensors(fs: FeatureSet, idx: np.ndarray, stats: NormStats) -> Tensors:
         stay_id=torch.as_tensor(fs.stay_id[idx], dtype=torch.long),
         y=y_t,
         index=idx,
-        cxr_pixels=None if fs.cxr_pixels is None else fs.cxr_pixels[torch.as_tensor(idx)],
+        cxr_pixels=pixels,
         demo_names=list(stats.demo_names),
         summary_names=list(fs.summary_names),
     )
@@ -391,12 +415,19 @@ INPUT_FIELDS = {
 }
 
 
+def _opened(inputs: Sequence[str] | None) -> set[str]:
+    """The tensors the declared ``inputs`` open (every one for ``None``)."""
+    if inputs is None:
+        return {name for names in INPUT_FIELDS.values() for name in names}
+    return {name for i in inputs for name in INPUT_FIELDS.get(i, ())}
+
+
 def restrict_inputs(t: Tensors, inputs: Sequence[str] | None) -> Tensors:
     """``t`` with every input tensor the declared ``inputs`` do not open zeroed (same shapes;
     ``None`` keeps them all)."""
     if inputs is None:
         return t
-    opened = {name for i in inputs for name in INPUT_FIELDS.get(i, ())}
+    opened = _opened(inputs)
     changes: dict[str, Any] = {
         name: torch.zeros_like(getattr(t, name))
         for names in INPUT_FIELDS.values()

@@ -70,12 +70,14 @@ def schema_errors(document: Any, name: str = RESULT_SCHEMA) -> list[str]:
     """Human-readable schema violations (``path: message``), empty when the document is valid."""
     validator = _validator(name)
     try:
-        if validator.is_valid(document):
-            return []
+        return _errors(validator, document)
     except ValueError:  # numpy scalars and other float/int subclasses: plain JSON values first
-        document = _plain(document)
-        if validator.is_valid(document):
-            return []
+        return _errors(validator, _plain(document))
+
+
+def _errors(validator: Any, document: Any) -> list[str]:
+    if validator.is_valid(document):
+        return []
     errors = sorted(
         validator.iter_errors(document), key=lambda e: [str(p) for p in e.instance_path]
     )
