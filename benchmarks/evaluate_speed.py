@@ -42,6 +42,10 @@ HEADINGS = {
 }  # fmt: skip
 
 
+#: The goal for total / optimizer-step time over the zoo (quick protocol).
+TARGET_RATIO = 1.3
+
+
 def _fresh_cache(keep: Path) -> Path:
     """A temporary cache root that shares the built datasets, cohorts, features and keys of
     ``keep`` (symbolic links) and has an empty results folder."""
@@ -126,6 +130,14 @@ def main() -> None:
         os.environ["HARNESS_CACHE"] = str(keep)
         shutil.rmtree(root, ignore_errors=True)
     print(_row("total", grand_total, grand, grand_units))
+    steps = grand["train.steps"]
+    if steps > 0:
+        ratio = grand_total / steps
+        over = sorted((c for c in COLUMNS if c != "train.steps"), key=lambda c: -grand[c])[:4]
+        shares = ", ".join(f"{HEADINGS[c]} {grand[c] / grand_total:.0%}" for c in over)
+        verdict = "within" if ratio <= TARGET_RATIO else "above"
+        print(f"total / optimizer-step time {ratio:.2f}: {verdict} the {TARGET_RATIO} target; "
+              f"largest other stages: {shares} of the total")  # fmt: skip
     load_after = os.getloadavg()
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (1 min)")
 

@@ -282,3 +282,35 @@ def test_an_unchanged_leaderboard_is_not_rebuilt(cache, monkeypatch):
     first.paths["html"].unlink()
     aggregate(results, out)
     assert built == [1, 1, 1] and first.paths["html"].is_file()
+
+
+def test_no_sandbox_is_prestarted_after_the_last_session():
+    from harness.evaluate.execute import LazyRunner
+
+    class Fake:
+        def __init__(self):
+            self.opened = self.prestarted = 0
+
+        def open(self, sub, limits):
+            self.opened += 1
+            return FakeRunner()
+
+        def prestart(self, sub, limits):
+            self.prestarted += 1
+            return FakeRunner()
+
+    class FakeRunner:
+        def predict(self, tensors):
+            return np.zeros(1)
+
+        def close(self):
+            pass
+
+    for sessions, expected in ((2, 1), (3, 2), (1, 0), (None, 2)):
+        executor = Fake()
+        runner = LazyRunner(executor, None, None, sessions=sessions)
+        for _ in range(2 if sessions is None else sessions):
+            runner.predict(None)
+            runner.close()
+        runner.shutdown()
+        assert (executor.opened, executor.prestarted) == (1, expected), sessions
