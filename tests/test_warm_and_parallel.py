@@ -314,3 +314,25 @@ def test_no_sandbox_is_prestarted_after_the_last_session():
             runner.close()
         runner.shutdown()
         assert (executor.opened, executor.prestarted) == (1, expected), sessions
+
+
+@pytest.mark.slow
+def test_a_dying_evaluation_process_takes_no_other_evaluation_with_it(cache, tmp_path):
+    """A trusted submission that ends its own process (os._exit) breaks the process pool: the
+    evaluations that ran beside it are retried on their own and finish; it is reported."""
+    import shutil
+
+    killer = tmp_path / "killer"
+    shutil.copytree(REPO / "submissions/ehr_lstm", killer)
+    yaml = (killer / "submission.yaml").read_text().replace("name: ehr_lstm", "name: killer")
+    (killer / "submission.yaml").write_text(yaml)
+    model = (killer / "model.py").read_text()
+    (killer / "model.py").write_text(model + "\nimport os\nos._exit(3)\n")
+    outcomes = evaluate_many(
+        [REPO / "submissions/ehr_lstm", killer], _settings(n_resamples=40),
+        references=(), jobs=2, threads=1,
+    )  # fmt: skip
+    by_folder = {o.folder: o for o in outcomes}
+    assert set(by_folder) == {"ehr_lstm", "killer"}
+    assert by_folder["ehr_lstm"].error is None
+    assert "process died" in (by_folder["killer"].error or "")

@@ -205,11 +205,12 @@ def encoder_key_for(name: str) -> str:
     return key
 
 
-def _weights_stamp(spec: EncoderSpec) -> tuple[int, int] | None:
-    """(time, size) of the local weights file named after ``@``, if it is one."""
+def _weights_stamp(spec: EncoderSpec) -> tuple[int, ...] | None:
+    """(time, size, inode, change time) of the local weights file named after ``@``, if it is
+    one (a file replaced with its modification time kept still gets another change time)."""
     if spec.weights and Path(spec.weights).expanduser().is_file():
         st = Path(spec.weights).expanduser().stat()
-        return (st.st_mtime_ns, st.st_size)
+        return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
     return None
 
 
@@ -221,7 +222,7 @@ MEMO_PACKAGES = ("torch", "timm", "open-clip-torch", "efficientnet-lite0-pytorch
 MEMO_FILE = "encoder-keys.json"
 
 
-def _memo_stamp(spec: EncoderSpec, stamp: tuple[int, int] | None) -> str | None:
+def _memo_stamp(spec: EncoderSpec, stamp: tuple[int, ...] | None) -> str | None:
     """What an encoder's key depends on besides its name, without building it: the encoder
     code, the package versions and the local weights file's size and time; None when the
     weights come from elsewhere (a hub cache), which is digested by building the encoder."""
@@ -245,7 +246,7 @@ def _memo_stamp(spec: EncoderSpec, stamp: tuple[int, int] | None) -> str | None:
             st = default_weights_path().stat()
         except Exception:  # noqa: BLE001 - not installed: building the encoder says how to fix it
             return None
-        stamp = (st.st_mtime_ns, st.st_size)
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
     h.update(json.dumps(stamp).encode())
     return h.hexdigest()
 
@@ -278,5 +279,5 @@ def _write_memo(name: str, stamp: str, key: str) -> None:
 
 
 @functools.lru_cache(maxsize=16)
-def _encoder_key_cached(name: str, stamp: tuple[int, int] | None) -> str:
+def _encoder_key_cached(name: str, stamp: tuple[int, ...] | None) -> str:
     return encoder_key(get_encoder(name))

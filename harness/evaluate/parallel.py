@@ -154,42 +154,72 @@ def evaluate_many(
     jobs = default_jobs(len(refs) + len(others)) if jobs is None else max(1, jobs)
 
     if jobs == 1 or len(refs) + len(others) <= 1:
+        errors = set()
         for path in refs + others:
-            done(_evaluate_one(str(path), settings))
+            outcome = _evaluate_one(str(path), settings)
+            errors |= {path} if outcome.error else set()
+            done(outcome)
         for path in settle:
-            again = _evaluate_one(str(path), settings)
-            if again.scored or again.error:
-                done(again)
+            if path not in errors:
+                again = _evaluate_one(str(path), settings)
+                if again.scored or again.error:
+                    done(again)
         return outcomes
 
     from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
 
     ctx = mp.get_context("spawn")  # no fork of a process that may hold torch's thread pools
     threads = threads or threads_per_job(jobs)
     log.info("%d evaluations, %d at a time, %d thread(s) each", len(refs) + len(others), jobs,
              threads)  # fmt: skip
-    with (
-        ctx.Manager() as manager,
-        ProcessPoolExecutor(
-            jobs, mp_context=ctx, initializer=_limit_threads, initargs=(threads,)
-        ) as pool,
-    ):
+
+    def pool_of(n: int) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            n, mp_context=ctx, initializer=_limit_threads, initargs=(threads,)
+        )
+
+    broken: list[Path] = []
+    failed: set[Path] = set()
+    with ctx.Manager() as manager, pool_of(jobs) as pool:
         finished = {p: manager.Event() for p in refs}
         gates = list(finished.values())
         futures = {
             pool.submit(_evaluate_one, str(p), settings, gates[:i]): p for i, p in enumerate(refs)
         }
         futures |= {pool.submit(_evaluate_one, str(p), settings, gates): p for p in others}
-        for future in as_completed(futures):
-            path = futures[future]
+        try:
+            for future in as_completed(futures):
+                path = futures[future]
+                try:
+                    outcome = future.result()
+                except BrokenProcessPool:  # a process died (killed, out of memory): the pool
+                    broken.append(path)  # ends every job it ran; each is retried on its own
+                    continue
+                if path in finished:
+                    finished[path].set()
+                failed |= {path} if outcome.error else set()
+                done(outcome)
+        finally:  # whatever happens, no evaluation is left waiting for a reference
+            for event in finished.values():
+                event.set()
+    for path in sorted(broken, key=lambda p: (p not in refs, str(p))):
+        with pool_of(1) as alone:
             try:
-                outcome = future.result()
-            except Exception as exc:  # noqa: BLE001 - the job's process died (killed, out of memory)
+                outcome = alone.submit(_evaluate_one, str(path), settings).result()
+            except BrokenProcessPool as exc:
                 outcome = JobOutcome(path.name, 0.0, error=f"the evaluation process died: {exc}")
-            if path in finished:
-                finished[path].set()
-            done(outcome)
-        for again in pool.map(_evaluate_one, [str(p) for p in settle], [settings] * len(settle)):
-            if again.scored or again.error:
-                done(again)
+        failed |= {path} if outcome.error else set()
+        done(outcome)
+    settle = [p for p in settle if p not in failed]
+    if settle:  # re-scoring only, side by side; in this process if a process dies
+        args = ([str(p) for p in settle], [settings] * len(settle))
+        try:
+            with pool_of(min(jobs, len(settle))) as pool:
+                rescored = list(pool.map(_evaluate_one, *args))
+        except BrokenProcessPool:
+            rescored = [_evaluate_one(str(p), settings) for p in settle]
+        for result in rescored:
+            if result.scored or result.error:
+                done(result)
     return outcomes

@@ -524,7 +524,7 @@ def recorded_outcome(submission: str | Path, settings: EvalSettings) -> EvalOutc
         entry, _ = open_entry(sub, settings)
         plan = plan_evaluation(sub, settings, entry)
         reused = reusable_result(plan)
-    except HarnessError:
+    except Exception:  # noqa: BLE001 - anything odd in a folder: `evaluate` reports it for that entry
         return None
     if reused is None:
         return None

@@ -133,6 +133,33 @@ def reference_inputs(plan: Plan) -> dict[str, Any]:
     return out
 
 
+#: Packages whose numerics the scores depend on (metrics, resampling streams, tables).
+SCORING_PACKAGES = ("numpy", "scipy", "scikit-learn", "pandas", "pyarrow", "fairlearn")
+
+
+def _package_versions() -> dict[str, str | None]:
+    import importlib.metadata
+    import platform
+
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in SCORING_PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _signing_key_digest() -> str | None:
+    from harness.signing import signing_key
+
+    try:
+        key = signing_key(create=False)
+    except Exception:  # noqa: BLE001 - no key yet: scoring creates one, and the key changes
+        return None
+    return None if key is None else hashlib.sha256(key).hexdigest()
+
+
 def scoring_key(plan: Plan, references: Mapping[str, Any] | None = None) -> str:
     """The key of scoring ``plan`` now (``references``: a :func:`reference_inputs` snapshot
     taken when scoring began; read now when not given)."""
@@ -149,6 +176,9 @@ def scoring_key(plan: Plan, references: Mapping[str, Any] | None = None) -> str:
         "cohorts": {c: cohort.fingerprint for c, cohort in plan.cohorts.items()},
         "units": _unit_digests(plan, plan.entry.name, plan.key),
         "references": reference_inputs(plan) if references is None else references,
+        "packages": _package_versions(),
+        # the result is signed: another key (a new cache, a regenerated key) signs it again
+        "signing_key": _signing_key_digest(),
     }
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness import __version__
+from harness import __version__, config
 from harness.errors import InputError, UsageError
 from harness.io import atomic_write_text
 from harness.leaderboard.publish import (
@@ -510,6 +510,11 @@ def inputs_key(
         "code": _code_digest(),
     }
     h.update(json.dumps(options, sort_keys=True).encode())
+    tasks = config.tasks_dir()  # vetting reads the task and cohort definitions
+    h.update(str(tasks.resolve()).encode())
+    for path in sorted(tasks.glob("*.yaml")) if tasks.is_dir() else ():
+        h.update(path.name.encode())
+        h.update(hashlib.sha256(path.read_bytes()).digest())
     if results_dir.is_dir():
         for path in result_files(results_dir):
             h.update(path.relative_to(results_dir).as_posix().encode())
