@@ -3,13 +3,36 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+
+def hash_files(root: Path, paths: Iterable[Path]) -> str:
+    """Hash of the files' paths relative to ``root`` and their bytes (order-independent)."""
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        h.update(p.relative_to(root).as_posix().encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def harness_code(exclude: tuple[str, ...] = ()) -> list[Path]:
+    """The harness package's code and schemas (every ``.py`` and ``.json``), less the paths
+    (relative to the package, as prefixes) in ``exclude``."""
+    root = Path(__file__).resolve().parent
+    return [
+        p
+        for p in root.rglob("*")
+        if p.suffix in (".py", ".json")
+        and "__pycache__" not in p.parts
+        and not p.relative_to(root).as_posix().startswith(exclude)
+    ]
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -170,6 +170,7 @@ class Variant:
     changed: np.ndarray  # differs from clean test
     same_as_previous: np.ndarray  # changed, but equal to the previous variant's row
     ask: Tensors  # the rows to ask: changed and not equal to the previous variant
+    label: Any = None  # what the variant is, e.g. (scenario, rate)
 
 
 class VariantChains:
@@ -186,7 +187,9 @@ class VariantChains:
         self.chains.append([])
         self._previous = None
 
-    def add(self, degraded: Tensors, candidates: np.ndarray | None = None) -> None:
+    def add(
+        self, degraded: Tensors, candidates: np.ndarray | None = None, label: Any = None
+    ) -> None:
         """Add the next variant of the current chain; ``candidates``: the only rows that may
         differ from the clean rows (all when None)."""
         n = len(self.clean)
@@ -199,7 +202,7 @@ class VariantChains:
             if self._previous is not None:
                 same[rows] = changed[rows] & ~rows_differ(here, take_rows(self._previous, rows))
         ask = take_rows(degraded, np.flatnonzero(changed & ~same))
-        self.variants.append(Variant(changed, same, ask))
+        self.variants.append(Variant(changed, same, ask, label))
         self.chains[-1].append(len(self.variants) - 1)
         self._previous = degraded
 

@@ -22,13 +22,14 @@ import dataclasses
 import functools
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness import config
 from harness.evaluate.paths import predictions_dir, result_path, unit_path
 from harness.evaluate.protocol import DEFAULT_PROTOCOL, reference_entry
+from harness.io import harness_code, hash_files
 
 if TYPE_CHECKING:
     from harness.evaluate.plan import Plan
@@ -55,15 +56,7 @@ NOT_SCORING_CODE = (
 def code_digest() -> str:
     """Hash of the harness code and schemas scoring depends on (every ``.py`` and ``.json``
     file outside :data:`NOT_SCORING_CODE`)."""
-    root = Path(__file__).resolve().parents[1]
-    h = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".json")):
-        rel = path.relative_to(root).as_posix()
-        if "__pycache__" in path.parts or rel.startswith(NOT_SCORING_CODE):
-            continue
-        h.update(path.relative_to(root).as_posix().encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()
+    return hash_files(Path(__file__).resolve().parents[1], harness_code(NOT_SCORING_CODE))
 
 
 def file_digest(path: Path) -> str | None:
@@ -88,18 +81,23 @@ def _settings_record(plan: Plan) -> dict[str, Any]:
     return record
 
 
-def _unit_digests(plan: Plan, name: str, key: str) -> dict[str, str | None]:
-    """Every unit file ``name`` holds under run key ``key`` for the plan's tasks, cohorts,
-    folds and seeds (None where a file is absent)."""
-    out: dict[str, str | None] = {}
+def _unit_files(plan: Plan, name: str, key: str) -> Iterator[tuple[str, str, int, Path]]:
+    """(task, cohort folder, fold, unit file) of every unit of entry ``name`` under run key
+    ``key`` for the plan's tasks, cohorts, folds and seeds (the files may not exist)."""
     for task in plan.tasks:
         for cohort in plan.cohorts.values():
             base = predictions_dir(name, task, cohort.path.name, key, plan.entry.dataset)
             for k in plan.folds:
                 for s in plan.seeds:
-                    path = unit_path(base, k, s)
-                    out[f"{task}/{cohort.path.name}/{path.name}"] = file_digest(path)
-    return out
+                    yield task, cohort.path.name, k, unit_path(base, k, s)
+
+
+def _unit_digests(plan: Plan, name: str, key: str) -> dict[str, str | None]:
+    """Each unit file's sha256 (None where a file is absent), by task/cohort/file name."""
+    return {
+        f"{task}/{cohort}/{path.name}": file_digest(path)
+        for task, cohort, _, path in _unit_files(plan, name, key)
+    }
 
 
 def reference_inputs(plan: Plan) -> dict[str, Any]:
@@ -187,23 +185,13 @@ def scoring_key(plan: Plan, references: Mapping[str, Any] | None = None) -> str:
 def sessions_to_train(plan: Plan) -> int:
     """(task, fold) pairs with a unit file still missing: the runners the evaluation will open
     when one serves every cohort of a fold (at least that many otherwise)."""
-    missing = {
-        (task, k)
-        for task in plan.tasks
-        for cohort in plan.cohorts.values()
-        for k in plan.folds
-        for s in plan.seeds
-        if not unit_path(
-            predictions_dir(plan.entry.name, task, cohort.path.name, plan.key, plan.entry.dataset),
-            k, s,
-        ).is_file()
-    }  # fmt: skip
-    return len(missing)
+    files = _unit_files(plan, plan.entry.name, plan.key)
+    return len({(task, k) for task, _, k, path in files if not path.is_file()})
 
 
 def units_present(plan: Plan) -> int:
     """How many of the plan's unit files exist."""
-    return sum(v is not None for v in _unit_digests(plan, plan.entry.name, plan.key).values())
+    return sum(path.is_file() for *_, path in _unit_files(plan, plan.entry.name, plan.key))
 
 
 def record_path(plan: Plan) -> Path:

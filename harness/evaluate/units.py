@@ -24,7 +24,7 @@ import pandas as pd
 
 from harness.evaluate.protocol import DEFAULT_PROTOCOL
 from harness.evaluate.requests import VariantChains, changed_stays, predict_all, scatter_rows
-from harness.io import atomic_write_bytes
+from harness.io import atomic_write_bytes, hash_files
 from harness.timing import add as add_stage_seconds
 from harness.timing import stage
 
@@ -72,25 +72,16 @@ class Unit:
 # Which predictions a unit folder holds
 
 
-def _hash_files(root: Path, paths: Sequence[Path]) -> str:
-    """Hash of the files' paths relative to ``root`` and their bytes (order-independent)."""
-    h = hashlib.sha256()
-    for p in sorted(paths):
-        h.update(p.relative_to(root).as_posix().encode())
-        h.update(p.read_bytes())
-    return h.hexdigest()
-
-
 def submission_digest(sub: Submission) -> str:
     """Hash of every file of the submission folder that can change its behaviour."""
     files = [p for p in sub.path.rglob("*") if p.is_file() and p.suffix in (".py", ".yaml", ".yml")]
-    return _hash_files(sub.path, [p for p in files if "__pycache__" not in p.parts])
+    return hash_files(sub.path, [p for p in files if "__pycache__" not in p.parts])
 
 
 def protocol_digest() -> str:
     """Hash of the harness code that decides what a unit computes (:data:`PROTOCOL_MODULES`)."""
     root = Path(__file__).resolve().parents[1]
-    return _hash_files(root, [root / m for m in PROTOCOL_MODULES])
+    return hash_files(root, [root / m for m in PROTOCOL_MODULES])
 
 
 def run_key(
@@ -186,22 +177,11 @@ def _scenario_chains(
             # tensors are built stay by stay: only the stays whose inputs changed are rebuilt
             rows = np.flatnonzero(changed_stays(population, degraded, local, inputs))
             if rows.size == 0:  # nothing the model reads changed (e.g. no image to drop)
-                chains.add(clean, rows)
+                chains.add(clean, rows, label=(name, rate))
                 continue
             part = make_tensors(degraded, rows, split.stats, inputs=inputs)
-            chains.add(scatter_rows(clean, rows, without_labels(part)), rows)
+            chains.add(scatter_rows(clean, rows, without_labels(part)), rows, label=(name, rate))
     return chains
-
-
-def _scenario_rates(names: Sequence[str]) -> list[tuple[str, float]]:
-    """(scenario, rate) of every chain variant, in :func:`_scenario_chains` order."""
-    from harness.evaluate.scenarios import SCENARIOS
-
-    return [
-        (name, rate)
-        for name in names
-        for rate in sorted(r for r in SCENARIOS.get(name).rates if r != 0.0)
-    ]
 
 
 def write_unit(out_path: Path, table: pd.DataFrame, meta: Mapping[str, Any]) -> None:
@@ -275,8 +255,8 @@ def run_unit(
             prediction_frame(fs.stay_id[val_idx], "val", "clean", 0.0, p_val),
             prediction_frame(test_ids, "test", "clean", 0.0, p_test),
             *(
-                prediction_frame(test_ids, "test", name, rate, p)
-                for (name, rate), p in zip(_scenario_rates(scenario_names), scenario_p, strict=True)
+                prediction_frame(test_ids, "test", v.label[0], v.label[1], p)
+                for v, p in zip(chains.variants, scenario_p, strict=True)
             ),
             *(
                 prediction_frame(ids, f"cross:{name}", "clean", 0.0, p)

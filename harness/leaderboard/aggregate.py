@@ -35,7 +35,7 @@ import numpy as np
 
 from harness import __version__, config
 from harness.errors import InputError, UsageError
-from harness.io import atomic_write_text
+from harness.io import atomic_write_text, harness_code, hash_files
 from harness.leaderboard.publish import (
     MIN_GROUP_SIZE,
     PRIVATE_BLOCK_FIELDS,
@@ -488,13 +488,7 @@ def _paths(out_dir: Path) -> dict[str, Path]:
 @functools.lru_cache(maxsize=1)
 def _code_digest() -> str:
     """Hash of the harness package's code and schemas."""
-    root = Path(__file__).resolve().parents[1]
-    h = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".json")):
-        if "__pycache__" not in path.parts:
-            h.update(path.relative_to(root).as_posix().encode())
-            h.update(path.read_bytes())
-    return h.hexdigest()
+    return hash_files(Path(__file__).resolve().parents[1], harness_code())
 
 
 def inputs_key(
