@@ -6,14 +6,18 @@ context-variable lookup). Stages may nest: a nested stage's seconds are taken ou
 so the stages of one clock add up to the time measured, without double counting.
 
 Time spent on the far side of the executor (a sandboxed worker's optimizer steps and validation
-passes) is measured there and added with :func:`add`.
+passes) is measured there and added with :func:`add`. The optimizer steps are also kept as spans
+of the system's monotonic clock (:func:`add_spans`, the same clock in every process of the
+machine), so that when several evaluations run at once the time during which any of them was
+training can be told from the sum of their step times (:func:`union_seconds`).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -38,6 +42,8 @@ class Clock:
     """Seconds per stage, plus a stack of the stages open now (for nesting)."""
 
     seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    #: (start, end) on ``time.monotonic()`` per stage, where the stage reports them.
+    spans: dict[str, list[tuple[float, float]]] = field(default_factory=lambda: defaultdict(list))
     _open: list[list[float]] = field(default_factory=list)
 
     def add(self, name: str, seconds: float) -> None:
@@ -88,3 +94,21 @@ def add(name: str, seconds: float) -> None:
     clock = _CLOCK.get()
     if clock is not None:
         clock.add(name, seconds)
+
+
+def add_spans(name: str, spans: Sequence[tuple[float, float]]) -> None:
+    """Record when ``name`` ran: (start, end) pairs on ``time.monotonic()``."""
+    clock = _CLOCK.get()
+    if clock is not None:
+        clock.spans[name].extend((float(a), float(b)) for a, b in spans)
+
+
+def union_seconds(spans: Iterable[tuple[float, float]]) -> float:
+    """Seconds covered by at least one of ``spans`` (overlaps counted once)."""
+    total, end = 0.0, -math.inf
+    for a, b in sorted(spans):
+        if b <= end:
+            continue
+        total += b - max(a, end)
+        end = b
+    return total

@@ -37,6 +37,30 @@ def test_stages_without_a_clock_are_free_and_clocks_do_not_leak():
     assert second.total() == 0.0
 
 
+def test_union_of_spans_counts_overlaps_once():
+    spans = [(5.0, 6.0), (0.0, 2.0), (1.0, 3.0), (5.5, 5.7), (3.0, 3.0)]
+    assert timing.union_seconds(spans) == pytest.approx(4.0)  # [0, 3] and [5, 6]
+    assert timing.union_seconds([]) == 0.0
+    with timing.measure() as clock:
+        timing.add_spans("train.steps", [(1, 2)])
+    timing.add_spans("train.steps", [(3, 4)])  # no clock: dropped
+    assert clock.spans["train.steps"] == [(1.0, 2.0)]
+
+
+def test_worker_step_spans_outside_the_request_window_are_refused():
+    """A worker (untrusted) reporting spans it cannot have spent inside the request it served
+    (before it was sent, after the answer came, reversed, booleans, floods) has them dropped."""
+    from harness.executors.isolated import MAX_STEP_SPANS, _step_spans
+
+    window = (100.0, 110.0)
+    assert _step_spans([[101, 102], [103.5, 109]], window) == [(101.0, 102.0), (103.5, 109.0)]
+    for bad in (
+        [[99, 102]], [[101, 111]], [[105, 104]], [[True, 102]], [[101, "102"]], [[101]],
+        "[[101, 102]]", {"a": 1}, [[101, 102]] * (MAX_STEP_SPANS + 1),
+    ):  # fmt: skip
+        assert _step_spans(bad, window) == [], bad
+
+
 def _registered(what: str) -> list[str]:
     if what == "tasks":
         from harness.cohort.spec import list_tasks

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness import config
+from harness import config, timing
 from harness.evaluate.parallel import default_jobs, evaluate_many, threads_per_job
 
 REPO = Path(__file__).resolve().parents[1]
@@ -175,9 +175,18 @@ def test_evaluations_side_by_side_match_one_process(cache, monkeypatch, tmp_path
     seen = []
     outcomes = evaluate_many(
         folders, settings, references=("ehr_lstm", "cxr_probe"), jobs=2, threads=1,
-        on_done=seen.append,
+        on_done=seen.append, measure=True,
     )  # fmt: skip
     assert all(o.error is None for o in outcomes) and seen == outcomes
+    # measured: each process's stages, and its optimizer steps as spans of the shared clock
+    for o in outcomes[:3]:
+        steps = o.stage_seconds["train.steps"]
+        assert o.step_spans and all(a <= b for a, b in o.step_spans)
+        assert sum(b - a for a, b in o.step_spans) == pytest.approx(steps, rel=0.05, abs=0.05)
+        assert o.stage_seconds["train.steps"] < o.seconds
+    spans = [s for o in outcomes for s in o.step_spans]
+    assert timing.union_seconds(spans) <= sum(b - a for a, b in spans) + 1e-9
+    assert "waiting" in outcomes[2].stage_seconds  # late_fusion waited for the references
     first = [o.folder for o in outcomes][:3]
     assert first == ["ehr_lstm", "cxr_probe", "late_fusion"]  # each waited for those before
     # at the end the first reference is scored again, now compared with the second

@@ -52,6 +52,10 @@ class JobOutcome:
     error: str | None = None
     #: Whether the result was scored (False: the recorded result was still valid).
     scored: bool = True
+    #: With ``measure``: seconds per stage (:mod:`harness.timing`) and when the optimizer
+    #: steps ran, on the machine's monotonic clock (for `benchmarks/evaluate_speed.py`).
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    step_spans: list[tuple[float, float]] = field(default_factory=list)
 
 
 def default_jobs(n_submissions: int, cpus: int | None = None) -> int:
@@ -80,16 +84,30 @@ def _wait_all(events: Sequence[Any]) -> None:
         event.wait()
 
 
-def _evaluate_one(path: str, settings: EvalSettings, waits: Sequence[Any] = ()) -> JobOutcome:
-    """Evaluate one folder; every event of ``waits`` is waited for before scoring."""
+def _evaluate_one(
+    path: str, settings: EvalSettings, waits: Sequence[Any] = (), measure: bool = False
+) -> JobOutcome:
+    """Evaluate one folder; every event of ``waits`` is waited for before scoring (the wait is
+    timed as ``waiting``). ``measure``: record the stage timings in the outcome."""
+    from contextlib import nullcontext
+
+    from harness import timing
     from harness.evaluate.run import evaluate
 
+    def before() -> None:
+        with timing.stage("waiting"):
+            _wait_all(list(waits))
+
     started = time.perf_counter()
-    before = functools.partial(_wait_all, list(waits)) if waits else None
-    try:
-        outcome = evaluate(path, settings, before_scoring=before)
-    except Exception as exc:  # noqa: BLE001 - one broken submission must not stop the others
-        return JobOutcome(Path(path).name, time.perf_counter() - started, error=str(exc))
+    with timing.measure() if measure else nullcontext() as clock:
+        try:
+            outcome = evaluate(path, settings, before_scoring=before if waits else None)
+        except Exception as exc:  # noqa: BLE001 - one broken submission must not stop the others
+            return JobOutcome(Path(path).name, time.perf_counter() - started, error=str(exc))
+    stages: dict[str, float] = {}
+    spans: list[tuple[float, float]] = []
+    if clock is not None:
+        stages, spans = dict(clock.seconds), list(clock.spans.get("train.steps", ()))
     return JobOutcome(
         Path(path).name,
         time.perf_counter() - started,
@@ -97,6 +115,8 @@ def _evaluate_one(path: str, settings: EvalSettings, waits: Sequence[Any] = ()) 
         units_reused=outcome.units_reused,
         headline=outcome.headline,
         scored=outcome.scored,
+        stage_seconds=stages,
+        step_spans=spans,
     )
 
 
@@ -120,14 +140,17 @@ def evaluate_many(
     jobs: int | None = None,
     threads: int | None = None,
     on_done: Callable[[JobOutcome], None] | None = None,
+    measure: bool = False,
 ) -> list[JobOutcome]:
     """Evaluate ``paths`` with ``settings``, up to ``jobs`` at once; outcomes in completion
     order, then those of references re-scored at the end.
 
     ``references``: folder names the other evaluations are compared with (started first, in
     the order of ``paths``). ``jobs=1`` evaluates in this process, one after another.
-    ``threads``: per evaluation (default: the cores divided between the jobs).
+    ``threads``: per evaluation (default: the cores divided between the jobs). ``measure``:
+    each outcome carries its stage timings (:mod:`harness.timing`).
     """
+    evaluate_one = functools.partial(_evaluate_one, measure=measure)
     outcomes: list[JobOutcome] = []
 
     def done(outcome: JobOutcome) -> None:
@@ -156,12 +179,12 @@ def evaluate_many(
     if jobs == 1 or len(refs) + len(others) <= 1:
         errors = set()
         for path in refs + others:
-            outcome = _evaluate_one(str(path), settings)
+            outcome = evaluate_one(str(path), settings)
             errors |= {path} if outcome.error else set()
             done(outcome)
         for path in settle:
             if path not in errors:
-                again = _evaluate_one(str(path), settings)
+                again = evaluate_one(str(path), settings)
                 if again.scored or again.error:
                     done(again)
         return outcomes
@@ -185,9 +208,9 @@ def evaluate_many(
         finished = {p: manager.Event() for p in refs}
         gates = list(finished.values())
         futures = {
-            pool.submit(_evaluate_one, str(p), settings, gates[:i]): p for i, p in enumerate(refs)
+            pool.submit(evaluate_one, str(p), settings, gates[:i]): p for i, p in enumerate(refs)
         }
-        futures |= {pool.submit(_evaluate_one, str(p), settings, gates): p for p in others}
+        futures |= {pool.submit(evaluate_one, str(p), settings, gates): p for p in others}
         try:
             for future in as_completed(futures):
                 path = futures[future]
@@ -206,7 +229,7 @@ def evaluate_many(
     for path in sorted(broken, key=lambda p: (p not in refs, str(p))):
         with pool_of(1) as alone:
             try:
-                outcome = alone.submit(_evaluate_one, str(path), settings).result()
+                outcome = alone.submit(evaluate_one, str(path), settings).result()
             except BrokenProcessPool as exc:
                 outcome = JobOutcome(path.name, 0.0, error=f"the evaluation process died: {exc}")
         failed |= {path} if outcome.error else set()
@@ -216,9 +239,9 @@ def evaluate_many(
         args = ([str(p) for p in settle], [settings] * len(settle))
         try:
             with pool_of(min(jobs, len(settle))) as pool:
-                rescored = list(pool.map(_evaluate_one, *args))
+                rescored = list(pool.map(evaluate_one, *args))
         except BrokenProcessPool:
-            rescored = [_evaluate_one(str(p), settings) for p in settle]
+            rescored = [evaluate_one(str(p), settings) for p in settle]
         for result in rescored:
             if result.scored or result.error:
                 done(result)

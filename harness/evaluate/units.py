@@ -26,7 +26,7 @@ from harness.evaluate.protocol import DEFAULT_PROTOCOL
 from harness.evaluate.requests import VariantChains, changed_stays, predict_all, scatter_rows
 from harness.io import atomic_write_bytes, hash_files
 from harness.timing import add as add_stage_seconds
-from harness.timing import stage
+from harness.timing import add_spans, stage
 
 if TYPE_CHECKING:
     from harness.evaluate.run import EvalSettings
@@ -233,6 +233,7 @@ def run_unit(
         summary = _train(runner, fs, unit, settings, split, key)
         for name, seconds in summary.stage_seconds.items():
             add_stage_seconds(name, seconds)
+        add_spans("train.steps", summary.step_spans)
     _, val_idx, test_idx = fs.split(unit.fold)
     with stage("predict"):
         clean_test = without_labels(split.test)

@@ -94,6 +94,8 @@ class TrainSummary:
     #: Seconds per training stage as measured where the model trained (``train.steps``,
     #: ``train.validation``): benchmark diagnostics only, never published.
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    #: When the optimizer steps ran, (start, end) on ``time.monotonic()``: diagnostics only.
+    step_spans: list[tuple[float, float]] = field(default_factory=list)
 
 
 class Runner(ABC):
@@ -152,6 +154,7 @@ def summary_of(trained: TrainedModel) -> TrainSummary:
         best_epoch=int(trained.best_epoch),
         train_seconds=float(trained.train_seconds),
         stage_seconds=dict(trained.stage_seconds),
+        step_spans=list(trained.step_spans),
     )
 
 

@@ -381,6 +381,31 @@ def _stage_seconds(reported: object, round_trip: float) -> dict[str, float]:
     return out
 
 
+#: Most step spans taken from one training answer (one per epoch is reported).
+MAX_STEP_SPANS = 10_000
+
+
+def _step_spans(reported: object, window: tuple[float, float]) -> list[tuple[float, float]]:
+    """The worker's step spans, kept only when well formed (benchmark diagnostics, never a
+    result): at most :data:`MAX_STEP_SPANS` pairs of numbers, each ordered and inside the
+    ``window`` of the harness's own monotonic clock in which the request was being served
+    (the worker shares that clock: the sandbox has no time namespace)."""
+    if not isinstance(reported, list) or len(reported) > MAX_STEP_SPANS:
+        return []
+    lo, hi = window
+    out = []
+    for pair in reported:
+        if not (isinstance(pair, list | tuple) and len(pair) == 2):
+            return []
+        a, b = pair
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (a, b)):
+            return []
+        if not lo <= a <= b <= hi:
+            return []
+        out.append((float(a), float(b)))
+    return out
+
+
 class IsolatedRunner(Runner):
     """One sandboxed worker process for one submission; requests are served one at a time."""
 
@@ -604,8 +629,9 @@ class IsolatedRunner(Runner):
             "cxr_dropout": job.cxr_dropout,
         }
         self.answer_limit = 0  # the training answer carries no array
-        started = time.perf_counter()
+        started, sent = time.perf_counter(), time.monotonic()
         reply, _ = self._request(header, {**train_arrays, **val_arrays})
+        received = time.monotonic()
         try:
             score = float("nan") if reply.get("val_score") is None else float(reply["val_score"])
             return TrainSummary(
@@ -616,6 +642,7 @@ class IsolatedRunner(Runner):
                 stage_seconds=_stage_seconds(
                     reply.get("stage_seconds"), time.perf_counter() - started
                 ),
+                step_spans=_step_spans(reply.get("step_spans"), (sent, received)),
             )
         except (KeyError, TypeError, ValueError):
             raise self._fail(

@@ -106,7 +106,8 @@ def _serve(out: IO[bytes], inp: IO[bytes]) -> int:
                 reply: dict[str, Any] = {"ok": True, "val_score": s.val_score,
                                          "best_epoch": s.best_epoch,
                                          "train_seconds": s.train_seconds,
-                                         "stage_seconds": s.stage_seconds}  # fmt: skip
+                                         "stage_seconds": s.stage_seconds,
+                                         "step_spans": s.step_spans}  # fmt: skip
                 if not np.isfinite(reply["val_score"]):
                     reply["val_score"] = None
                 write_message(out, reply)

@@ -155,6 +155,8 @@ class TrainedModel:
     #: Seconds in the optimizer steps (an estimator's fit) and the validation passes, for the
     #: stage breakdown of `benchmarks/evaluate_speed.py` (:mod:`harness.timing`).
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    #: When the optimizer steps ran: (start, end) on ``time.monotonic()``, one per epoch.
+    step_spans: list[tuple[float, float]] = field(default_factory=list)
 
     def predict_proba(self, data: Tensors | Batch, *, batch_size: int = 1024) -> np.ndarray:
         """Probabilities: (n,) binary, (n, L) multilabel, (n, K) multiclass."""
@@ -430,11 +432,12 @@ def _fit_estimator(
     y_train = split.train.labels().numpy()
     with _model_errors(where, f"{cls.__name__}(spec, **params)"):
         est = cls(spec, **sub.params)
-    t0 = time.perf_counter()
+    t0, m0 = time.perf_counter(), time.monotonic()
     with _model_errors(where, "fit"):
         est.fit(x_train, y_train)
     trained = TrainedModel(sub, spec, task, fold, seed, _stats(split), est, "cpu", split=split)
     t1 = time.perf_counter()
+    trained.step_spans = [(m0, time.monotonic())]
     val = trained.predict_proba(split.val)
     trained.val_score = selection_score(task, split.val.labels().numpy(), val)
     trained.stage_seconds = {"train.steps": t1 - t0, "train.validation": time.perf_counter() - t1}
@@ -504,9 +507,10 @@ def _train_torch(
     on_epoch_end = _hook(model, "on_epoch_end")
     bs = cfg.batch_size
     spent = {"train.steps": 0.0, "train.validation": 0.0}
+    spans: list[tuple[float, float]] = []
     for epoch in range(epochs):
         ctx.epoch = epoch
-        t0 = time.perf_counter()
+        t0, m0 = time.perf_counter(), time.monotonic()
         model.train()
         losses = []
         for batch, y in split.train.labelled_batches(bs, shuffle=True, generator=shuffle_gen):
@@ -535,6 +539,7 @@ def _train_torch(
                     losses.append(float(loss.detach()))
             ctx.step += 1
         t1 = time.perf_counter()
+        spans.append((m0, time.monotonic()))
         val = _predict(model, split.val, spec, device, 64 if spec.end_to_end else 1024, where)
         score = selection_score(task, y_val, val)
         spent["train.steps"] += t1 - t0
@@ -578,4 +583,5 @@ def _train_torch(
         val_score=best_score,
         split=split,
         stage_seconds=spent,
+        step_spans=spans,
     )
