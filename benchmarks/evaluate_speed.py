@@ -13,19 +13,26 @@ the wall time of each stage:
     boot / fair / robust / score+   scoring: bootstrap metrics and deltas, fairness tables,
             robustness curves, the rest (reading units, pooling, references)
     write   result.json, unit files
+    wait    waiting for the references an entry is compared with (they must finish first)
     other   anything not marked (imports, claims, the progress display)
 
-and the ratio total / train.steps (1.0 would be nothing but the training itself). The run records
-the load average before and after and the thread settings, since both change the figures.
+The submissions run as `harness demo -j N` runs them (``-j``, default 1): the references first,
+the earlier references re-scored at the end; with N > 1, N evaluations at once in their own
+processes, the cores divided between them, and each row holds that process's own stage times
+(they overlap, so they add up to more than the wall time). Two ratios are printed:
 
-``-j N`` (N > 1) evaluates the zoo as `harness demo -j N` does: N evaluations at once in their
-own processes, the cores divided between them. The per-submission rows are then each process's
-own stage times (they overlap, so they add up to more than the wall time; ``wait`` is the time an
-entry, trained, waited for the references it is compared with). The ratio becomes wall time /
-time during which at least one evaluation was in its optimizer steps (the union of the step
-spans the workers report on the machine's monotonic clock): 1.0 would again be nothing but
-training, and anything above it is time when no model was training. ``--compare`` runs the
-zoo one at a time first and then with the jobs, and prints both totals side by side.
+    wall / training-busy time   the goal's figure: training-busy time is the wall time during
+                                which at least one evaluation was in its optimizer steps (the
+                                union of the step spans the workers report on the machine's
+                                monotonic clock); 1.0 would be nothing but training
+    own / steps                 each evaluation's own time, less waiting, per second of its own
+                                optimizer steps (the per-row ratio)
+
+One at a time the two agree. Side by side the first falls because one evaluation's predictions
+and scoring overlap another's training, while the second does not fall (with fewer threads each,
+steps take longer): read both, with the wall time. ``--compare`` runs one at a time first, then
+N at once, and prints the two runs side by side with the speed-up. The load average before and
+after and the thread settings are recorded, since both change the figures.
 
     python benchmarks/evaluate_speed.py        # the zoo, quick protocol, IHM + phenotypes, -j 1
     python benchmarks/evaluate_speed.py -j 2 --compare
@@ -39,11 +46,12 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from harness import config, timing
 
-COLUMNS = (*timing.STAGES, "other")
+COLUMNS = (*timing.STAGES, "waiting", "other")
 #: Column headings (8 characters) for the stages.
 HEADINGS = {
     "load": "load", "train.steps": "steps", "train.validation": "val", "train.other": "train+",
@@ -75,26 +83,6 @@ def _threads() -> str:
     return f"torch intra-op threads {torch.get_num_threads()}, {shown}, cpus {os.cpu_count()}"
 
 
-def run_one(path: Path, settings) -> tuple[float, dict[str, float], int]:
-    """Evaluate one submission; (wall seconds, seconds per stage, units trained)."""
-    from harness.evaluate.run import evaluate
-
-    started = time.perf_counter()
-    with timing.measure() as clock:
-        outcome = evaluate(path, settings)
-    total = time.perf_counter() - started
-    seconds = {name: clock.seconds.get(name, 0.0) for name in timing.STAGES}
-    seconds["other"] = max(0.0, total - sum(seconds.values()))
-    return total, seconds, outcome.units_run
-
-
-def _row(name: str, total: float, seconds: dict[str, float], units: int) -> str:
-    steps = seconds.get("train.steps", 0.0)
-    ratio = f"{total / steps:6.2f}" if steps > 0 else "     -"
-    cells = " ".join(f"{seconds[c]:8.1f}" for c in COLUMNS)
-    return f"{name:18s} {units:5d} {total:8.1f} {ratio} {cells}"
-
-
 def _settings(args):
     from harness.demo import DEMO_TASKS
     from harness.evaluate.run import EvalSettings
@@ -108,81 +96,94 @@ def _settings(args):
     )
 
 
-def _verdict(ratio: float, grand: dict[str, float], total: float, columns) -> str:
-    over = sorted((c for c in columns if c != "train.steps"), key=lambda c: -grand[c])[:4]
-    shares = ", ".join(f"{HEADINGS[c]} {grand[c] / total:.0%}" for c in over)
-    verdict = "within" if ratio <= TARGET_RATIO else "above"
-    return f"{verdict} the {TARGET_RATIO} target; largest other stages: {shares}"
+def _ratio(numerator: float, steps: float) -> str:
+    return f"{numerator / steps:6.2f}" if steps > 0 else "     -"
 
 
-def one_at_a_time(paths, settings) -> tuple[float, float]:
-    """Every submission in this process, one after another; (wall, step seconds)."""
-    header = " ".join(f"{HEADINGS[c]:>8s}" for c in COLUMNS)
-    print(f"{'submission':18s} units    total  ratio {header}")
-    grand = dict.fromkeys(COLUMNS, 0.0)
-    grand_total, grand_units = 0.0, 0
-    for path in paths:
-        total, seconds, units = run_one(path, settings)
-        print(_row(path.name, total, seconds, units), flush=True)
-        grand_total += total
-        grand_units += units
-        for c in COLUMNS:
-            grand[c] += seconds[c]
-    print(_row("total", grand_total, grand, grand_units))
-    steps = grand["train.steps"]
-    if steps > 0:
-        ratio = grand_total / steps
-        print(f"total / optimizer-step time {ratio:.2f}: "
-              f"{_verdict(ratio, grand, grand_total, COLUMNS)} of the total")  # fmt: skip
-    return grand_total, steps
+@dataclass
+class ZooRun:
+    """The figures of one run over the zoo."""
+
+    jobs: int
+    wall: float  # seconds, start to end
+    process: float  # the evaluations' own seconds, summed (more than the wall when overlapping)
+    waiting: float  # of which waiting for references
+    steps: float  # optimizer-step seconds summed over the evaluations
+    busy: float  # seconds of wall time during which at least one evaluation was training
+
+    @property
+    def ratio(self) -> float:
+        """Wall time per second of training-busy time (the goal's figure)."""
+        return self.wall / self.busy if self.busy > 0 else float("nan")
+
+    @property
+    def per_process(self) -> float:
+        """Each evaluation's own time (less waiting) per optimizer-step second."""
+        return (self.process - self.waiting) / self.steps if self.steps > 0 else float("nan")
 
 
-def side_by_side(paths, settings, jobs: int) -> tuple[float, float]:
-    """The submissions ``jobs`` at a time, as `harness demo -j` runs them; (wall, seconds
-    during which at least one was in its optimizer steps)."""
+def run_zoo(paths, settings, jobs: int) -> ZooRun:
+    """Evaluate ``paths`` as `harness demo -j jobs` does (references first, the earlier ones
+    re-scored at the end), printing each evaluation's stages as it finishes."""
     from harness.evaluate.parallel import evaluate_many, threads_per_job
     from harness.evaluate.score.references import UNIMODAL_REFERENCES
 
-    columns = (*COLUMNS, "waiting")
-    print(f"{jobs} evaluations at a time, {threads_per_job(jobs)} thread(s) each; "
-          "rows: each process's own stage times (they overlap)")  # fmt: skip
-    header = " ".join(f"{HEADINGS[c]:>8s}" for c in columns)
+    if jobs > 1 and len(paths) > 1:
+        print(f"{jobs} evaluations at a time, {threads_per_job(jobs)} thread(s) each; rows: "
+              "each process's own stage times (they overlap)")  # fmt: skip
+    else:
+        print(f"one evaluation at a time in this process, {_threads()}")
+    header = " ".join(f"{HEADINGS[c]:>8s}" for c in COLUMNS)
     print(f"{'submission':18s} units    total  ratio {header}")
-    grand = dict.fromkeys(columns, 0.0)
+    grand = dict.fromkeys(COLUMNS, 0.0)
     spans: list[tuple[float, float]] = []
+    units = 0
 
     def shown(outcome) -> None:
+        nonlocal units
         if outcome.error:
             print(f"{outcome.folder:18s} failed: {outcome.error}", flush=True)
             return
-        seconds = {c: outcome.stage_seconds.get(c, 0.0) for c in columns}
+        seconds = {c: outcome.stage_seconds.get(c, 0.0) for c in COLUMNS}
         seconds["other"] = max(0.0, outcome.seconds - sum(seconds.values()))
-        cells = " ".join(f"{seconds[c]:8.1f}" for c in columns)
-        steps = seconds["train.steps"]
-        ratio = f"{outcome.seconds / steps:6.2f}" if steps > 0 else "     -"
+        cells = " ".join(f"{seconds[c]:8.1f}" for c in COLUMNS)
+        ratio = _ratio(outcome.seconds - seconds["waiting"], seconds["train.steps"])
         print(f"{outcome.folder:18s} {outcome.units_run:5d} {outcome.seconds:8.1f} {ratio} "
               f"{cells}", flush=True)  # fmt: skip
-        for c in columns:
+        for c in COLUMNS:
             grand[c] += seconds[c]
         spans.extend(outcome.step_spans)
+        units += outcome.units_run
 
     started = time.perf_counter()
     evaluate_many(
         paths, settings, references=UNIMODAL_REFERENCES, jobs=jobs, on_done=shown, measure=True
     )
-    wall = time.perf_counter() - started
-    union = timing.union_seconds(spans)
-    cells = " ".join(f"{grand[c]:8.1f}" for c in columns)
-    print(f"{'sum of processes':18s} {'':5s} {sum(grand.values()):8.1f} {'':6s} {cells}")
-    print(f"wall {wall:.1f} s; optimizer steps: {grand['train.steps']:.1f} s summed over the "
-          f"processes, {union:.1f} s during which at least one was training")  # fmt: skip
-    if union > 0:
-        ratio = wall / union
-        print(
-            f"wall / optimizer-step time {ratio:.2f}: "
-            f"{_verdict(ratio, grand, sum(grand.values()), columns)} of the processes' time"
-        )
-    return wall, union
+    run = ZooRun(
+        jobs=jobs, wall=time.perf_counter() - started, process=sum(grand.values()),
+        waiting=grand["waiting"], steps=grand["train.steps"], busy=timing.union_seconds(spans),
+    )  # fmt: skip
+    cells = " ".join(f"{grand[c]:8.1f}" for c in COLUMNS)
+    ratio = _ratio(run.process - run.waiting, run.steps)
+    print(f"{'total':18s} {units:5d} {run.process:8.1f} {ratio} {cells}")
+    print(f"wall {run.wall:.1f} s; optimizer steps {run.steps:.1f} s summed over the "
+          f"evaluations, {run.busy:.1f} s of wall time during which one was training")  # fmt: skip
+    if run.busy > 0:
+        others = [c for c in COLUMNS if c not in ("train.steps", "waiting")]
+        over = sorted(others, key=lambda c: -grand[c])[:4]
+        shares = ", ".join(f"{HEADINGS[c]} {grand[c] / run.process:.0%}" for c in over)
+        verdict = "within" if run.ratio <= TARGET_RATIO else "above"
+        print(f"wall / training-busy time {run.ratio:.2f}: {verdict} the {TARGET_RATIO} target "
+              f"(each evaluation's own time / its steps: {run.per_process:.2f}); largest "
+              f"other stages: {shares} of the evaluations' time")  # fmt: skip
+    return run
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def main() -> None:
@@ -198,7 +199,7 @@ def main() -> None:
     parser.add_argument(
         "-j",
         "--jobs",
-        type=int,
+        type=_positive,
         default=1,
         help="evaluations at once (default 1: one after another, all threads)",
     )
@@ -217,24 +218,24 @@ def main() -> None:
     print(f"tasks {', '.join(settings.tasks)}; folds {settings.folds}; seeds {settings.seeds}; "
           f"at most {settings.max_epochs} epochs; executor {executor}")  # fmt: skip
     paths = reference_submissions(args.submission)
-    figures: list[tuple[str, float, float]] = []
-    modes = [1, args.jobs] if args.compare and args.jobs > 1 else [args.jobs]
-    for jobs in modes:
+    if args.compare and args.jobs == 1:
+        print("--compare needs -j N with N > 1: running one at a time only")
+    runs: list[ZooRun] = []
+    for jobs in [1, args.jobs] if args.compare and args.jobs > 1 else [args.jobs]:
         root = _fresh_cache(keep)  # every run trains every unit
         os.environ["HARNESS_CACHE"] = str(root)
         try:
-            if jobs == 1:
-                wall, steps = one_at_a_time(paths, settings)
-            else:
-                wall, steps = side_by_side(paths, settings, jobs)
+            runs.append(run_zoo(paths, settings, jobs))
         finally:
             os.environ["HARNESS_CACHE"] = str(keep)
             shutil.rmtree(root, ignore_errors=True)
-        figures.append((f"-j {jobs}", wall, steps))
-    if len(figures) > 1:
-        print("side by side:   wall (s)   training (s)   ratio")
-        for label, wall, steps in figures:
-            print(f"  {label:10s} {wall:10.1f} {steps:14.1f} {wall / steps:7.2f}")
+    if len(runs) > 1:
+        print("side by side:  wall (s)  steps summed (s)  training-busy (s)  wall/busy  "
+              "own/steps  speed-up")  # fmt: skip
+        for run in runs:
+            speed_up = runs[0].wall / run.wall
+            print(f"  -j {run.jobs:<4d} {run.wall:10.1f} {run.steps:17.1f} {run.busy:18.1f} "
+                  f"{run.ratio:10.2f} {run.per_process:10.2f} {speed_up:8.2f}x")  # fmt: skip
     load_after = os.getloadavg()
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (1 min)")
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from harness import timing
 from harness.errors import SpecError, UsageError
 from harness.evaluate.run import EvalSettings, Unit, read_unit, run_unit
 from harness.executors import Limits, UnitFailure, get_executor
@@ -20,11 +21,13 @@ from harness.models.submission import load_submission
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _predictions(executor: str, name: str, fs: FeatureSet, tmp_path: Path) -> list[np.ndarray]:
+def _predictions(
+    executor: str, name: str, fs: FeatureSet, tmp_path: Path, clock: timing.Clock | None = None
+) -> list[np.ndarray]:
     sub = load_submission(REPO / "submissions" / name)
     settings = EvalSettings(max_epochs=2)
     out = []
-    with get_executor(executor).session(sub, Limits()) as runner:
+    with get_executor(executor).session(sub, Limits()) as runner, timing.measure() as measured:
         for seed in (0, 1):
             path = tmp_path / f"{executor}_{name}_{seed}.parquet"
             run_unit(runner, fs, Unit(fs.task.name, "base", 1, seed), settings,
@@ -32,6 +35,9 @@ def _predictions(executor: str, name: str, fs: FeatureSet, tmp_path: Path) -> li
             frame, meta = read_unit(path)
             out.append(frame.filter(like="prob_").to_numpy())
             out.append(np.asarray(meta["thresholds"]))
+    if clock is not None:
+        clock.seconds.update(measured.seconds)
+        clock.spans.update(measured.spans)
     return out
 
 
@@ -43,10 +49,17 @@ def _predictions(executor: str, name: str, fs: FeatureSet, tmp_path: Path) -> li
 def test_isolated_predictions_are_byte_identical_to_in_process(name, kind, tmp_path):
     fs = FeatureSet.synthetic(n=240, seed=5, kind=kind, p_cxr=0.7)
     local = _predictions("local", name, fs, tmp_path)
-    isolated = _predictions("isolated", name, fs, tmp_path)
+    clock = timing.Clock()
+    isolated = _predictions("isolated", name, fs, tmp_path, clock)
     for a, b in zip(local, isolated, strict=True):
         assert a.shape == b.shape
         assert a.tobytes() == b.tobytes()
+    # the worker's step spans crossed the boundary: one per epoch (one fit for an estimator)
+    # per unit, on the harness's clock, adding up to the step time the worker reported
+    spans = clock.spans["train.steps"]
+    assert len(spans) == (2 if name == "tabular_gbm" else 4)
+    steps = clock.seconds["train.steps"]
+    assert sum(b - a for a, b in spans) == pytest.approx(steps, rel=0.01, abs=0.01)
 
 
 def test_the_sandbox_refuses_to_start_without_bubblewrap(monkeypatch):

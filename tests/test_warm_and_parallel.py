@@ -184,9 +184,14 @@ def test_evaluations_side_by_side_match_one_process(cache, monkeypatch, tmp_path
         assert o.step_spans and all(a <= b for a, b in o.step_spans)
         assert sum(b - a for a, b in o.step_spans) == pytest.approx(steps, rel=0.05, abs=0.05)
         assert o.stage_seconds["train.steps"] < o.seconds
+        # one process's epochs never overlap: their union is their sum
+        assert timing.union_seconds(o.step_spans) == pytest.approx(steps, rel=0.05, abs=0.05)
     spans = [s for o in outcomes for s in o.step_spans]
-    assert timing.union_seconds(spans) <= sum(b - a for a, b in spans) + 1e-9
+    busy = timing.union_seconds(spans)
+    assert max(timing.union_seconds(o.step_spans) for o in outcomes[:3]) <= busy + 1e-9
+    assert busy <= sum(b - a for a, b in spans) + 1e-9
     assert "waiting" in outcomes[2].stage_seconds  # late_fusion waited for the references
+    assert outcomes[3].stage_seconds and not outcomes[3].step_spans  # the re-scoring, measured
     first = [o.folder for o in outcomes][:3]
     assert first == ["ehr_lstm", "cxr_probe", "late_fusion"]  # each waited for those before
     # at the end the first reference is scored again, now compared with the second

@@ -427,6 +427,7 @@ class IsolatedRunner(Runner):
         os.chmod(self.scratch, 0o755)
         os.chmod(self.inbox, 0o755)
         self._n = 0
+        self.sent_at = 0.0
         self.peak_rss = 0
         self.answer_limit = 0
         try:
@@ -547,6 +548,7 @@ class IsolatedRunner(Runner):
         named: dict[str, Any] = dict(arrays)
         np.savez(tmp, **named)
         os.replace(tmp, self.inbox / name)
+        self.sent_at = time.monotonic()  # the worker's work on this request starts after this
         try:
             write_message(self.to_worker, {**header, "file": name})
         except (BrokenPipeError, OSError):
@@ -629,9 +631,9 @@ class IsolatedRunner(Runner):
             "cxr_dropout": job.cxr_dropout,
         }
         self.answer_limit = 0  # the training answer carries no array
-        started, sent = time.perf_counter(), time.monotonic()
+        started = time.perf_counter()
         reply, _ = self._request(header, {**train_arrays, **val_arrays})
-        received = time.monotonic()
+        window = (self.sent_at, time.monotonic())
         try:
             score = float("nan") if reply.get("val_score") is None else float(reply["val_score"])
             return TrainSummary(
@@ -642,7 +644,7 @@ class IsolatedRunner(Runner):
                 stage_seconds=_stage_seconds(
                     reply.get("stage_seconds"), time.perf_counter() - started
                 ),
-                step_spans=_step_spans(reply.get("step_spans"), (sent, received)),
+                step_spans=_step_spans(reply.get("step_spans"), window),
             )
         except (KeyError, TypeError, ValueError):
             raise self._fail(
