@@ -136,6 +136,16 @@ def test_truncated_manifest_is_one_error_naming_the_file(mini_build, tmp_path, c
     assert main(["cohort", "diff", str(build), str(build)]) == 2
     out = capsys.readouterr()
     assert "manifest.json" in out.err and "Traceback" not in out.err + out.out
+    # the message is printed unwrapped: the whole path, however long, on one line
+    assert str(build / "manifest.json") in out.err.splitlines()[0]
+
+
+def test_cli_errors_are_not_read_as_markup(capsys):
+    from harness.cli.main import main
+
+    assert main(["evaluate", "submissions/[bold]nope[/bold]"]) != 0
+    err = capsys.readouterr().err
+    assert "[bold]nope[/bold]" in err
 
 
 def test_rebuild_rewrites_a_damaged_build(mini_root, tmp_path):

@@ -13,6 +13,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from harness import __version__
 from harness.errors import HarnessError
@@ -73,7 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rc = app(args=argv, standalone_mode=False)
     except HarnessError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        # not wrapped (a path in the message stays whole, ready to copy) and not read as markup
+        err_console.print(
+            f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True, soft_wrap=True
+        )
         return exc.exit_code
     except typer.Exit as exc:
         return exc.exit_code
@@ -86,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             "files already written are complete (writes are atomic) and a re-run resumes.",
             highlight=False,
             markup=False,
+            soft_wrap=True,
         )
         return 2
     except (typer.Abort, KeyboardInterrupt):
