@@ -22,8 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _predictions(
-    executor: str, name: str, fs: FeatureSet, tmp_path: Path, clock: timing.Clock | None = None
-) -> list[np.ndarray]:
+    executor: str, name: str, fs: FeatureSet, tmp_path: Path
+) -> tuple[list[np.ndarray], timing.Clock]:
     sub = load_submission(REPO / "submissions" / name)
     settings = EvalSettings(max_epochs=2)
     out = []
@@ -35,10 +35,7 @@ def _predictions(
             frame, meta = read_unit(path)
             out.append(frame.filter(like="prob_").to_numpy())
             out.append(np.asarray(meta["thresholds"]))
-    if clock is not None:
-        clock.seconds.update(measured.seconds)
-        clock.spans.update(measured.spans)
-    return out
+    return out, measured
 
 
 @pytest.mark.slow
@@ -48,9 +45,8 @@ def _predictions(
 )
 def test_isolated_predictions_are_byte_identical_to_in_process(name, kind, tmp_path):
     fs = FeatureSet.synthetic(n=240, seed=5, kind=kind, p_cxr=0.7)
-    local = _predictions("local", name, fs, tmp_path)
-    clock = timing.Clock()
-    isolated = _predictions("isolated", name, fs, tmp_path, clock)
+    local, _ = _predictions("local", name, fs, tmp_path)
+    isolated, clock = _predictions("isolated", name, fs, tmp_path)
     for a, b in zip(local, isolated, strict=True):
         assert a.shape == b.shape
         assert a.tobytes() == b.tobytes()

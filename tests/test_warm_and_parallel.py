@@ -183,7 +183,6 @@ def test_evaluations_side_by_side_match_one_process(cache, monkeypatch, tmp_path
         steps = o.stage_seconds["train.steps"]
         assert o.step_spans and all(a <= b for a, b in o.step_spans)
         assert sum(b - a for a, b in o.step_spans) == pytest.approx(steps, rel=0.05, abs=0.05)
-        assert o.stage_seconds["train.steps"] < o.seconds
         # one process's epochs never overlap: their union is their sum
         assert timing.union_seconds(o.step_spans) == pytest.approx(steps, rel=0.05, abs=0.05)
     spans = [s for o in outcomes for s in o.step_spans]
