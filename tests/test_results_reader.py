@@ -174,6 +174,7 @@ def test_results_without_a_recorded_protocol_get_the_legacy_one(doc):
         "n_resamples": 50,  # the block's own bootstrap size
         "selection": "auroc",
         "threshold": LEGACY_THRESHOLD,
+        "tuning": "default",  # written before tuning existed: the submission's own settings
     }
     assert result.protocol()["selection"] == {BINARY: "auroc", MULTILABEL: "auroc_macro"}
     # the recorded protocol of the same run says the same, so both rank together

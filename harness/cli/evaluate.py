@@ -72,6 +72,12 @@ def register(app: typer.Typer) -> None:
             "PRAUC/accuracy, threshold 0.5, seeds 42,123,1234, unweighted kappa, ICU mortality; "
             "entries named <name>.carebench, ranked apart).",
         ),
+        tuned: bool = typer.Option(
+            False,
+            "--tuned",
+            help="Train each fold with the configuration `harness tune` chose on that fold's "
+            "validation split; the entry is <name>.tuned, ranked apart from default settings.",
+        ),
     ) -> None:
         """Train per fold x seed, predict every scenario, write <dataset>/<name>/result.json."""
         from rich.console import Console
@@ -102,6 +108,7 @@ def register(app: typer.Typer) -> None:
             "executor": "local" if trusted else None,
             "replace": True if replace_entry else None,
             "protocol": protocol,
+            "tuned": True if tuned else None,
         }
         overrides = {k: v for k, v in overrides.items() if v is not None}
         settings = EvalSettings.quick(**overrides) if quick else EvalSettings(**overrides)

@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "harness.cli.submission",
     "harness.cli.leaderboard",
     "harness.cli.evaluate",
+    "harness.cli.tune",
     "harness.cli.listing",
 ]
 

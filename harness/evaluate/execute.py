@@ -103,6 +103,7 @@ def run_planned(runner: UnitRunner, plan: Plan, task_plan: TaskPlan, planned: Pl
     run_unit(
         runner, task_plan.sets[c], planned.unit, plan.settings, plan.scenarios,
         task_plan.others[c], planned.path, inputs=plan.sub.inputs,
+        config=plan.config(planned.unit),
     )  # fmt: skip
 
 

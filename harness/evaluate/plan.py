@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from harness.cohort.load import Cohort
     from harness.cohort.spec import TaskSpec
     from harness.evaluate.run import EvalSettings
+    from harness.evaluate.tune import TunedConfigs
     from harness.models.data import FeatureSet
     from harness.models.submission import Submission
 
@@ -57,6 +58,12 @@ class Plan:
     #: Key of the unit folders (:func:`harness.evaluate.units.run_key`).
     key: str
     cohorts: dict[str, Cohort]
+    #: The tuned configuration of every unit (``--tuned``), else None: the submission's own.
+    tuned: TunedConfigs | None = None
+
+    def config(self, unit: Unit) -> dict[str, Any] | None:
+        """The configuration ``unit`` trains with (None: the submission's own settings)."""
+        return None if self.tuned is None else self.tuned.config(unit.task, unit.cohort, unit.fold)
 
     @property
     def folds(self) -> tuple[int, ...]:
@@ -135,10 +142,17 @@ def plan_evaluation(sub: Submission, settings: EvalSettings, entry: Entry) -> Pl
     tasks = requested_tasks(sub, settings)
     scenarios = scenario_names(settings)
     encoder_key = encoder_key_for(settings.encoder)
-    key = run_key(sub, settings, encoder_key, scenarios)
     cohorts = {c: load_cohort(c, entry.dataset) for c in settings.cohorts}
     resolved = resolve_folds(settings, cohorts)
-    return Plan(sub, entry, resolved, tasks, scenarios, encoder_key, key, cohorts)
+    tuned = None
+    if settings.tuned:
+        from harness.evaluate.tune import load_tuned
+
+        tuned = load_tuned(
+            sub, tasks, cohorts, resolved.folds or (), entry.dataset, settings.encoder
+        )
+    key = run_key(sub, settings, encoder_key, scenarios, tuned.digest() if tuned else None)
+    return Plan(sub, entry, resolved, tasks, scenarios, encoder_key, key, cohorts, tuned)
 
 
 # --------------------------------------------------------------------------------------------
@@ -216,18 +230,25 @@ def resolve_folds(settings: EvalSettings, cohorts: Mapping[str, Any]) -> EvalSet
     return settings
 
 
-def _feature_set(plan: Plan, spec: TaskSpec, cohort: Cohort) -> tuple[FeatureSet | None, str]:
-    """The cohort's feature set for the task, or None with the reason it cannot score it."""
+def feature_set_for(
+    cohort: Cohort, spec: TaskSpec, encoder: str, cohorts: Mapping[str, Cohort], dataset: str
+) -> tuple[FeatureSet | None, str]:
+    """The cohort's feature set for the task, or None with the reason it cannot score it
+    (``cohorts``: those of the evaluation, for the subgroup scenario's reference)."""
     from harness.models.data import load_feature_set
 
     reason = unavailable_reason(cohort, spec)
     if reason:
         return None, reason
-    fs = load_feature_set(cohort, spec, plan.settings.encoder)
+    fs = load_feature_set(cohort, spec, encoder)
     if len(fs) == 0:
         return None, "no labelled stays in this cohort"
     fs = fs.replace(provenance={**fs.provenance, "n_folds": cohort_n_folds(cohort)})
-    return subgroup_reference(fs, plan.cohorts, plan.entry.dataset), ""
+    return subgroup_reference(fs, cohorts, dataset), ""
+
+
+def _feature_set(plan: Plan, spec: TaskSpec, cohort: Cohort) -> tuple[FeatureSet | None, str]:
+    return feature_set_for(cohort, spec, plan.settings.encoder, plan.cohorts, plan.entry.dataset)
 
 
 def folds_shared_by_subject(sets: Sequence[FeatureSet]) -> bool:

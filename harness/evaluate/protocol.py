@@ -61,11 +61,16 @@ class ProtocolProfile:
         return VALIDATION_THRESHOLD_RULE if self.threshold is None else f"fixed_{self.threshold:g}"
 
 
-def protocol_suffix(protocol: str) -> str:
-    """``.<profile>`` for a profile other than the default, else empty."""
-    return "" if protocol == DEFAULT_PROTOCOL else f".{protocol}"
+#: ``provenance.protocol.tuning`` of an entry evaluated with its own settings (not tuned).
+UNTUNED = "default"
 
 
-def reference_entry(ref: str, protocol: str) -> str:
-    """The entry name of reference submission ``ref`` under ``protocol``."""
-    return ref + protocol_suffix(protocol)
+def protocol_suffix(protocol: str, tuned: bool = False) -> str:
+    """``.tuned`` for tuned configurations, then ``.<profile>`` for a profile other than the
+    default; empty for the default protocol with the submission's own settings."""
+    return (".tuned" if tuned else "") + ("" if protocol == DEFAULT_PROTOCOL else f".{protocol}")
+
+
+def reference_entry(ref: str, protocol: str, tuned: bool = False) -> str:
+    """The entry name of reference submission ``ref`` under ``protocol`` (tuned or not)."""
+    return ref + protocol_suffix(protocol, tuned)

@@ -44,7 +44,7 @@ from harness.evaluate.execute import LazyRunner, Progress, ProgressFn, run_task
 from harness.evaluate.paths import OWNER_FILE, result_dir
 from harness.evaluate.plan import Entry, Plan, TaskPlan, plan_evaluation, plan_task
 from harness.evaluate.pooling import pool_units
-from harness.evaluate.protocol import DEFAULT_PROTOCOL, ProtocolProfile, protocol_suffix
+from harness.evaluate.protocol import DEFAULT_PROTOCOL, UNTUNED, ProtocolProfile, protocol_suffix
 from harness.evaluate.score import score_task_cohort
 from harness.evaluate.scoring_key import (
     record_scoring,
@@ -147,6 +147,9 @@ class EvalSettings:
     replace: bool = False
     #: Protocol profile (:data:`PROFILES`): part of the entry's name and of its ranking key.
     protocol: str = DEFAULT_PROTOCOL
+    #: Train each unit with the configuration ``harness tune`` chose for its (task, cohort,
+    #: fold) (:mod:`harness.evaluate.tune`); the entry is ``<name>.tuned``, ranked apart.
+    tuned: bool = False
 
     def __post_init__(self) -> None:
         if self.protocol not in PROFILES:
@@ -178,7 +181,9 @@ class EvalSettings:
         return cls(**base)
 
 
-def protocol_record(settings: EvalSettings, tasks: Sequence[str]) -> dict[str, Any]:
+def protocol_record(
+    settings: EvalSettings, tasks: Sequence[str], tuning: str = UNTUNED
+) -> dict[str, Any]:
     """``provenance.protocol``: what makes two entries comparable (part of the ranking key)."""
     from harness.cohort.spec import load_task
     from harness.metrics.bootstrap import DEFAULT_N_RESAMPLES
@@ -192,6 +197,7 @@ def protocol_record(settings: EvalSettings, tasks: Sequence[str]) -> dict[str, A
         "n_resamples": int(settings.n_resamples or DEFAULT_N_RESAMPLES),
         "selection": {t: profile.selection_metric(load_task(t)) for t in tasks},
         "threshold": profile.threshold_rule,
+        "tuning": tuning,
     }
 
 
@@ -202,7 +208,7 @@ def entry_name(submission_name: str, settings: EvalSettings) -> str:
     name = submission_name
     if settings.train_cxr_dropout is not None:
         name += f".cxrdrop{settings.train_cxr_dropout:g}"
-    return name + protocol_suffix(settings.protocol)
+    return name + protocol_suffix(settings.protocol, settings.tuned)
 
 
 # --------------------------------------------------------------------------------------------
@@ -296,7 +302,8 @@ def result_provenance(
         else settings.train_cxr_dropout,
         submission=sub.name,
         inputs=sorted(sub.inputs),
-        protocol=protocol_record(settings, plan.tasks),
+        protocol=protocol_record(settings, plan.tasks, plan.tuned.label if plan.tuned else UNTUNED),
+        **({"tuning": plan.tuned.record()} if plan.tuned else {}),
     )
 
 

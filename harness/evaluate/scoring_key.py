@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from harness import config
 from harness.evaluate.paths import predictions_dir, result_path, unit_path
-from harness.evaluate.protocol import DEFAULT_PROTOCOL, reference_entry
+from harness.evaluate.protocol import DEFAULT_PROTOCOL, UNTUNED, reference_entry
 from harness.io import harness_code, hash_files
 
 if TYPE_CHECKING:
@@ -106,7 +106,7 @@ def reference_inputs(plan: Plan) -> dict[str, Any]:
     from harness.evaluate.score.references import UNIMODAL_REFERENCES
 
     for ref in UNIMODAL_REFERENCES:
-        name = reference_entry(ref, plan.settings.protocol)
+        name = reference_entry(ref, plan.settings.protocol, plan.settings.tuned)
         if name == plan.entry.name:
             continue
         path = result_path(name, plan.entry.dataset)
@@ -125,6 +125,7 @@ def reference_inputs(plan: Plan) -> dict[str, Any]:
             "status": raw.get("status"),
             "run_key": key,
             "profile": protocol.get("profile", DEFAULT_PROTOCOL),
+            "tuning": protocol.get("tuning", UNTUNED),
             "max_epochs": prov.get("max_epochs"),
             "units": _unit_digests(plan, name, key) if isinstance(key, str) else None,
         }

@@ -85,9 +85,11 @@ def protocol_digest() -> str:
 
 
 def run_key(
-    sub: Submission, settings: EvalSettings, encoder_key: str, scenarios: Sequence[str]
-) -> str:
-    """Key of a unit folder: submission files, protocol code, encoder, scenarios, overrides."""
+    sub: Submission, settings: EvalSettings, encoder_key: str, scenarios: Sequence[str],
+    tuned: str | None = None,
+) -> str:  # fmt: skip
+    """Key of a unit folder: submission files, protocol code, encoder, scenarios, overrides
+    (``tuned``: the digest of the tuned configurations, :meth:`TunedConfigs.digest`)."""
     payload: dict[str, Any] = {
         "submission": submission_digest(sub),
         "protocol": protocol_digest(),
@@ -98,6 +100,8 @@ def run_key(
     }
     if settings.train_cxr_dropout is not None:
         payload["train_cxr_dropout"] = settings.train_cxr_dropout
+    if tuned is not None:
+        payload["tuned"] = tuned
     if settings.protocol != DEFAULT_PROTOCOL:  # another selection metric: other checkpoints
         payload["profile"] = settings.protocol  # beside the code digest, never replacing it
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
@@ -138,8 +142,9 @@ def select_thresholds(task_kind: str, y_val: np.ndarray, p_val: np.ndarray) -> l
 
 
 def _train(
-    runner: UnitRunner, fs: FeatureSet, unit: Unit, settings: EvalSettings, split: Split, key: bytes
-) -> TrainSummary:
+    runner: UnitRunner, fs: FeatureSet, unit: Unit, settings: EvalSettings, split: Split,
+    key: bytes, config: dict[str, Any] | None = None,
+) -> TrainSummary:  # fmt: skip
     """Train the unit's model on the fold's training and validation tensors (pseudonymised)."""
     from harness.executors import TrainJob
     from harness.executors.base import pseudonymise
@@ -151,7 +156,7 @@ def _train(
             task=task, fold=unit.fold, seed=unit.seed, variables=list(fs.variables),
             train=pseudonymise(split.train, key), val=pseudonymise(split.val, key),
             device=settings.device, max_epochs=settings.max_epochs,
-            cxr_dropout=settings.train_cxr_dropout,
+            cxr_dropout=settings.train_cxr_dropout, config=config,
         )
     )  # fmt: skip
 
@@ -205,8 +210,10 @@ def run_unit(
     others: Mapping[str, FeatureSet],
     out_path: Path,
     inputs: Sequence[str] | None = None,
+    config: dict[str, Any] | None = None,
 ) -> None:
-    """Train one (task, cohort, fold, seed) through ``runner`` and write its predictions.
+    """Train one (task, cohort, fold, seed) through ``runner`` and write its predictions
+    (``config``: a tuned configuration of the submission's search space).
 
     The harness prepares every input here, on its side of the trust boundary: the fold's
     normalisation is fitted on its training stays, the model receives the training and
@@ -230,7 +237,7 @@ def run_unit(
             test=restrict_inputs(split.test, inputs),
         )
     with stage("train.other"):  # less the worker's own optimizer-step and validation time
-        summary = _train(runner, fs, unit, settings, split, key)
+        summary = _train(runner, fs, unit, settings, split, key, config)
         for name, seconds in summary.stage_seconds.items():
             add_stage_seconds(name, seconds)
         add_spans("train.steps", summary.step_spans)

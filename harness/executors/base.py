@@ -84,6 +84,9 @@ class TrainJob:
     device: str | None = None
     max_epochs: int | None = None
     cxr_dropout: float | None = None
+    #: A configuration of the submission's search space (``{"params.hidden": 64, ...}``,
+    #: :func:`harness.models.search.apply_config`): a tuning trial's, or the tuned one.
+    config: dict[str, Any] | None = None
 
 
 @dataclass
@@ -139,11 +142,12 @@ class Executor(ABC):
 def fit_job(sub: Submission, job: TrainJob) -> TrainedModel:
     """Train ``sub`` on ``job`` (the same call in-process and inside the sandbox)."""
     from harness.models.data import FitSplit
+    from harness.models.search import apply_config
     from harness.models.train import fit_split
 
     split = FitSplit(fold=job.fold, train=job.train, val=job.val)
     return fit_split(
-        sub, job.task, split, list(job.variables), job.seed,
+        apply_config(sub, job.config), job.task, split, list(job.variables), job.seed,
         device=job.device, max_epochs=job.max_epochs, cxr_dropout=job.cxr_dropout,
     )  # fmt: skip
 

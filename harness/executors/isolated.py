@@ -629,6 +629,7 @@ class IsolatedRunner(Runner):
             "device": job.device,
             "max_epochs": job.max_epochs,
             "cxr_dropout": job.cxr_dropout,
+            "config": job.config,
         }
         self.answer_limit = 0  # the training answer carries no array
         started = time.perf_counter()

@@ -100,6 +100,7 @@ def _serve(out: IO[bytes], inp: IO[bytes]) -> int:
                     device=header.get("device"),
                     max_epochs=header.get("max_epochs"),
                     cxr_dropout=header.get("cxr_dropout"),
+                    config=header.get("config"),
                 )
                 trained = fit_job(sub, job)
                 s = summary_of(trained)

@@ -316,6 +316,8 @@ def protocol_label(protocol: dict, *, selection: bool = True) -> str:
     if selection:
         parts.append(f"selection {chosen or '?'}")
     parts.append(f"threshold {protocol.get('threshold')}")
+    tuning = protocol.get("tuning") or "default"
+    parts.append("default settings" if tuning == "default" else str(tuning))
     return " · ".join(parts)
 
 

@@ -16,6 +16,7 @@ import yaml
 
 from harness.errors import SpecError, SubmissionError
 from harness.models.protocol import ESTIMATOR_INPUTS, INPUTS
+from harness.models.search import Dimension, parse_search
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,8 @@ TOP_KEYS = {
     "tasks": "all, or a list of task names",
     "backbone": "image encoder name used when the model runs in the end-to-end (pixels) track",
     "citation": "the paper the method comes from",
+    "search": "mapping: setting (params.NAME or train.NAME) -> typed range, searched by "
+    "`harness tune`",
     "limits": "mapping: unit_seconds (wall clock per unit), memory_mb (worker memory); the "
     "harness caps both",
 }
@@ -93,6 +96,8 @@ class Submission:
     backbone: str | None = None
     citation: str | None = None
     limits: dict[str, float] = field(default_factory=dict)
+    #: The ``search`` section (:mod:`harness.models.search`), searched by ``harness tune``.
+    search: tuple[Dimension, ...] = ()
 
     @property
     def yaml_path(self) -> Path:
@@ -308,6 +313,7 @@ def parse_submission(data: Any, path: Path) -> Submission:
         if data.get("citation")
         else None,
         limits=limits,
+        search=parse_search(data.get("search"), path, kind=kind, params=params),
     )
 
 

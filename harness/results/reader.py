@@ -24,7 +24,7 @@ from harness.results.migrate import LEGACY_PROFILE, LEGACY_THRESHOLD, migrate, v
 
 #: Fields of a protocol that make two entries comparable (the leaderboard's ranking key).
 PROTOCOL_FIELDS = (
-    "profile", "folds", "seeds", "max_epochs", "n_resamples", "selection", "threshold",
+    "profile", "folds", "seeds", "max_epochs", "n_resamples", "selection", "threshold", "tuning",
 )  # fmt: skip
 
 
@@ -545,6 +545,8 @@ class Result:
             if task is not None
             else dict(sorted(selection.items())),
             "threshold": recorded.get("threshold", LEGACY_THRESHOLD),
+            # results written before tuning existed were evaluated with their own settings
+            "tuning": recorded.get("tuning", "default"),
         }
 
     # ---------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import pandas as pd
 from harness.errors import InputError
 from harness.evaluate.paths import predictions_dir, result_path, unit_path
 from harness.evaluate.pooling import probs_of
-from harness.evaluate.protocol import DEFAULT_PROTOCOL, reference_entry
+from harness.evaluate.protocol import DEFAULT_PROTOCOL, UNTUNED, reference_entry
 from harness.evaluate.score.fusion import GAIN_METRIC
 from harness.evaluate.units import read_unit
 from harness.metrics.bootstrap import Resamples
@@ -54,7 +54,12 @@ class Candidate:
 def same_training(reference: Result, settings: EvalSettings) -> bool:
     """Whether a reference's units were trained under this evaluation's profile and epoch cap."""
     profile = reference.protocol_record.get("profile", DEFAULT_PROTOCOL)
-    return profile == settings.protocol and reference.max_epochs == settings.max_epochs
+    tuned = reference.protocol_record.get("tuning", UNTUNED) != UNTUNED
+    return (
+        profile == settings.protocol
+        and reference.max_epochs == settings.max_epochs
+        and tuned == settings.tuned
+    )
 
 
 def reference_frames(
@@ -107,7 +112,7 @@ def find_candidates(
     squeeze = fs.task.kind == "binary"
     found = {}
     for ref in UNIMODAL_REFERENCES:
-        entry = reference_entry(ref, settings.protocol)
+        entry = reference_entry(ref, settings.protocol, settings.tuned)
         if entry == name:
             continue
         frames = reference_frames(entry, fs.task.name, cohort_dir, settings, dataset)
@@ -164,12 +169,13 @@ def pick_reference(scores: Mapping[str, float | None], metric: str) -> str | Non
 
 
 def best_reference(
-    refs: Sequence[str], val_scores: Mapping[str, float], metric: str, protocol: str
-) -> str | None:
+    refs: Sequence[str], val_scores: Mapping[str, float], metric: str, protocol: str,
+    tuned: bool = False,
+) -> str | None:  # fmt: skip
     """The best of the reference submissions ``refs`` that are candidates (entries with a
     validation score), by ``metric`` on validation; when it is undefined on validation for all
     of them, the first in order (never the test fold's best)."""
-    present = [e for e in (reference_entry(r, protocol) for r in refs) if e in val_scores]
+    present = [e for e in (reference_entry(r, protocol, tuned) for r in refs) if e in val_scores]
     return pick_reference({e: val_scores[e] for e in present}, metric) or next(iter(present), None)
 
 
@@ -196,15 +202,16 @@ class Chosen:
 
 
 def choose_references(
-    candidates: Mapping[str, Candidate], fs: FeatureSet, metric: str, protocol: str
-) -> Chosen:
+    candidates: Mapping[str, Candidate], fs: FeatureSet, metric: str, protocol: str,
+    tuned: bool = False,
+) -> Chosen:  # fmt: skip
     """Choose the EHR-only, CXR-only and best unimodal references on validation ``metric``."""
     squeeze = fs.task.kind == "binary"
     val = {e: validation_value(metric, fs, c.frames, squeeze) for e, c in candidates.items()}
     return Chosen(
-        ehr_only=best_reference(EHR_REFERENCES, val, metric, protocol),
-        cxr_only=best_reference(CXR_REFERENCES, val, metric, protocol),
-        best_unimodal=best_reference(UNIMODAL_REFERENCES, val, metric, protocol),
+        ehr_only=best_reference(EHR_REFERENCES, val, metric, protocol, tuned),
+        cxr_only=best_reference(CXR_REFERENCES, val, metric, protocol, tuned),
+        best_unimodal=best_reference(UNIMODAL_REFERENCES, val, metric, protocol, tuned),
     )
 
 

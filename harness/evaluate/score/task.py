@@ -124,7 +124,7 @@ def score_task_cohort(
     headline = profile.headline_metric(fs.task)
     ids = fs.stay_id[pooled.rows]
     candidates = find_candidates(name, fs, ids, settings, cohort_dir, dataset)
-    chosen = choose_references(candidates, fs, headline, settings.protocol)
+    chosen = choose_references(candidates, fs, headline, settings.protocol, settings.tuned)
     refs = {r: candidates[r].runs for r in chosen.names()}
     n_resamples = settings.n_resamples or DEFAULT_N_RESAMPLES
     resamples = bootstrap_indices(fs.subject_id[pooled.rows], n_resamples, DEFAULT_BOOTSTRAP_SEED)
