@@ -173,15 +173,15 @@ def test_first_trial_is_the_default_and_the_file_records_the_budget(cache):
     doc = yaml.safe_load(tuning_path("synthetic-default", "late_fusion", TASK, COHORT).read_text())
     first = doc["folds"][1]["trials"][0]
     sub = load_submission(LATE)
-    assert first["default"] and first["config"] == {
-        "train.lr": sub.train.lr, "train.weight_decay": sub.train.weight_decay,
-        "train.batch_size": sub.train.batch_size,
-    }  # fmt: skip
+    own = {"train.lr": sub.train.lr, "train.weight_decay": sub.train.weight_decay,
+           "train.batch_size": sub.train.batch_size}  # fmt: skip
+    own |= {d.name: sub.params[d.name.split(".", 1)[1]] for d in sub.search}
+    assert first["default"] and first["config"] == own
     assert doc["budget"] == {"trials": 3, "max_epochs": 2, "sampler": "TPE", "seed": 0,
                              "pruner": None}  # fmt: skip
-    assert doc["split"] == "validation" and set(doc["space"]) == {
-        d.name for d in GENERAL_TORCH_SPACE
-    }
+    general = {d.name for d in GENERAL_TORCH_SPACE}
+    assert doc["split"] == "validation" and set(doc["space"]) == set(own)
+    assert general < set(own) and len(own) > len(general)  # the model's own ranges too
     best = max(t["value"] for t in doc["folds"][1]["trials"] if t["state"] == "complete")
     assert doc["folds"][1]["value"] == best >= doc["folds"][1]["default_value"]
     # a second call with the same inputs reuses the fold, a larger budget searches again
