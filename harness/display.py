@@ -43,7 +43,12 @@ def print_leaderboard(
     from rich.markup import escape
     from rich.table import Table
 
-    from harness.leaderboard.render import VS_LEADER_COLUMNS, summary_by_protocol, vs_leader
+    from harness.leaderboard.render import (
+        VS_LEADER_COLUMNS,
+        inputs_cell,
+        summary_by_protocol,
+        vs_leader,
+    )
 
     console = console or Console()
     for ranking in board.rankings:
@@ -55,7 +60,8 @@ def print_leaderboard(
             caption=f"protocol: {protocol}",
         )
         columns: list[tuple[str, JustifyMethod]] = [
-            ("rank", "right"), ("submission", "left"), ("value", "right"), ("95% CI", "left"),
+            ("rank", "right"), ("submission", "left"), ("inputs", "left"), ("value", "right"),
+            ("95% CI", "left"),
             *((c, "left") for c in VS_LEADER_COLUMNS),
         ]  # fmt: skip
         for col, justify in columns:
@@ -64,7 +70,9 @@ def print_leaderboard(
             value = "n/a" if row["value"] is None else f"{row['value']:.3f}"
             ci = "n/a" if row["ci_low"] is None else f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
             delta, tied = vs_leader(row)
-            table.add_row(str(row["rank"]), row["name"], value, ci, escape(delta), tied)
+            table.add_row(
+                str(row["rank"]), row["name"], inputs_cell(row), value, ci, escape(delta), tied
+            )
         console.print(table)
     if summary:
         for spec in summary_by_protocol(board.document):

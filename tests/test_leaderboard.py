@@ -289,3 +289,24 @@ def test_fusion_gain_over_the_best_single_modality_per_label(data):
     for label in data["labels"]:
         assert named[label].pop("reference") == "cxr_only"
         assert named[label] == single[label]
+
+
+def test_ranking_rows_show_what_each_entry_reads(tmp_path, results):
+    """An entry that reads demographics is visible as such beside one that does not."""
+    res_dir = tmp_path / "results"
+    declared = {"strong": ["demographics", "cxr", "ehr_summary"], "weak": None}
+    for name, res in results.items():
+        res = copy.deepcopy(res)
+        if declared.get(name):
+            res["provenance"]["inputs"] = declared[name]
+        write_result(res, res_dir / name / "result.json")
+    board = aggregate(res_dir, tmp_path / "board")
+    doc = json.loads(board.paths["json"].read_text())
+    assert schema_errors(doc, LEADERBOARD_SCHEMA) == []
+    rows = {r["name"]: r for t in doc["rankings"] for r in t["rows"]}
+    assert rows["strong"]["inputs"] == ["ehr_summary", "cxr", "demographics"]  # canonical order
+    assert rows["weak"]["inputs"] is None
+    markdown = board.paths["md"].read_text()
+    assert "| strong | 1.0 | ehr_summary, cxr, demographics |" in markdown
+    assert "| weak | 1.0 | ? |" in markdown
+    assert "<td>ehr_summary, cxr, demographics</td>" in board.paths["html"].read_text()

@@ -229,8 +229,8 @@ def load_results(
 TIE_ALPHA = 0.05
 #: Row fields of a ranking table, in order.
 ROW_FIELDS = (
-    "rank", "name", "version", "value", "ci_low", "ci_high", "comparison", "delta_vs_leader",
-    "delta_ci_low", "delta_ci_high", "p_vs_leader", "tied_with_leader",
+    "rank", "name", "version", "inputs", "value", "ci_low", "ci_high", "comparison",
+    "delta_vs_leader", "delta_ci_low", "delta_ci_high", "p_vs_leader", "tied_with_leader",
 )  # fmt: skip
 
 
@@ -355,11 +355,16 @@ def _new_table(result: Result, block: Block, protocol: dict) -> dict:
 
 def _row(result: Result, block: Block) -> dict:
     """An entry's row of a ranking table (``_``-fields are used for ranking, then dropped)."""
+    from harness.models.protocol import INPUTS
+
     headline = block.headline
     boot = block.bootstrap
+    inputs = result.inputs
     return {
         "name": result.name,
         "version": result.version,
+        # what the entry reads (a confound when entries differ: e.g. demographics)
+        "inputs": None if inputs is None else [i for i in INPUTS if i in inputs],
         "value": None if headline is None else headline.value,
         "ci_low": None if headline is None else headline.ci_low,
         "ci_high": None if headline is None else headline.ci_high,

@@ -28,6 +28,12 @@ def _ci(row: dict) -> str:
 VS_LEADER_COLUMNS = ("Δ vs leader [95% CI], p", "tied")
 
 
+def inputs_cell(row: Mapping[str, Any]) -> str:
+    """A ranking row's inputs, e.g. ``ehr, cxr, demographics`` (``?`` when not recorded)."""
+    inputs = row.get("inputs")
+    return "?" if not inputs else ", ".join(str(i) for i in inputs)
+
+
 def _p(p: float | None) -> str:
     if p is None:
         return "p n/a"
@@ -193,14 +199,16 @@ def render_markdown(doc: dict) -> str:
             "",
             f"protocol: {_md(_protocol_line(table))}",
             "",
-            f"| rank | submission | version | value | 95% CI | {' | '.join(VS_LEADER_COLUMNS)} |",
-            "|---:|---|---|---:|---|---|---|",
+            f"| rank | submission | version | inputs | value | 95% CI | "
+            f"{' | '.join(VS_LEADER_COLUMNS)} |",
+            "|---:|---|---|---|---:|---|---|---|",
         ]
         for row in table["rows"]:
             delta, tied = vs_leader(row)
             lines.append(
-                f"| {row['rank']} | {row['name']} | {_md(row['version'])} | {_fmt(row['value'])} | "
-                f"{_ci(row)} | {_md(delta)} | {tied} |"
+                f"| {row['rank']} | {row['name']} | {_md(row['version'])} | "
+                f"{inputs_cell(row)} | {_fmt(row['value'])} | {_ci(row)} | {_md(delta)} | "
+                f"{tied} |"
             )
     for table in summary_by_protocol(doc):
         cells = lambda row: " | ".join(str(c).replace("|", "\\|") for c in row)  # noqa: E731
@@ -346,11 +354,11 @@ def bars_svg(title: str, bars: list[tuple[str, float, float | None, float | None
 
 
 def _html_table(table: dict) -> str:
-    cols = ("rank", "submission", "version", "value", "95% CI", *VS_LEADER_COLUMNS)
+    cols = ("rank", "submission", "version", "inputs", "value", "95% CI", *VS_LEADER_COLUMNS)
     head = "<tr>" + "".join(f"<th>{escape(c)}</th>" for c in cols) + "</tr>"
     rows = "".join(
         f"<tr><td>{r['rank']}</td><td>{escape(r['name'])}</td><td>{escape(r['version'])}</td>"
-        f"<td>{_fmt(r['value'])}</td><td>{_ci(r)}</td>"
+        f"<td>{escape(inputs_cell(r))}</td><td>{_fmt(r['value'])}</td><td>{_ci(r)}</td>"
         + "".join(f"<td>{escape(c)}</td>" for c in vs_leader(r))
         + "</tr>"
         for r in table["rows"]
