@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -44,7 +43,6 @@ if TYPE_CHECKING:
     from harness.models.search import Dimension
     from harness.models.submission import Submission
 
-log = logging.getLogger(__name__)
 
 TUNING_SCHEMA = 1
 PROTOCOL = "nested per fold: fold k's configuration is chosen on fold k's validation split"
@@ -84,6 +82,11 @@ class Budget:
 def tuning_path(dataset: str, name: str, task: str, cohort: str) -> Path:
     """``cache/tuning/<dataset>/<name>/<task>-<cohort>.yaml``."""
     return config.cache_root() / "tuning" / dataset / name / f"{task}-{cohort}.yaml"
+
+
+def _tuned_for(data: Mapping[str, Any], key: Mapping[str, Any]) -> bool:
+    """Whether a tuning file's content was tuned for the inputs ``key`` (`tuning_key`)."""
+    return all(data.get(k) == v for k, v in key.items())
 
 
 def tuning_key(sub: Submission, cohort: Cohort, encoder_key: str, budget: Budget) -> dict:
@@ -376,7 +379,7 @@ def tune(
     path = tuning_path(dataset, sub.name, task, cohort)
     previous = read_tuning(path)
     studies: dict[int, dict[str, Any]] = {}
-    if previous is not None and all(previous.get(k) == v for k, v in key.items()):
+    if previous is not None and _tuned_for(previous, key):
         studies = {int(k): v for k, v in previous["folds"].items()}  # same inputs: kept
     todo = [k for k in folds if force or k not in studies]
     exe = get_executor(executor)
@@ -442,7 +445,7 @@ def load_tuned(
             if data is not None:
                 budget = _budget_of(data)
                 key = tuning_key(sub, cohort, encoder_key_for(encoder), budget) if budget else None
-                if key is None or any(data.get(k) != v for k, v in key.items()):
+                if key is None or not _tuned_for(data, key):
                     raise InputError(
                         f"the tuned configuration of {sub.name} for {task}/{c} was tuned for "
                         "other inputs (the submission's files, the cohort, the encoder or the "

@@ -224,8 +224,11 @@ def apply_config(sub: Submission, config: Mapping[str, Any] | None) -> Submissio
         if section == "params" and key:
             params[key] = value
         elif section == "train" and key in SEARCHABLE_TRAIN:
-            checked = None if value is None and key == "grad_clip" else _train_value(key, value)
-            if checked is None and not (value is None and key == "grad_clip"):
+            if value is None and key == "grad_clip":  # no clipping
+                train[key] = None
+                continue
+            checked = _train_value(key, value)
+            if checked is None:
                 raise _error(
                     sub.yaml_path,
                     f"configuration sets train.{key} to {value!r}",
