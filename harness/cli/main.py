@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "harness.cli.leaderboard",
     "harness.cli.evaluate",
     "harness.cli.tune",
+    "harness.cli.audit",
     "harness.cli.listing",
 ]
 
