@@ -64,6 +64,7 @@ def run_demo(
     console: Console | None = None,
 ) -> None:
     from harness import config
+    from harness.audit import run_audit
     from harness.cohort import load_cohort
     from harness.cohort.build import build_cohorts
     from harness.cohort.show import funnel_table, overview_table, summarize
@@ -117,11 +118,16 @@ def run_demo(
         )
 
     lap("encode")
+    console.rule("4. leak audit (subjects, images, times, labels, folds)")
+    for cohort in ("base", "matched"):
+        console.print(run_audit(cohort).one_line(), highlight=False, soft_wrap=True)
+
+    lap("audit")
     settings = EvalSettings.quick(
         tasks=tuple(tasks), folds=tuple(folds), seeds=tuple(seeds), executor=executor
     )
     console.rule(
-        f"4. evaluate the reference submissions (folds {','.join(map(str, folds))}, "
+        f"5. evaluate the reference submissions (folds {','.join(map(str, folds))}, "
         f"seeds {','.join(map(str, seeds))}, at most {settings.max_epochs} epochs)"
     )
     folders = reference_submissions(submissions)
@@ -137,7 +143,7 @@ def run_demo(
     )  # fmt: skip
 
     lap("evaluate")
-    console.rule("5. leaderboard")
+    console.rule("6. leaderboard")
     board = aggregate(config.results_dir(), config.leaderboard_dir())
     print_leaderboard(board, console, summary=True)
     lap("leaderboard")

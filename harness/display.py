@@ -45,6 +45,7 @@ def print_leaderboard(
 
     from harness.leaderboard.render import (
         VS_LEADER_COLUMNS,
+        audit_line,
         inputs_cell,
         summary_by_protocol,
         vs_leader,
@@ -57,7 +58,7 @@ def print_leaderboard(
         table = Table(
             title=f"{ranking['task']} · {ranking['cohort']} · {ranking['metric']} {arrow}"
             f"  ({ranking['dataset']}, {ranking['fingerprint'][:12]})",
-            caption=f"protocol: {protocol}",
+            caption=f"protocol: {protocol}; {audit_line(ranking)}",
         )
         columns: list[tuple[str, JustifyMethod]] = [
             ("rank", "right"), ("submission", "left"), ("inputs", "left"), ("value", "right"),

@@ -16,7 +16,9 @@ def test_demo_runs_every_stage_and_prints_the_leaderboard(tmp_path, monkeypatch,
     args = ["demo", "--n-patients", "300", "-t", "mortality_in_hospital"]
     assert main([*args, "-s", "ehr_lstm", "-s", "cxr_probe", "--folds", "1,2"]) == 0
     out = " ".join(capsys.readouterr().out.split())
-    for stage in ("1. synthetic", "2. cohorts", "3. encode", "4. evaluate", "5. leaderboard"):
+    for stage in (
+        "1. synthetic", "2. cohorts", "3. encode", "4. leak audit", "5. evaluate", "6. leaderboard"
+    ):
         assert stage in out
     assert "folds 1,2, seeds 0" in out
     assert "mortality_in_hospital · base · auroc" in out

@@ -102,10 +102,14 @@ def subject_overlap(
             if n
             else f"no subject appears in two partitions of any fold ({source})"
         ),
-        details={"partitions": "given" if given else "harness", "per_fold": per_fold,
-                 "n_subjects": int(len(np.unique(subject_id))), "n_leaking_subjects": n},
+        details={
+            "partitions": "given" if given else "harness",
+            "per_fold": per_fold,
+            "n_subjects": int(len(np.unique(subject_id))),
+            "n_leaking_subjects": n,
+        },
         private={"subject_ids": sorted(leaked)[:MAX_PRIVATE]},
-    )  # fmt: skip
+    )
 
 
 # ------------------------------------------------------------------------------- time leakage
@@ -167,14 +171,19 @@ def time_leakage(
         differs = ~unknown & ((study - recorded).abs() > pd.Timedelta(minutes=1))
         findings["images_time_differs_from_source"] = int(differs.sum())
         if (after | differs).any():
-            private["source_images"] = [
-                str(d) for d in linked.loc[after | differs, "dicom_id"]
-            ][:MAX_PRIVATE]
+            private["source_images"] = [str(d) for d in linked.loc[after | differs, "dicom_id"]][
+                :MAX_PRIVATE
+            ]
     leaks = {k: v for k, v in findings.items() if v and not k.endswith("_affected")}
-    checked = "hourly EHR series, prediction times, linked image times" + (
-        ", the EHR feature cache" if observed is not None else ""
-    ) + (", image times re-read from the source metadata" if source_image_times is not None
-         else "")  # fmt: skip
+    checked = (
+        "hourly EHR series, prediction times, linked image times"
+        + (", the EHR feature cache" if observed is not None else "")
+        + (
+            ", image times re-read from the source metadata"
+            if source_image_times is not None
+            else ""
+        )
+    )
     return Check(
         name="time_leakage",
         status=FAILED if leaks else PASSED,
@@ -277,8 +286,9 @@ def label_leakage(
     ``features`` and ``labels`` are aligned rows (training stays); ``embedding`` holds the image
     rows ``embedding_rows`` (positions in those rows) with ``groups`` (subject per row).
     """
-    auc, _ = auroc_matrix(features.to_numpy(np.float64), labels.to_numpy(np.float64),
-                          min_class=min_class)  # fmt: skip
+    auc, _ = auroc_matrix(
+        features.to_numpy(np.float64), labels.to_numpy(np.float64), min_class=min_class
+    )
     oriented = np.fmax(auc, 1.0 - auc)
     names = list(features.columns)
     label_names = list(labels.columns)
@@ -299,15 +309,19 @@ def label_leakage(
     if embedding is not None and len(embedding) and groups is not None:
         rows = np.asarray(embedding_rows)
         probe = embedding_auroc(
-            np.asarray(embedding, np.float64), labels.to_numpy(np.float64)[rows], groups,
+            np.asarray(embedding, np.float64),
+            labels.to_numpy(np.float64)[rows],
+            groups,
             min_class=min_class,
-        )  # fmt: skip
+        )
         probe = np.fmax(probe, 1.0 - probe)
         for c, label in enumerate(label_names):
             v = probe[c]
             emb_best[label] = None if np.isnan(v) else round(float(v), 4)
             if not np.isnan(v) and v > threshold:
-                flagged.append({"label": label, "feature": "cxr_embedding", "auroc": round(float(v), 4)})
+                flagged.append(
+                    {"label": label, "feature": "cxr_embedding", "auroc": round(float(v), 4)}
+                )
     judged = int(np.isfinite(oriented).any(axis=0).sum())
     status = FAILED if flagged else PASSED
     if not flagged and judged == 0:
@@ -365,16 +379,23 @@ def distribution_shift(
         table = pd.crosstab(fold[ok], y[ok] == 1)
         prevalence[name] = {
             f"fold{f}": round(float(np.mean(y[ok & (fold == f)] == 1)), 4)
-            if (ok & (fold == f)).any() else None
+            if (ok & (fold == f)).any()
+            else None
             for f in folds
-        }  # fmt: skip
+        }
         if table.shape[0] < 2 or table.shape[1] < 2:
             continue
         p = float(chi2_contingency(table.to_numpy())[1])
         rate = table[True] / table.sum(axis=1)
         overall = float((y[ok] == 1).mean())
-        tests.append({"kind": "prevalence", "name": name, "p": p,
-                      "fold": f"fold{int((rate - overall).abs().idxmax())}"})  # fmt: skip
+        tests.append(
+            {
+                "kind": "prevalence",
+                "name": name,
+                "p": p,
+                "fold": f"fold{int((rate - overall).abs().idxmax())}",
+            }
+        )
     medians: dict[str, dict[str, float | None]] = {}
     for name in variables.columns:
         x = variables[name].to_numpy(np.float64)
@@ -388,16 +409,16 @@ def distribution_shift(
             continue
         p = float(kruskal(*parts_ok).pvalue)
         centre = np.median(np.concatenate(parts_ok))
-        far = max(zip(folds, parts, strict=True),
-                  key=lambda fp: abs(np.median(fp[1]) - centre) if len(fp[1]) else -1)[0]  # fmt: skip
+        far = max(
+            zip(folds, parts, strict=True),
+            key=lambda fp: abs(np.median(fp[1]) - centre) if len(fp[1]) else -1,
+        )[0]
         tests.append({"kind": "variable", "name": name, "p": p, "fold": f"fold{far}"})
     if tests:
         adjusted = benjamini_hochberg([t["p"] for t in tests])
         for t, a in zip(tests, adjusted, strict=True):
             t["q"] = float(a)
-    differing = [
-        {**t, "p": round(t["p"], 6), "q": round(t["q"], 6)} for t in tests if t["q"] < q
-    ]
+    differing = [{**t, "p": round(t["p"], 6), "q": round(t["q"], 6)} for t in tests if t["q"] < q]
     return Check(
         name="distribution_shift",
         status=WARNING if differing else PASSED,
@@ -445,8 +466,9 @@ def pairs_by_split(
     return per_fold, by_fold_pair, crossing
 
 
-def key_variables(summary: np.ndarray, summary_names: Sequence[str],
-                  stays: pd.DataFrame) -> pd.DataFrame:  # fmt: skip
+def key_variables(
+    summary: np.ndarray, summary_names: Sequence[str], stays: pd.DataFrame
+) -> pd.DataFrame:
     """The variables the shift check compares across folds: age, image availability, and for
     every EHR variable its mean value and its observed-hour count over the window."""
     cols: dict[str, np.ndarray] = {}

@@ -192,7 +192,9 @@ def duplicate_images(
             nf, nb, cross = pairs_by_split(a, b, partitions, fold)
             details["near"] = {
                 "status": FAILED if cross.any() else PASSED,
-                "index": "IndexFlatIP" if len(x) <= EXACT_LIMIT else f"IndexIVFFlat nprobe={NPROBE}",
+                "index": "IndexFlatIP"
+                if len(x) <= EXACT_LIMIT
+                else f"IndexIVFFlat nprobe={NPROBE}",
                 "pairs": int(len(pairs)),
                 "across_splits": int(cross.sum()),
                 "per_fold": nf,
@@ -229,9 +231,12 @@ def duplicate_images(
         summary=(
             "; ".join(problems)
             if problems
-            else (f"no duplicate image across splits ({', '.join(what)})" if len(dicom)
-                  else "the cohort has no linked images")
-        ),  # fmt: skip
+            else (
+                f"no duplicate image across splits ({', '.join(what)})"
+                if len(dicom)
+                else "the cohort has no linked images"
+            )
+        ),
         details=details,
         private=private,
     )

@@ -27,7 +27,7 @@ from harness import __version__, config
 from harness.audit import checks
 from harness.audit.checks import ABSENT, FAILED, PASSED, SKIPPED, TRAIN, WARNING, Check
 from harness.audit.duplicates import NEAR_THRESHOLD, content_hashes, duplicate_images
-from harness.errors import HarnessError, InputError
+from harness.errors import HarnessError
 from harness.io import atomic_write_json, atomic_write_text, exclusive_lock
 
 log = logging.getLogger(__name__)
@@ -101,8 +101,11 @@ class Audit:
             return head + "FAILED - " + "; ".join(parts) + f" (see {self.report_path})"
         notes = [f"{n} warning" for n in self.names(WARNING)]
         notes += [f"{n} skipped" for n in self.names(SKIPPED)]
-        return head + "passed" + (f" ({', '.join(notes)})" if notes else "") + (
-            f"; {len(r['checks'])} checks in {r['elapsed_s']:.1f} s"
+        return (
+            head
+            + "passed"
+            + (f" ({', '.join(notes)})" if notes else "")
+            + (f"; {len(r['checks'])} checks in {r['elapsed_s']:.1f} s")
         )
 
     def provenance(self, *, allowed: bool = False) -> dict[str, Any]:
@@ -202,7 +205,9 @@ def source_image_times(cohort: Any) -> tuple[pd.Series | None, str | None]:
     if [st.st_size, st.st_mtime_ns] != [meta.get("size"), meta.get("mtime_ns")]:
         return None, "the metadata table changed since the build"
     wanted = set(cohort.stays["dicom_id"].dropna().astype(str))
-    frame = pd.read_csv(path, usecols=["dicom_id", "StudyDate", "StudyTime"], dtype={"dicom_id": str})
+    frame = pd.read_csv(
+        path, usecols=["dicom_id", "StudyDate", "StudyTime"], dtype={"dicom_id": str}
+    )
     frame = frame[frame["dicom_id"].isin(wanted)]
     t = pd.to_numeric(frame["StudyTime"], errors="coerce").to_numpy(np.float64)
     seconds = np.floor(t / 10000) * 3600 + np.floor(t / 100) % 100 * 60 + t % 100
@@ -268,8 +273,13 @@ def audit_cohort(
     partitions, given = partition_table(cohort, stays)
     fold = stays["fold"].to_numpy()
     out: list[Check] = []
-    out.append(_timed("subject_overlap", lambda: checks.subject_overlap(
-        stays["subject_id"].to_numpy(), partitions, given=given), seconds))  # fmt: skip
+    out.append(
+        _timed(
+            "subject_overlap",
+            lambda: checks.subject_overlap(stays["subject_id"].to_numpy(), partitions, given=given),
+            seconds,
+        )
+    )
 
     linked = (stays["has_cxr"].fillna(0).astype(bool) & stays["dicom_id"].notna()).to_numpy()
     rows = np.flatnonzero(linked)
@@ -280,21 +290,35 @@ def audit_cohort(
     def dup() -> Check:
         paths = cohort_images(cohort) if dicom else {}
         return duplicate_images(
-            np.asarray(dicom, object), partitions[rows], fold[rows],
-            hashes=content_hashes([paths.get(d) for d in dicom]), embedding=emb, embedded=ok,
-            threshold=thresholds.near_duplicate, no_embedding=emb_note,
-        )  # fmt: skip
+            np.asarray(dicom, object),
+            partitions[rows],
+            fold[rows],
+            hashes=content_hashes([paths.get(d) for d in dicom]),
+            embedding=emb,
+            embedded=ok,
+            threshold=thresholds.near_duplicate,
+            no_embedding=emb_note,
+        )
 
     out.append(_timed("duplicate_images", dup, seconds))
     hourly = cohort.hourly()
     ehr, from_cache = _ehr_features(cohort, stays, hourly)
     times, times_note = source_image_times(cohort)
-    out.append(_timed("time_leakage", lambda: checks.time_leakage(
-        stays, hourly, prediction_hours=prediction_hours,
-        lookback_hours=float(rules.get("cxr_lookback_hours", 0.0)),
-        observed=np.asarray(ehr.observed) if from_cache else None,
-        observed_stay_ids=np.asarray(ehr.stay_id), source_image_times=times,
-    ), seconds))  # fmt: skip
+    out.append(
+        _timed(
+            "time_leakage",
+            lambda: checks.time_leakage(
+                stays,
+                hourly,
+                prediction_hours=prediction_hours,
+                lookback_hours=float(rules.get("cxr_lookback_hours", 0.0)),
+                observed=np.asarray(ehr.observed) if from_cache else None,
+                observed_stay_ids=np.asarray(ehr.stay_id),
+                source_image_times=times,
+            ),
+            seconds,
+        )
+    )
     if times_note:
         out[-1].details["source_image_times"] = times_note
 
@@ -304,13 +328,17 @@ def audit_cohort(
         [
             pd.DataFrame(np.asarray(ehr.summary, np.float64), columns=list(ehr.summary_names)),
             checks.demographic_features(stays, DEMOGRAPHICS),
-            pd.DataFrame({
-                "has_cxr": linked.astype(np.float64),
-                "cxr_time_hours": np.where(linked, stays["cxr_time_hours"].astype(float), np.nan),
-            }),
+            pd.DataFrame(
+                {
+                    "has_cxr": linked.astype(np.float64),
+                    "cxr_time_hours": np.where(
+                        linked, stays["cxr_time_hours"].astype(float), np.nan
+                    ),
+                }
+            ),
         ],
         axis=1,
-    )  # fmt: skip
+    )
     if emb is not None:
         img_rows = rows[ok]
         in_train = train[img_rows]
@@ -322,14 +350,28 @@ def audit_cohort(
         }
     else:
         emb_args = {}
-    out.append(_timed("label_leakage", lambda: checks.label_leakage(
-        features.loc[train].reset_index(drop=True), labels.loc[train].reset_index(drop=True),
-        threshold=thresholds.label_auroc, min_class=thresholds.min_class, **emb_args,
-    ), seconds))  # fmt: skip
+    out.append(
+        _timed(
+            "label_leakage",
+            lambda: checks.label_leakage(
+                features.loc[train].reset_index(drop=True),
+                labels.loc[train].reset_index(drop=True),
+                threshold=thresholds.label_auroc,
+                min_class=thresholds.min_class,
+                **emb_args,
+            ),
+            seconds,
+        )
+    )
     out[-1].details["rows"] = "training partition of fold 1"
     keyvars = checks.key_variables(np.asarray(ehr.summary), list(ehr.summary_names), stays)
-    out.append(_timed("distribution_shift", lambda: checks.distribution_shift(
-        fold, labels, keyvars, q=thresholds.shift_q), seconds))  # fmt: skip
+    out.append(
+        _timed(
+            "distribution_shift",
+            lambda: checks.distribution_shift(fold, labels, keyvars, q=thresholds.shift_q),
+            seconds,
+        )
+    )
     facts = {
         "n_stays": int(len(stays)),
         "n_subjects": int(stays["subject_id"].nunique()),
@@ -405,9 +447,7 @@ def ensure_audit(cohort: Any, encoder: str, *, allow_leaks: bool = False) -> Aud
     if not audit.passed and not allow_leaks:
         raise LeakError(
             f"the audit of cohort {cohort.name!r} ({cohort.fingerprint[:12]}) found leaks: "
-            + "; ".join(
-                f"{n}: {audit.record['checks'][n]['summary']}" for n in audit.names(FAILED)
-            )
+            + "; ".join(f"{n}: {audit.record['checks'][n]['summary']}" for n in audit.names(FAILED))
             + f"\nReport: {audit.report_path}\nFix: remove the leak from the data source and "
             f"rebuild the cohort, or pass {ALLOW_FLAG} to evaluate anyway (the result and the "
             "leaderboard then say so)"
@@ -430,20 +470,25 @@ def render_report(record: dict[str, Any]) -> str:
         f"- encoder: `{record['encoder']}` (`{record['encoder_key']}`)",
         f"- audited: {record['created_at']} by harness {record['harness_version']} "
         f"in {record['elapsed_s']:.1f} s",
-        "- inputs: " + ", ".join(
-            f"{k} {v}" for k, v in record["inputs"].items() if k != "seconds"
-        ),
+        "- inputs: " + ", ".join(f"{k} {v}" for k, v in record["inputs"].items() if k != "seconds"),
         "",
         "| check | status | threshold | finding |",
         "|---|---|---|---|",
-    ]  # fmt: skip
+    ]
     for name, c in record["checks"].items():
         lines.append(f"| {name} | {c['status']} | {c['threshold']} | {c['summary']} |")
     lines.append("")
     for name, c in record["checks"].items():
-        lines += [f"## {name}", "", f"{c['summary']}", "", "```json",
-                  json.dumps(c["details"], indent=1, sort_keys=True, default=str)[:20000],
-                  "```", ""]  # fmt: skip
+        lines += [
+            f"## {name}",
+            "",
+            f"{c['summary']}",
+            "",
+            "```json",
+            json.dumps(c["details"], indent=1, sort_keys=True, default=str)[:20000],
+            "```",
+            "",
+        ]
     lines.append(
         "Subject and image ids of the findings are in audit.json beside this file (private: it "
         "never leaves the cache)."

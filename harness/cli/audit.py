@@ -13,13 +13,20 @@ def register(app: typer.Typer) -> None:
         ),
         dataset: str = typer.Option(None, "--dataset", help="Dataset of the built cohorts."),
         encoder: str = typer.Option(
-            "default", "--encoder", help="CXR encoder whose embeddings the near-duplicate search uses."
+            "default",
+            "--encoder",
+            help="CXR encoder whose embeddings the near-duplicate search uses.",
         ),
         near_threshold: float = typer.Option(
-            None, "--near-threshold", min=0.0, max=1.0,
+            None,
+            "--near-threshold",
+            min=0.0,
+            max=1.0,
             help="Centred cosine similarity at which two images are near duplicates (0.97).",
-        ),  # fmt: skip
-        force: bool = typer.Option(False, "--force", help="Audit again even if a current audit exists."),
+        ),
+        force: bool = typer.Option(
+            False, "--force", help="Audit again even if a current audit exists."
+        ),
     ) -> None:
         """Check cohorts for leaks; writes audit.json and audit.md, exits 3 when one fails."""
         from rich.console import Console
@@ -29,17 +36,15 @@ def register(app: typer.Typer) -> None:
         from harness.audit.checks import FAILED, PASSED, WARNING
         from harness.cli.evaluate import _split
 
-        thresholds = Thresholds() if near_threshold is None else Thresholds(
-            near_duplicate=near_threshold
-        )  # fmt: skip
+        thresholds = (
+            Thresholds() if near_threshold is None else Thresholds(near_duplicate=near_threshold)
+        )
         console = Console()
         colour = {PASSED: "green", FAILED: "bold red", WARNING: "yellow"}
         failed = False
         for name in _split(cohort) or ("base", "matched"):
             with console.status(f"auditing {name}"):
-                result = run_audit(
-                    name, dataset, encoder, force=force, thresholds=thresholds
-                )
+                result = run_audit(name, dataset, encoder, force=force, thresholds=thresholds)
             table = Table(title=f"{name}: {result.verdict}", title_justify="left")
             for col in ("check", "status", "finding"):
                 table.add_column(col, overflow="fold")
@@ -49,7 +54,9 @@ def register(app: typer.Typer) -> None:
             console.print(table)
             verb = "reused" if result.reused else "wrote"
             console.print(
-                f"{verb} {result.path} and {result.report_path.name}", highlight=False, soft_wrap=True
+                f"{verb} {result.path} and {result.report_path.name}",
+                highlight=False,
+                soft_wrap=True,
             )
             console.print(result.one_line(), highlight=False, soft_wrap=True)
             failed |= not result.passed

@@ -78,6 +78,12 @@ def register(app: typer.Typer) -> None:
             help="Train each fold with the configuration `harness tune` chose on that fold's "
             "validation split; the entry is <name>.tuned, ranked apart from default settings.",
         ),
+        allow_leaks: bool = typer.Option(
+            False,
+            "--allow-leaks",
+            help="Evaluate even when a cohort's leak audit (`harness audit`) failed; the result "
+            "and the leaderboard record it.",
+        ),
     ) -> None:
         """Train per fold x seed, predict every scenario, write <dataset>/<name>/result.json."""
         from rich.console import Console
@@ -109,6 +115,7 @@ def register(app: typer.Typer) -> None:
             "replace": True if replace_entry else None,
             "protocol": protocol,
             "tuned": True if tuned else None,
+            "allow_leaks": True if allow_leaks else None,
         }
         overrides = {k: v for k, v in overrides.items() if v is not None}
         settings = EvalSettings.quick(**overrides) if quick else EvalSettings(**overrides)

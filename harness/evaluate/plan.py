@@ -60,6 +60,8 @@ class Plan:
     cohorts: dict[str, Cohort]
     #: The tuned configuration of every unit (``--tuned``), else None: the submission's own.
     tuned: TunedConfigs | None = None
+    #: Cohort -> what the result records of its leak audit (:mod:`harness.audit`).
+    audits: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def config(self, unit: Unit) -> dict[str, Any] | None:
         """The configuration ``unit`` trains with (None: the submission's own settings)."""
@@ -143,6 +145,7 @@ def plan_evaluation(sub: Submission, settings: EvalSettings, entry: Entry) -> Pl
     scenarios = scenario_names(settings)
     encoder_key = encoder_key_for(settings.encoder)
     cohorts = {c: load_cohort(c, entry.dataset) for c in settings.cohorts}
+    audits = audit_cohorts(cohorts, settings)
     resolved = resolve_folds(settings, cohorts)
     tuned = None
     if settings.tuned:
@@ -152,7 +155,23 @@ def plan_evaluation(sub: Submission, settings: EvalSettings, entry: Entry) -> Pl
             sub, tasks, cohorts, resolved.folds or (), entry.dataset, settings.encoder
         )
     key = run_key(sub, settings, encoder_key, scenarios, tuned.digest() if tuned else None)
-    return Plan(sub, entry, resolved, tasks, scenarios, encoder_key, key, cohorts, tuned)
+    return Plan(sub, entry, resolved, tasks, scenarios, encoder_key, key, cohorts, tuned, audits)
+
+
+def audit_cohorts(cohorts: Mapping[str, Cohort], settings: EvalSettings) -> dict[str, dict]:
+    """The leak audit of every cohort (cached, or run now): what the result records of it.
+
+    Raises:
+        LeakError: an audit failed and ``settings.allow_leaks`` is not set.
+    """
+    from harness.audit import ensure_audit
+
+    return {
+        c: ensure_audit(cohort, settings.encoder, allow_leaks=settings.allow_leaks).provenance(
+            allowed=settings.allow_leaks
+        )
+        for c, cohort in cohorts.items()
+    }
 
 
 # --------------------------------------------------------------------------------------------

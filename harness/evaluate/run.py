@@ -150,6 +150,8 @@ class EvalSettings:
     #: Train each unit with the configuration ``harness tune`` chose for its (task, cohort,
     #: fold) (:mod:`harness.evaluate.tune`); the entry is ``<name>.tuned``, ranked apart.
     tuned: bool = False
+    #: Evaluate a cohort whose leak audit failed (`harness audit`); the result records it.
+    allow_leaks: bool = False
 
     def __post_init__(self) -> None:
         if self.protocol not in PROFILES:
@@ -307,13 +309,18 @@ def result_provenance(
     )
 
 
-def cohort_records(cohorts: Mapping[str, Cohort]) -> dict[str, dict[str, Any]]:
-    """The result's ``cohorts``: fingerprint and size of every cohort evaluated on."""
+def cohort_records(
+    cohorts: Mapping[str, Cohort], audits: Mapping[str, Mapping[str, Any]] | None = None
+) -> dict[str, dict[str, Any]]:
+    """The result's ``cohorts``: fingerprint and size of every cohort evaluated on, and the
+    verdict of its leak audit."""
+    audits = audits or {}
     return {
         c: {
             "fingerprint": cohort.fingerprint,
             "n_stays": int(len(cohort.stays)),
             "n_subjects": int(cohort.stays["subject_id"].nunique()),
+            **({"audit": dict(audits[c])} if c in audits else {}),
         }
         for c, cohort in cohorts.items()
     }
@@ -443,7 +450,8 @@ def evaluate_plan(
     prov = result_provenance(plan, executor, time.perf_counter() - started, train_seconds)
     result = build_result(
         plan.entry.name, plan.sub.version, plan.entry.dataset,
-        cohorts=cohort_records(plan.cohorts), tasks=blocks, provenance_record=prov, check=False,
+        cohorts=cohort_records(plan.cohorts, plan.audits), tasks=blocks,
+        provenance_record=prov, check=False,
     )  # fmt: skip
     if skipped:
         result["skipped"] = skipped

@@ -173,6 +173,7 @@ def scoring_key(plan: Plan, references: Mapping[str, Any] | None = None) -> str:
         "scenarios": plan.scenarios,
         "settings": _settings_record(plan),
         "cohorts": {c: cohort.fingerprint for c, cohort in plan.cohorts.items()},
+        "audits": plan.audits,
         "units": _unit_digests(plan, plan.entry.name, plan.key),
         "references": reference_inputs(plan) if references is None else references,
         "packages": _package_versions(),

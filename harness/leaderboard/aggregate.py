@@ -229,7 +229,7 @@ def load_results(
 TIE_ALPHA = 0.05
 #: Row fields of a ranking table, in order.
 ROW_FIELDS = (
-    "rank", "name", "version", "inputs", "value", "ci_low", "ci_high", "comparison",
+    "rank", "name", "version", "inputs", "audit", "value", "ci_low", "ci_high", "comparison",
     "delta_vs_leader", "delta_ci_low", "delta_ci_high", "p_vs_leader", "tied_with_leader",
 )  # fmt: skip
 
@@ -353,6 +353,15 @@ def _new_table(result: Result, block: Block, protocol: dict) -> dict:
     }
 
 
+def audit_status(record: object) -> str | None:
+    """A row's ``audit``: passed, failed-allowed (evaluated with --allow-leaks), or None."""
+    if not isinstance(record, dict):
+        return None
+    if record.get("verdict") == "passed":
+        return "passed"
+    return "failed-allowed" if record.get("allowed") else "failed"
+
+
 def _row(result: Result, block: Block) -> dict:
     """An entry's row of a ranking table (``_``-fields are used for ranking, then dropped)."""
     from harness.models.protocol import INPUTS
@@ -365,6 +374,8 @@ def _row(result: Result, block: Block) -> dict:
         "version": result.version,
         # what the entry reads (a confound when entries differ: e.g. demographics)
         "inputs": None if inputs is None else [i for i in INPUTS if i in inputs],
+        # the cohort's leak audit (None: scored before audits existed)
+        "audit": audit_status(result.cohorts.get(block.cohort, {}).get("audit")),
         "value": None if headline is None else headline.value,
         "ci_low": None if headline is None else headline.ci_low,
         "ci_high": None if headline is None else headline.ci_high,

@@ -61,6 +61,24 @@ def _protocol_line(table: dict) -> str:
     return protocol.get("label") or "protocol not recorded"
 
 
+def audit_line(table: Mapping[str, Any]) -> str:
+    """What the cohort's leak audit (`harness audit`) said for the entries of a ranking table."""
+    by: dict[Any, list[str]] = {}
+    for row in table["rows"]:
+        by.setdefault(row.get("audit"), []).append(str(row["name"]))
+    if set(by) == {"passed"}:
+        return "leak audit of the cohort: passed for every entry"
+    words = {
+        "passed": "passed",
+        "failed-allowed": "FAILED, evaluated anyway (--allow-leaks)",
+        "failed": "FAILED",
+        None: "not recorded (scored before audits)",
+    }
+    return "leak audit of the cohort: " + "; ".join(
+        f"{words.get(k, str(k))} for {', '.join(names)}" for k, names in by.items()
+    )
+
+
 def _protocol_groups(doc: dict) -> list[tuple[str, dict]]:
     """(protocol label, sub-document holding only the entries of that protocol), in a stable
     order; one group per profile, folds, seeds, epoch cap, resamples and threshold rule."""
@@ -197,7 +215,7 @@ def render_markdown(doc: dict) -> str:
             "",
             f"dataset `{table['dataset']}`, cohort fingerprint `{table['fingerprint']}`",
             "",
-            f"protocol: {_md(_protocol_line(table))}",
+            f"protocol: {_md(_protocol_line(table))}; {_md(audit_line(table))}",
             "",
             f"| rank | submission | version | inputs | value | 95% CI | "
             f"{' | '.join(VS_LEADER_COLUMNS)} |",
@@ -436,7 +454,8 @@ def render_html(doc: dict) -> str:
             f"<section><h2>{escape(task)} · {escape(cohort)} · {escape(table['metric'])}</h2>"
             f"<p>dataset <code>{escape(table['dataset'])}</code>, cohort fingerprint "
             f"<code>{escape(table['fingerprint'])}</code>; protocol "
-            f"{escape(_protocol_line(table))}</p>{_html_table(table)}"
+            f"{escape(_protocol_line(table))}; {escape(audit_line(table))}</p>"
+            f"{_html_table(table)}"
             f"<div class='plots'>{''.join(p for p in plots if p)}</div></section>"
         )
     for table in summary_by_protocol(doc):
