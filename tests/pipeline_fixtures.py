@@ -28,6 +28,7 @@ def tiny_cache(root: Path, *, n_patients: int = N_PATIENTS) -> Iterator[Path]:
         assert main(args) == 0
         assert main(["cohort", "build"]) == 0
         assert main(["encode", "-e", "test_tiny"]) == 0
+        assert main(["audit", "--encoder", "test_tiny"]) == 0
         yield root
 
 

@@ -132,8 +132,24 @@ def code_digest() -> str:
     return h.hexdigest()
 
 
+def image_stats(cohort: Any) -> str:
+    """Digest of (path, size, mtime) of the cohort's linked image files: an image replaced after
+    an audit makes that audit stale."""
+    from harness.encode.run import cohort_images
+
+    h = hashlib.sha256()
+    for d, p in sorted(cohort_images(cohort).items()):
+        try:
+            st = p.stat() if p is not None else None
+        except OSError:
+            st = None
+        h.update(f"{d}\0{p}\0{st and st.st_size}\0{st and st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
 def audit_key(cohort: Any, encoder_key: str, thresholds: Thresholds) -> str:
     parts = {
+        "images": image_stats(cohort),
         "version": AUDIT_VERSION,
         "fingerprint": cohort.fingerprint,
         "files": cohort.manifest.get("files") or {},
@@ -404,10 +420,12 @@ def run_audit(
     key = audit_key(c, key_enc, thresholds)
     directory = audit_dir(c, key_enc)
     path = directory / "audit.json"
+    if not force and (record := _read(path)) is not None and record.get("key") == key:
+        return Audit(record, path, reused=True)  # a current audit: read without locking
     directory.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(directory / ".lock"):
+    with exclusive_lock(path):  # audit.json.lock
         if not force and (record := _read(path)) is not None and record.get("key") == key:
-            return Audit(record, path, reused=True)
+            return Audit(record, path, reused=True)  # another process has just written it
         t0 = time.perf_counter()
         found, facts = audit_cohort(c, encoder, thresholds=thresholds)
         record = {

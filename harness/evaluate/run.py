@@ -487,6 +487,7 @@ def evaluate(
     after the last unit is trained and before anything is scored or an earlier result is
     reused (possibly twice: it must be idempotent, like waiting for an event).
     """
+    from harness.audit import LeakError
     from harness.executors import Limits
     from harness.models.submission import load_submission
 
@@ -509,6 +510,8 @@ def evaluate(
             result = reused
         else:
             result = evaluate_plan(plan, runner, executor, counter, started, before_scoring)
+    except LeakError:
+        raise  # refused before anything ran: there is no failure of the entry to record
     except HarnessError as exc:
         record_failure(sub, entry, exc)
         raise
