@@ -17,16 +17,26 @@ def test_demo_runs_every_stage_and_prints_the_leaderboard(tmp_path, monkeypatch,
     assert main([*args, "-s", "ehr_lstm", "-s", "cxr_probe", "--folds", "1,2"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     for stage in (
-        "1. synthetic", "2. cohorts", "3. encode", "4. leak audit", "5. evaluate", "6. leaderboard"
+        "1. synthetic",
+        "2. cohorts",
+        "3. encode",
+        "4. leak audit",
+        "5. evaluate",
+        "6. leaderboard",
     ):
         assert stage in out
     assert "folds 1,2, seeds 0" in out
+    for cohort in ("base", "matched"):  # the audit's one-line verdict
+        assert f"audit of synthetic-default/{cohort} (" in out
+    assert out.count("): passed") >= 2
     assert "mortality_in_hospital · base · auroc" in out
     assert "Robustness to missing CXR" in out and "Lowest-TPR group" in out
     board = json.loads((tmp_path / "leaderboard" / "leaderboard.json").read_text())
     names = {e["name"] for e in board["entries"]}
     assert names == {"ehr_lstm", "cxr_probe"}
     assert all(e["provenance"]["folds"] == [1, 2] for e in board["entries"])
+    rows = [r for t in board["rankings"] for r in t["rows"]]
+    assert rows and all(r["audit"] == "passed" for r in rows)
     # a second run reuses everything: nothing is trained again
     assert main([*args, "-s", "ehr_lstm", "--folds", "1,2"]) == 0
     assert "0 trained, 4 reused" in " ".join(capsys.readouterr().out.split())

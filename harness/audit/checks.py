@@ -372,7 +372,7 @@ def distribution_shift(
     fold = np.asarray(fold)
     folds = sorted(int(f) for f in np.unique(fold))
     tests: list[dict[str, Any]] = []
-    prevalence: dict[str, dict[str, float]] = {}
+    prevalence: dict[str, dict[str, float | None]] = {}
     for name in labels.columns:
         y = labels[name].to_numpy(np.float64)
         ok = ~np.isnan(y)
@@ -393,7 +393,7 @@ def distribution_shift(
                 "kind": "prevalence",
                 "name": name,
                 "p": p,
-                "fold": f"fold{int((rate - overall).abs().idxmax())}",
+                "fold": f"fold{int(str((rate - overall).abs().idxmax()))}",
             }
         )
     medians: dict[str, dict[str, float | None]] = {}

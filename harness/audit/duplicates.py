@@ -41,7 +41,9 @@ def centred_unit(emb: np.ndarray) -> np.ndarray:
 
 def _upper_pairs(lims: np.ndarray, dist: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """(i, j, similarity) rows with i < j from a faiss range-search result."""
-    rows = np.repeat(np.arange(len(lims) - 1), np.diff(lims.astype(np.int64)))
+    bounds = np.asarray(lims, dtype=np.int64)
+    counts: np.ndarray = bounds[1:] - bounds[:-1]
+    rows = np.repeat(np.arange(len(bounds) - 1), counts)
     idx = idx.astype(np.int64)
     keep = rows < idx
     return np.column_stack([rows[keep], idx[keep], dist[keep]])
@@ -57,6 +59,7 @@ def near_pairs_faiss(
     n, d = x.shape
     if n < 2:
         return np.zeros((0, 3))
+    index: Any
     if n <= exact_limit:
         index = faiss.IndexFlatIP(d)
     else:

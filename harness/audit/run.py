@@ -236,7 +236,7 @@ def _ehr_features(cohort: Any, stays: pd.DataFrame, hourly: pd.DataFrame) -> tup
     """The cohort's EHR features aligned with ``stays``: the verified cache when it exists (what
     models read), else computed from the hourly series. Returns (features, from_cache)."""
     from harness import store
-    from harness.encode.ehr import build_ehr_tensors
+    from harness.encode.ehr import N_HOURS, build_ehr_tensors
 
     if store.ehr_store_exists(cohort):
         ehr = store.read_ehr(cohort)
@@ -247,7 +247,7 @@ def _ehr_features(cohort: Any, stays: pd.DataFrame, hourly: pd.DataFrame) -> tup
             ehr.observed = np.asarray(ehr.observed)[pos]
             ehr.summary = np.asarray(ehr.summary)[pos]
             return ehr, True
-    inside = hourly[(hourly["hour"] >= 0) & (hourly["hour"] < 48)]
+    inside = hourly[(hourly["hour"] >= 0) & (hourly["hour"] < N_HOURS)]
     return build_ehr_tensors(inside, stays["stay_id"].to_numpy(), cohort.variables), False
 
 
