@@ -84,8 +84,12 @@ def test_time_leakage_finds_planted_late_values_and_images():
     late = pd.concat([hourly, pd.DataFrame({"stay_id": [101], "hour": [49], "variable": ["hr"]})])
     found = checks.time_leakage(stays, late, prediction_hours=48)
     assert found.status == FAILED
-    assert found.details["ehr_values_outside_window"] == 1
+    assert found.details["ehr_values_after_prediction"] == 1
     assert found.private["ehr_stays"] == [101]
+    # before admission is not a leak (counted only)
+    early = pd.concat([hourly, pd.DataFrame({"stay_id": [101], "hour": [-2], "variable": ["hr"]})])
+    before = checks.time_leakage(stays, early, prediction_hours=48)
+    assert before.status == PASSED and before.details["ehr_values_before_admission"] == 1
 
     # a shorter prediction window makes hour 47 a post-prediction value
     assert checks.time_leakage(stays, hourly, prediction_hours=24).status == FAILED
@@ -95,13 +99,29 @@ def test_time_leakage_finds_planted_late_values_and_images():
     found = checks.time_leakage(img, hourly, prediction_hours=48)
     assert found.status == FAILED and found.private["images"] == ["c"]
 
-    # the feature cache: an observed cell at hour 48+ of a 48 h window is a leak
-    observed = np.zeros((4, 50, 2), dtype=bool)
-    observed[2, 48, 1] = True
-    found = checks.time_leakage(
-        stays, hourly, prediction_hours=48, observed=observed, observed_stay_ids=stays.stay_id
-    )
+
+def test_time_leakage_checks_the_feature_cache_against_the_series():
+    stays = _stays()  # moved to a 24-hour window
+    stays["prediction_time"] = stays["intime"] + pd.Timedelta(hours=24)
+    stays["cxr_time_hours"] = [10.0, 20.0, np.nan, 2.0]
+    hourly = pd.DataFrame({"stay_id": [100, 101, 103], "hour": [0, 20, 12], "variable": "hr"})
+    observed = np.zeros((4, 48, 2), dtype=bool)
+    observed[0, 0, 0] = observed[1, 20, 0] = observed[3, 12, 0] = True
+    kwargs = {"observed_stay_ids": stays["stay_id"].to_numpy(), "observed_variables": ["hr", "sbp"]}
+    same = checks.time_leakage(stays, hourly, prediction_hours=24, observed=observed, **kwargs)
+    assert same.status == PASSED, same.summary
+    # a cached value at hour 30 of a 24-hour window, that the series does not have
+    late = observed.copy()
+    late[2, 30, 1] = True
+    found = checks.time_leakage(stays, hourly, prediction_hours=24, observed=late, **kwargs)
     assert found.status == FAILED and found.private["cache_stays"] == [102]
+    assert found.details["cache_stays_with_values_after_prediction"] == 1
+    # inside the window but absent from the series: a cache built from something else
+    stale = observed.copy()
+    stale[3, 5, 1] = True
+    found = checks.time_leakage(stays, hourly, prediction_hours=24, observed=stale, **kwargs)
+    assert found.status == FAILED and found.details["cache_values_not_in_series"] == 1
+    assert found.private["cache_stays"] == [103]
 
 
 def test_time_leakage_rereads_image_times_from_the_source():
@@ -154,7 +174,7 @@ def test_a_builder_that_leaks_post_prediction_values_is_caught(
     audit = run_audit(loaded=load_cohort(path=out["base"]), encoder="test_tiny")
     check = audit.record["checks"]["time_leakage"]
     assert check["status"] == FAILED and audit.verdict == FAILED
-    assert check["details"]["ehr_values_outside_window"] > 0
+    assert check["details"]["ehr_values_after_prediction"] > 0
     assert "time_leakage" in audit.one_line() and "FAILED" in audit.one_line()
 
 
@@ -329,7 +349,8 @@ def test_an_encoder_that_cannot_tell_images_apart_is_inconclusive_not_failed():
     assert check.status == SKIPPED
     hashed = duplicate_images(dicom, _harness_partitions(fold), fold, embedding=emb,
                               hashes=[f"h{i}" for i in range(60)])  # fmt: skip
-    assert hashed.status == PASSED and "inconclusive" in hashed.summary
+    assert hashed.status == PASSED and "near-duplicate search not run" in hashed.summary
+    assert hashed.details["partial"]
 
 
 # --------------------------------------------------------------------------- distribution shift
@@ -377,6 +398,8 @@ def test_the_tiny_cohorts_audit_clean_and_the_report_holds_no_ids(tiny_pipeline,
         stays = load_cohort(cohort).stays
         for d in stays["dicom_id"].dropna().astype(str).head(50):
             assert d not in report
+        for sid in stays["subject_id"].astype(str).head(50):
+            assert sid not in report
         assert audit.record["elapsed_s"] < 60
 
 

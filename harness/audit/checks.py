@@ -123,22 +123,27 @@ def time_leakage(
     lookback_hours: float = 0.0,
     observed: np.ndarray | None = None,
     observed_stay_ids: np.ndarray | None = None,
+    observed_variables: Sequence[str] | None = None,
     source_image_times: pd.Series | None = None,
 ) -> Check:
     """Every EHR value and every linked image must be dated before the stay's prediction time.
 
     Checked on the cohort files: hours of the hourly series (counted from ICU admission) below
     ``prediction_hours``; ``prediction_time = intime + prediction_hours``; each linked image's
-    ``cxr_time_hours`` in ``[-lookback_hours, prediction_hours)``. Where given: the EHR feature
-    cache (``observed``: stays x hours x variables) holds no value at or after the prediction
-    hour, and ``source_image_times`` (dicom_id -> study time, re-read from the image source's
-    metadata) puts each linked image before its stay's prediction time.
+    ``cxr_time_hours`` below ``prediction_hours``. Where given: the EHR feature cache
+    (``observed``: stays x hours x variables, rows ``observed_stay_ids``, columns
+    ``observed_variables``) holds no value at or after the prediction hour and none the hourly
+    series lacks, and ``source_image_times`` (dicom_id -> study time, re-read from the image
+    source's metadata) puts each linked image before its stay's prediction time, at the time the
+    cohort records. Values or images dated before the window (before admission, or before the
+    image look-back) are counted but are not leaks.
     """
     findings: dict[str, int] = {}
     private: dict[str, Any] = {}
     hours = hourly["hour"].to_numpy()
-    late = (hours >= prediction_hours) | (hours < 0)
-    findings["ehr_values_outside_window"] = int(late.sum())
+    late = hours >= prediction_hours
+    findings["ehr_values_after_prediction"] = int(late.sum())
+    findings["ehr_values_before_admission"] = int((hours < 0).sum())
     if late.any():
         rows = hourly.loc[late]
         private["ehr_stays"] = sorted(int(s) for s in rows["stay_id"].unique())[:MAX_PRIVATE]
@@ -146,20 +151,36 @@ def time_leakage(
         findings["ehr_variables_affected"] = int(rows["variable"].nunique())
     if observed is not None:
         first = int(np.ceil(prediction_hours))
-        late_cells = observed[:, first:, :].any(axis=(1, 2)) if observed.shape[1] > first else None
-        n_late = 0 if late_cells is None else int(late_cells.sum())
-        findings["cache_stays_with_values_after_prediction"] = n_late
-        if n_late and observed_stay_ids is not None:
-            private["cache_stays"] = [int(s) for s in observed_stay_ids[late_cells]][:MAX_PRIVATE]
+        late_cells = observed[:, first:, :].any(axis=(1, 2))
+        findings["cache_stays_with_values_after_prediction"] = int(late_cells.sum())
+        flagged = late_cells.copy()
+        if observed_stay_ids is not None and observed_variables is not None:
+            # the cache must hold exactly the series' cells: one it has that the series lacks
+            # was computed from something else (a stale or wrongly built cache)
+            n, t, f = observed.shape
+            s_pos = pd.Index(np.asarray(observed_stay_ids)).get_indexer(hourly["stay_id"])
+            v_pos = pd.Index(list(observed_variables)).get_indexer(hourly["variable"].astype(str))
+            ok = (s_pos >= 0) & (v_pos >= 0) & (hours >= 0) & (hours < t)
+            series = np.zeros(n * t * f, dtype=bool)
+            series[(s_pos[ok] * t + hours[ok].astype(np.int64)) * f + v_pos[ok]] = True
+            extra = observed.reshape(-1) & ~series
+            extra_stays = extra.reshape(n, t * f).any(axis=1)
+            findings["cache_values_not_in_series"] = int(extra.sum())
+            flagged |= extra_stays
+        if flagged.any() and observed_stay_ids is not None:
+            ids = np.asarray(observed_stay_ids)[flagged]
+            private["cache_stays"] = [int(s) for s in ids][:MAX_PRIVATE]
     expected = stays["intime"] + pd.to_timedelta(prediction_hours, unit="h")
     off = (stays["prediction_time"] - expected).abs() > pd.Timedelta(seconds=1)
     findings["stays_with_wrong_prediction_time"] = int(off.sum())
     has = stays["has_cxr"].fillna(0).astype(bool) & stays["dicom_id"].notna()
-    t = stays.loc[has, "cxr_time_hours"].astype(float)
-    bad = (t >= prediction_hours) | (t < -lookback_hours) | t.isna()
-    findings["images_outside_window"] = int(bad.sum())
+    t_img = stays.loc[has, "cxr_time_hours"].astype(float)
+    bad = t_img >= prediction_hours
+    findings["images_after_prediction"] = int(bad.sum())
+    findings["images_before_window"] = int((t_img < -lookback_hours).sum())
+    findings["images_without_time"] = int(t_img.isna().sum())
     if bad.any():
-        private["images"] = [str(d) for d in stays.loc[t.index[bad], "dicom_id"]][:MAX_PRIVATE]
+        private["images"] = [str(d) for d in stays.loc[t_img.index[bad], "dicom_id"]][:MAX_PRIVATE]
     if source_image_times is not None:
         linked = stays.loc[has]
         study = linked["dicom_id"].astype(str).map(source_image_times)
@@ -174,22 +195,19 @@ def time_leakage(
             private["source_images"] = [str(d) for d in linked.loc[after | differs, "dicom_id"]][
                 :MAX_PRIVATE
             ]
-    leaks = {k: v for k, v in findings.items() if v and not k.endswith("_affected")}
-    checked = (
-        "hourly EHR series, prediction times, linked image times"
-        + (", the EHR feature cache" if observed is not None else "")
-        + (
-            ", image times re-read from the source metadata"
-            if source_image_times is not None
-            else ""
-        )
-    )
+    leaks = {k: v for k, v in findings.items() if v and k in LEAK_FINDINGS}
+    checked = "hourly EHR series, prediction times, linked image times"
+    if observed is not None:
+        checked += ", the EHR feature cache"
+    if source_image_times is not None:
+        checked += ", image times re-read from the source metadata"
     return Check(
         name="time_leakage",
         status=FAILED if leaks else PASSED,
         threshold=(
             f"0 EHR values or images at or after the prediction time (hour {prediction_hours:g} "
-            f"of the stay; images from {-lookback_hours:g} h)"
+            "of the stay), 0 cache values the series lacks, 0 image times differing from the "
+            "source"
         ),
         summary=(
             "found " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in leaks.items())
@@ -199,6 +217,20 @@ def time_leakage(
         details={"checked": checked, **findings},
         private=private,
     )
+
+
+#: Findings of `time_leakage` that are leaks (the others are counted for the report).
+LEAK_FINDINGS = frozenset(
+    {
+        "ehr_values_after_prediction",
+        "cache_stays_with_values_after_prediction",
+        "cache_values_not_in_series",
+        "stays_with_wrong_prediction_time",
+        "images_after_prediction",
+        "images_after_prediction_in_source",
+        "images_time_differs_from_source",
+    }
+)
 
 
 # ------------------------------------------------------------------------------ label leakage

@@ -171,6 +171,8 @@ def duplicate_images(
         near_status = SKIPPED
     else:
         sub = np.flatnonzero(np.ones(len(dicom), bool) if embedded is None else embedded)
+        if len(sub) != len(embedding):
+            raise ValueError(f"{len(embedding)} embeddings for {len(sub)} embedded rows")
         x = centred_unit(embedding)
         nn = nearest_similarity(x)
         median_nn = float(np.median(nn))
@@ -217,13 +219,12 @@ def duplicate_images(
         status = FAILED
     else:
         status = PASSED if (hashed or near_ran) else SKIPPED
-    what = []
-    if hashed:
-        what.append(f"{hashed} files hashed")
+    what = [f"{hashed} of {len(dicom)} files hashed"]
     if near_ran:
         what.append(f"embeddings compared at {threshold:g}")
-    elif embedding is not None and len(dicom):
-        what.append("near-duplicate search inconclusive (see details)")
+    else:
+        what.append(f"near-duplicate search not run: {details['near']['reason']}")
+    details["partial"] = bool(len(dicom)) and not (near_ran and hashed == len(dicom))
     return Check(
         name="duplicate_images",
         status=status,

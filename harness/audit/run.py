@@ -101,6 +101,16 @@ class Audit:
             return head + "FAILED - " + "; ".join(parts) + f" (see {self.report_path})"
         notes = [f"{n} warning" for n in self.names(WARNING)]
         notes += [f"{n} skipped" for n in self.names(SKIPPED)]
+        notes += [
+            f"{n} partial: "
+            + (
+                "near-duplicate search not run"
+                if c["details"].get("near", {}).get("status") == SKIPPED
+                else "not every file hashed"
+            )
+            for n, c in r["checks"].items()
+            if c["status"] == PASSED and c["details"].get("partial")
+        ]
         return (
             head
             + "passed"
@@ -119,8 +129,15 @@ class Audit:
         }
 
 
-def audit_dir(cohort: Any, encoder_key: str) -> Path:
-    return config.cache_root() / "audit" / cohort.dataset / Path(cohort.path).name / encoder_key
+def audit_dir(cohort: Any, encoder_key: str, thresholds: Thresholds | None = None) -> Path:
+    """Where the audit of ``cohort`` with an encoder's embeddings lies; audits with other than
+    the default thresholds get a folder of their own (they never replace the one evaluate reads)."""
+    root = config.cache_root() / "audit" / cohort.dataset / Path(cohort.path).name
+    thresholds = thresholds or Thresholds()
+    if thresholds == Thresholds():
+        return root / encoder_key
+    digest = hashlib.sha256(json.dumps(thresholds.__dict__, sort_keys=True).encode())
+    return root / f"{encoder_key}-t{digest.hexdigest()[:8]}"
 
 
 def code_digest() -> str:
@@ -147,9 +164,31 @@ def image_stats(cohort: Any) -> str:
     return h.hexdigest()
 
 
+def store_states(cohort: Any, encoder_key: str) -> dict[str, str]:
+    """Digest of the group metadata (zarr.json: committed chunks and their checksums) of the
+    image-embedding store and of the EHR feature cache, "absent" where not written yet: an
+    audit made before `harness encode`, or before a store was rewritten, is stale after it."""
+    from harness import store
+
+    out = {}
+    for name, path in (
+        ("cxr", store.cxr_store_path(encoder_key)),
+        ("ehr", store.ehr_store_path(cohort)),
+    ):
+        meta = Path(path) / "zarr.json"
+        out[name] = hashlib.sha256(meta.read_bytes()).hexdigest() if meta.is_file() else "absent"
+    return out
+
+
 def audit_key(cohort: Any, encoder_key: str, thresholds: Thresholds) -> str:
+    source = (cohort.manifest.get("source") or {}).get("files") or {}
+    meta = source.get("mimic-cxr-metadata") or {}
+    meta_path = Path(meta["path"]) if meta.get("path") else None
+    meta_stat = meta_path.stat() if meta_path is not None and meta_path.is_file() else None
     parts = {
         "images": image_stats(cohort),
+        "stores": store_states(cohort, encoder_key),
+        "metadata_table": None if meta_stat is None else [meta_stat.st_size, meta_stat.st_mtime_ns],
         "version": AUDIT_VERSION,
         "fingerprint": cohort.fingerprint,
         "files": cohort.manifest.get("files") or {},
@@ -221,14 +260,24 @@ def source_image_times(cohort: Any) -> tuple[pd.Series | None, str | None]:
     if [st.st_size, st.st_mtime_ns] != [meta.get("size"), meta.get("mtime_ns")]:
         return None, "the metadata table changed since the build"
     wanted = set(cohort.stays["dicom_id"].dropna().astype(str))
-    frame = pd.read_csv(
-        path, usecols=["dicom_id", "StudyDate", "StudyTime"], dtype={"dicom_id": str}
-    )
+    columns = ["dicom_id", "StudyDate", "StudyTime"]
+    try:
+        if path.name.endswith(".parquet"):
+            frame = pd.read_parquet(path, columns=columns)
+        else:
+            frame = pd.read_csv(path, usecols=columns, dtype=str)
+    except (ValueError, OSError) as exc:
+        return None, f"the metadata table could not be read ({type(exc).__name__})"
+    frame = frame.astype(str)
     frame = frame[frame["dicom_id"].isin(wanted)]
-    t = pd.to_numeric(frame["StudyTime"], errors="coerce").to_numpy(np.float64)
-    seconds = np.floor(t / 10000) * 3600 + np.floor(t / 100) % 100 * 60 + t % 100
-    day = pd.to_datetime(frame["StudyDate"].astype("Int64").astype(str), format="%Y%m%d")
-    times = day + pd.to_timedelta(np.round(seconds * 1e6), unit="us")
+    # parsed as text (YYYYMMDD + HHMMSS[.ffffff], zero-padded), not with the builder's
+    # arithmetic on numbers: a slip in either shows up as a mismatch
+    clock = frame["StudyTime"].str.split(".", n=1)
+    whole = clock.str[0].str.zfill(6)
+    fraction = clock.str[1].fillna("0").str.ljust(6, "0").str[:6]
+    times = pd.to_datetime(
+        frame["StudyDate"].str[:8] + whole + fraction, format="%Y%m%d%H%M%S%f", errors="coerce"
+    )
     return pd.Series(times.to_numpy(), index=frame["dicom_id"].to_numpy()), None
 
 
@@ -330,6 +379,7 @@ def audit_cohort(
                 lookback_hours=float(rules.get("cxr_lookback_hours", 0.0)),
                 observed=np.asarray(ehr.observed) if from_cache else None,
                 observed_stay_ids=np.asarray(ehr.stay_id),
+                observed_variables=list(ehr.variables),
                 source_image_times=times,
             ),
             seconds,
@@ -418,7 +468,7 @@ def run_audit(
     c = loaded if loaded is not None else load_cohort(cohort, dataset)
     key_enc = encoder_key_for(encoder)
     key = audit_key(c, key_enc, thresholds)
-    directory = audit_dir(c, key_enc)
+    directory = audit_dir(c, key_enc, thresholds)
     path = directory / "audit.json"
     if not force and (record := _read(path)) is not None and record.get("key") == key:
         return Audit(record, path, reused=True)  # a current audit: read without locking

@@ -173,7 +173,10 @@ def scoring_key(plan: Plan, references: Mapping[str, Any] | None = None) -> str:
         "scenarios": plan.scenarios,
         "settings": _settings_record(plan),
         "cohorts": {c: cohort.fingerprint for c, cohort in plan.cohorts.items()},
-        "audits": plan.audits,
+        # the verdict, not the audit's own key: re-auditing unchanged data re-scores nothing
+        "audits": {
+            c: [a.get("verdict"), a.get("failed"), a.get("allowed")] for c, a in plan.audits.items()
+        },
         "units": _unit_digests(plan, plan.entry.name, plan.key),
         "references": reference_inputs(plan) if references is None else references,
         "packages": _package_versions(),
