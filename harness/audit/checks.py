@@ -158,8 +158,12 @@ def time_leakage(
             # the cache must hold exactly the series' cells: one it has that the series lacks
             # was computed from something else (a stale or wrongly built cache)
             n, t, f = observed.shape
-            s_pos = pd.Index(np.asarray(observed_stay_ids)).get_indexer(hourly["stay_id"])
-            v_pos = pd.Index(list(observed_variables)).get_indexer(hourly["variable"].astype(str))
+            s_pos = pd.Index(np.asarray(observed_stay_ids)).get_indexer(
+                pd.Index(hourly["stay_id"].to_numpy())
+            )
+            v_pos = pd.Index(list(observed_variables)).get_indexer(
+                pd.Index(hourly["variable"].astype(str).to_numpy())
+            )
             ok = (s_pos >= 0) & (v_pos >= 0) & (hours >= 0) & (hours < t)
             series = np.zeros(n * t * f, dtype=bool)
             series[(s_pos[ok] * t + hours[ok].astype(np.int64)) * f + v_pos[ok]] = True
