@@ -27,9 +27,10 @@ def cache_root() -> Path:
 
 
 def tasks_dir() -> Path:
-    """Folder of the versioned task, cohort and variable definitions (``HARNESS_TASKS``)."""
+    """Folder of the versioned task, cohort and variable definitions (``HARNESS_TASKS``, else
+    the package's own ``tasks/``: shipped in the wheel, and ``tasks/`` of a clone links to it)."""
     env = os.environ.get("HARNESS_TASKS")
-    return Path(env).expanduser().resolve() if env else REPO_ROOT / "tasks"
+    return Path(env).expanduser().resolve() if env else _PACKAGE_DIR / "tasks"
 
 
 def submissions_dir() -> Path:

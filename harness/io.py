@@ -35,11 +35,25 @@ def harness_code(exclude: tuple[str, ...] = ()) -> list[Path]:
     ]
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where the kernel reports it."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)  # elsewhere: set and restore (the only way to read it)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary sibling renamed over it; the file gets the
+    mode a plain ``open`` would give (0666 less the umask), not the temporary file's 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -65,11 +79,13 @@ def atomic_directory(final: str | Path, *, overwrite: bool = False) -> Iterator[
 
     If ``final`` exists and ``overwrite`` is true it is replaced only after the new content is
     complete; on any exception the temporary directory is removed and ``final`` is untouched.
+    The directory gets the mode ``mkdir`` would give (0777 less the umask), not 0700.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
+        os.chmod(tmp, 0o777 & ~current_umask())
         yield tmp
         if final.exists():
             if not overwrite:
