@@ -29,6 +29,21 @@ def reference_submissions(names: Sequence[str] | None = None) -> list:
     root = config.submissions_dir()
     found = sorted(p for p in root.iterdir() if (p / "submission.yaml").is_file())
     if names:
+        known = [p.name for p in found]
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            import difflib
+
+            from harness.errors import UnknownNameError
+
+            hints = []
+            for n in unknown:
+                close = difflib.get_close_matches(n, known, n=1, cutoff=0.5)
+                hints.append(f"{n!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise UnknownNameError(
+                f"unknown submission(s) {', '.join(hints)} in {root}; "
+                f"valid names: {', '.join(known)}"
+            )
         wanted = set(names)
         found = [p for p in found if p.name in wanted]
     head = [p for name in (*REFERENCE_ORDER, *SLOWEST_FIRST) for p in found if p.name == name]
@@ -77,6 +92,7 @@ def run_demo(
     from harness.leaderboard.aggregate import aggregate
 
     console = console or Console()
+    folders = reference_submissions(submissions)  # an unknown name fails before any work
     started = time.perf_counter()
     stages: dict[str, float] = {}
     mark = started
@@ -130,7 +146,6 @@ def run_demo(
         f"5. evaluate the reference submissions (folds {','.join(map(str, folds))}, "
         f"seeds {','.join(map(str, seeds))}, at most {settings.max_epochs} epochs)"
     )
-    folders = reference_submissions(submissions)
     jobs = default_jobs(len(folders)) if jobs is None else jobs
     if jobs > 1:
         console.print(

@@ -41,3 +41,19 @@ def test_demo_runs_every_stage_and_prints_the_leaderboard(tmp_path, monkeypatch,
     assert main([*args, "-s", "ehr_lstm", "--folds", "1,2"]) == 0
     assert "0 trained, 4 reused" in " ".join(capsys.readouterr().out.split())
     assert main([*args, "--folds", "1,x"]) == 2
+
+
+def test_demo_refuses_an_unknown_submission_before_any_work(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
+    assert main(["demo", "-s", "late_fusio"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "unknown submission(s) 'late_fusio' (did you mean 'late_fusion'?)" in err
+    assert not (tmp_path / "datasets").exists()  # nothing was generated
+
+
+def test_evaluate_of_a_missing_folder_fails_before_drawing_a_bar(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
+    assert main(["evaluate", str(tmp_path / "nope")]) == 2
+    out, err = capsys.readouterr()
+    assert "no submission.yaml found" in err
+    assert "units" not in out  # no progress bar was drawn first

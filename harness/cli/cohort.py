@@ -38,6 +38,12 @@ def build(
     cxr_root: Path | None = typer.Option(
         None, "--cxr-root", help="Folder of {dicom_id}.jpg images for --carebench."
     ),
+    meds: Path | None = typer.Option(
+        None, "--meds", help="MEDS dataset folder (data/*.parquet, metadata/)."
+    ),
+    meds_cxr: Path | None = typer.Option(
+        None, "--meds-cxr", help="MIMIC-CXR-JPG root of the image events of --meds."
+    ),
     source: Path | None = typer.Option(
         None,
         "--source",
@@ -51,8 +57,14 @@ def build(
     from harness.cohort.show import funnel_table, overview_table, summarize
 
     chosen, path, images = _choose_source(
-        {"--mimic-iv": mimic_iv, "--clif": clif, "--carebench": carebench, "--source": source},
-        {"--mimic-cxr": mimic_cxr, "--cxr-root": cxr_root},
+        {
+            "--mimic-iv": mimic_iv,
+            "--clif": clif,
+            "--carebench": carebench,
+            "--meds": meds,
+            "--source": source,
+        },
+        {"--mimic-cxr": mimic_cxr, "--cxr-root": cxr_root, "--meds-cxr": meds_cxr},
     )
     request = BuildRequest(
         path=path,

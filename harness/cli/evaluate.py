@@ -46,7 +46,11 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: auto)."),
         max_epochs: int = typer.Option(None, "--max-epochs", help="Cap training epochs."),
         scenario: list[str] = typer.Option(None, "--scenario", help="Robustness scenario(s)."),
-        no_cross_cohort: bool = typer.Option(False, "--no-cross-cohort"),
+        no_cross_cohort: bool = typer.Option(
+            False,
+            "--no-cross-cohort",
+            help="Skip the cross-cohort scores (each fold model predicting the other cohort).",
+        ),
         n_resamples: int = typer.Option(
             None, "--n-resamples", min=10, help="Bootstrap resamples (default 1000)."
         ),
@@ -124,6 +128,10 @@ def register(app: typer.Typer) -> None:
             rates = _dropout_rates(train_cxr_dropout)
             variants = [replace(settings, train_cxr_dropout=r) for r in rates]
         console = Console()
+        from harness.models.submission import load_submission
+
+        for path in submissions:  # a missing or malformed folder fails before any bar is drawn
+            load_submission(path)
         for path, settings in ((p, v) for p in submissions for v in variants):
             columns = (
                 TextColumn("[bold]{task.fields[name]}[/]"),

@@ -178,12 +178,60 @@ def build_cohorts(
         logger.info("cohorts of %s are up to date: %s", dataset, existing)
         return existing
 
+    def create_views(con: Any) -> None:
+        for name, table in tables.items():
+            con.execute(f"CREATE VIEW {name.split('/')[1]} AS {table.relation_sql()}")
+        if cxr_table is not None:
+            con.execute(f"CREATE VIEW cxr_metadata AS {cxr_table.relation_sql()}")
+        else:
+            cols = ", ".join(f'NULL::{t} AS "{c}"' for c, t in CXR_METADATA_COLUMNS.items())
+            con.execute(f"CREATE VIEW cxr_metadata AS SELECT {cols} WHERE false")
+
+    sources = [*tables.values(), *([cxr_table] if cxr_table else [])]
+    source = {
+        "kind": "mimic",
+        "mimic_iv": str(mimic_iv),
+        "mimic_cxr": str(mimic_cxr) if mimic_cxr else None,
+        "version_guess": version_guess(mimic_iv, tables),
+        "files": {k: t.stat() for k, t in tables.items()}
+        | ({"mimic-cxr-metadata": cxr_table.stat()} if cxr_table else {}),
+    }
+    return build_from_views(
+        create_views,
+        paths={k: t.path for k, t in tables.items()},
+        source=source,
+        dataset=dataset,
+        input_key=input_key,
+        on_error=lambda exc: source_error(exc, sources, mimic_iv),
+        memory_limit=memory_limit,
+        threads=threads,
+        overwrite=overwrite,
+    )
+
+
+def build_from_views(
+    create_views: Callable[[Any], None],
+    *,
+    paths: dict[str, Path],
+    source: dict[str, Any],
+    dataset: str,
+    input_key: str,
+    on_error: Callable[[Exception], InputError],
+    memory_limit: str = "1GB",
+    threads: int | None = None,
+    overwrite: bool = False,
+) -> dict[str, Path]:
+    """Build the cohorts from DuckDB views shaped like the MIMIC-IV tables the builder reads
+    (``create_views(con)`` creates them: icustays, patients, admissions, diagnoses_icd,
+    chartevents, labevents, outputevents, d_items, d_labitems, cxr_metadata); ``paths`` names
+    the file behind each table (``hosp/admissions``, ...) for error messages."""
     import duckdb
 
     t0 = time.perf_counter()
     spec = load_cohort_spec()
     variables = load_variables()
     tasks = load_tasks()
+    hashes = spec_hashes()
     cache_tmp = config.cache_root() / "tmp"
     cache_tmp.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache_tmp, prefix="cohort-build-") as tmp:
@@ -195,33 +243,18 @@ def build_cohorts(
             con.execute("SET preserve_insertion_order = false")
             if threads:
                 con.execute(f"SET threads = {int(threads)}")
-            for name, table in tables.items():
-                con.execute(f"CREATE VIEW {name.split('/')[1]} AS {table.relation_sql()}")
-            if cxr_table is not None:
-                con.execute(f"CREATE VIEW cxr_metadata AS {cxr_table.relation_sql()}")
-            else:
-                cols = ", ".join(f'NULL::{t} AS "{c}"' for c, t in CXR_METADATA_COLUMNS.items())
-                con.execute(f"CREATE VIEW cxr_metadata AS SELECT {cols} WHERE false")
-            _check_inputs(con, tables)
+            create_views(con)
+            _check_inputs(con, paths)
             stays, labels, hourly_path, dropped, missing, funnel = _run_sql(
                 con, work, spec, variables, tasks
             )
         except duckdb.Error as exc:
-            sources = [*tables.values(), *([cxr_table] if cxr_table else [])]
-            raise source_error(exc, sources, mimic_iv) from None
+            raise on_error(exc) from None
         finally:
             con.close()
-        _check_funnel(funnel, tables)
+        _check_funnel(funnel, paths)
 
         stays["fold"] = assign_folds(stays["subject_id"].to_numpy(), spec.n_folds)
-        source = {
-            "kind": "mimic",
-            "mimic_iv": str(mimic_iv),
-            "mimic_cxr": str(mimic_cxr) if mimic_cxr else None,
-            "version_guess": version_guess(mimic_iv, tables),
-            "files": {k: t.stat() for k, t in tables.items()}
-            | ({"mimic-cxr-metadata": cxr_table.stat()} if cxr_table else {}),
-        }
         common = {
             "schema_version": SCHEMA_VERSION,
             "dataset": dataset,
@@ -262,9 +295,9 @@ def unavailable_manifest(labels: LabelTable) -> dict[str, Any]:
     }
 
 
-def _check_inputs(con: Any, tables: dict[str, Any]) -> None:
+def _check_inputs(con: Any, paths: dict[str, Path]) -> None:
     """Reject inputs that would give a silently wrong cohort: no ICU stays, duplicated ids."""
-    icu = tables["icu/icustays"].path
+    icu = paths["icu/icustays"]
     if con.execute("SELECT count(*) FROM icustays").fetchone()[0] == 0:
         raise InputError(
             "the ICU stays table has no rows: there is nothing to build a cohort from",
@@ -284,14 +317,14 @@ def _check_inputs(con: Any, tables: dict[str, Any]) -> None:
             raise InputError(
                 f"{n_dup} {key} value(s) appear on more than one row (e.g. "
                 f"{', '.join(str(x) for x in examples)}); each {key} must be unique",
-                path=tables[name].path,
+                path=paths[name],
                 fix="remove the duplicated rows (a file concatenated twice?) or re-download it",
             )
 
 
-def _check_funnel(funnel: list[dict[str, Any]], tables: dict[str, Any]) -> None:
+def _check_funnel(funnel: list[dict[str, Any]], paths: dict[str, Path]) -> None:
     """Warn about data errors the funnel excluded; reject a cohort left with no stay."""
-    icustays = tables["icu/icustays"].path
+    icustays = paths["icu/icustays"]
     counts = {r["step"]: r["n_stays"] for r in funnel}
     steps = list(counts)
     lo, hi = AGE_RANGE
@@ -300,7 +333,7 @@ def _check_funnel(funnel: list[dict[str, Any]], tables: dict[str, Any]) -> None:
         (
             f"age_between_{lo}_and_{hi}",
             f"have an age outside {lo}..{hi}",
-            tables["hosp/patients"].path,
+            paths["hosp/patients"],
         ),
     ):
         if step in counts:

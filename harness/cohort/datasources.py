@@ -206,3 +206,46 @@ register_source(
         rebuild_args=_carebench_args,
     )
 )
+
+
+# ---------------------------------------------------------------------------------- MEDS
+
+
+def _detect_meds(path: Path) -> bool:
+    from harness.cohort.meds import is_meds
+
+    return is_meds(path)
+
+
+def _build_meds(request: BuildRequest) -> dict[str, Path]:
+    if request.path is None:
+        raise UsageError("a MEDS build needs its folder: --meds DIR")
+    return _builder("harness.cohort.meds", "build_meds_cohorts")(
+        request.path,
+        request.images,
+        dataset=request.dataset,
+        memory_limit=request.memory_limit,
+        threads=request.threads,
+        overwrite=request.overwrite,
+    )
+
+
+def _meds_args(source: dict[str, Any]) -> list[str] | None:
+    if not source.get("meds"):
+        return None
+    extra = ["--meds-cxr", source["mimic_cxr"]] if source.get("mimic_cxr") else []
+    return ["--meds", source["meds"], *extra]
+
+
+register_source(
+    DataSource(
+        name="meds",
+        module="harness.cohort.meds",
+        option="--meds",
+        images_option="--meds-cxr",
+        description="MEDS folder (data/*.parquet, metadata/), codes of the MIMIC-IV MEDS ETL",
+        detect=_detect_meds,
+        build=_build_meds,
+        rebuild_args=_meds_args,
+    )
+)

@@ -33,7 +33,13 @@ STAY_FIELDS = (
     "cxr_view", "n_cxr_candidates", "has_cxr", "fold",
 )  # fmt: skip
 #: Files in ``tasks/`` that are not tasks.
-NON_TASK_FILES = ("cohort.yaml", "variables.yaml", "phenotypes.yaml", "clif_mapping.yaml")
+NON_TASK_FILES = (
+    "cohort.yaml",
+    "variables.yaml",
+    "phenotypes.yaml",
+    "clif_mapping.yaml",
+    "meds_mapping.yaml",
+)
 VARIABLE_SOURCES = ("chartevents", "labevents", "outputevents")
 AGGREGATES = ("mean", "sum", "onehot_last")
 CONVERSIONS = ("fahrenheit_to_celsius", "fraction_to_percent")
