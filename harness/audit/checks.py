@@ -17,8 +17,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from harness.cohort.folds import ABSENT, PARTITION_CODES
+
 PASSED, FAILED, WARNING, SKIPPED = "passed", "failed", "warning", "skipped"
-TRAIN, VAL, TEST, ABSENT = 0, 1, 2, -1
+TRAIN, VAL, TEST = (PARTITION_CODES[p] for p in ("train", "val", "test"))
 PARTITION_NAMES = {TRAIN: "train", VAL: "val", TEST: "test"}
 #: Partition pairs across which a shared subject or image is a leak, in report order.
 SPLIT_PAIRS = ((TRAIN, TEST), (VAL, TEST), (TRAIN, VAL))

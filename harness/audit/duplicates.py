@@ -165,10 +165,8 @@ def duplicate_images(
     private["exact_pairs"] = [[dicom[a], dicom[b]] for a, b in exact[crossing]][:MAX_PRIVATE]
     if crossing.any():
         problems.append(f"{int(crossing.sum())} identical image pair(s) across splits")
-    near_status = None
     if embedding is None or len(embedding) < 3:
         details["near"] = {"status": SKIPPED, "reason": no_embedding}
-        near_status = SKIPPED
     else:
         sub = np.flatnonzero(np.ones(len(dicom), bool) if embedded is None else embedded)
         if len(sub) != len(embedding):
@@ -182,7 +180,6 @@ def duplicate_images(
             "max": round(float(nn.max()), 4),
         }
         if median_nn >= threshold:
-            near_status = SKIPPED
             details["near"] = {
                 "status": SKIPPED,
                 "reason": (
@@ -211,7 +208,7 @@ def duplicate_images(
             ][:MAX_PRIVATE]
             if cross.any():
                 problems.append(f"{int(cross.sum())} near-duplicate pair(s) across splits")
-    near_ran = near_status is None
+    near_ran = details["near"]["status"] != SKIPPED
     hashed = int(details["exact"]["hashed"])
     if not len(dicom):
         status = SKIPPED

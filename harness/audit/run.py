@@ -25,7 +25,7 @@ import pandas as pd
 
 from harness import __version__, config
 from harness.audit import checks
-from harness.audit.checks import ABSENT, FAILED, PASSED, SKIPPED, TRAIN, WARNING, Check
+from harness.audit.checks import FAILED, PASSED, SKIPPED, TRAIN, WARNING, Check
 from harness.audit.duplicates import NEAR_THRESHOLD, content_hashes, duplicate_images
 from harness.errors import HarnessError
 from harness.io import atomic_write_json, atomic_write_text, exclusive_lock
@@ -204,28 +204,15 @@ def audit_key(cohort: Any, encoder_key: str, thresholds: Thresholds) -> str:
 
 
 def partition_table(cohort: Any, stays: pd.DataFrame) -> tuple[np.ndarray, bool]:
-    """(n stays, folds) partition codes and whether they are the data source's own."""
-    from harness.cohort.carebench import SPLITS_FILE
-    from harness.cohort.folds import split_masks
+    """(n stays, folds) partition codes evaluate uses, and whether they are the data source's
+    own (:func:`harness.cohort.folds.given_partitions`) rather than the harness rule."""
+    from harness.cohort.folds import given_partitions, rule_partitions
 
-    codes = {"train": checks.TRAIN, "val": checks.VAL, "test": checks.TEST}
-    given = Path(cohort.path) / SPLITS_FILE
-    if given.is_file():
-        table = pd.read_parquet(given, columns=["fold", "stay_id", "partition"])
-        n_folds = int(table["fold"].max()) if len(table) else 0
-        out = np.full((len(stays), n_folds), ABSENT, dtype=np.int8)
-        rows = pd.Index(stays["stay_id"].to_numpy()).get_indexer(table["stay_id"].to_numpy())
-        keep = rows >= 0
-        part = table["partition"].map(codes).fillna(ABSENT).to_numpy(np.int8)
-        out[rows[keep], table["fold"].to_numpy()[keep] - 1] = part[keep]
-        return out, True
+    given = given_partitions(cohort.path, stays["stay_id"].to_numpy())
+    if given is not None:
+        return given, True
     fold = stays["fold"].to_numpy()
-    n_folds = int(fold.max()) if len(fold) else 0
-    out = np.full((len(stays), n_folds), ABSENT, dtype=np.int8)
-    for k in range(1, n_folds + 1):
-        train, val, test = split_masks(fold, k, n_folds)
-        out[train, k - 1], out[val, k - 1], out[test, k - 1] = checks.TRAIN, checks.VAL, checks.TEST
-    return out, False
+    return rule_partitions(fold, int(fold.max()) if len(fold) else 0), False
 
 
 def label_frame(stays: pd.DataFrame) -> pd.DataFrame:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 
@@ -37,3 +38,54 @@ def split_masks(
     test = folds == k
     val = folds == val_fold
     return ~(test | val), val, test
+
+
+#: Partition codes of an (n, n_folds) partition table; :data:`ABSENT` = not in that fold.
+PARTITION_CODES = {"train": 0, "val": 1, "test": 2}
+ABSENT = -1
+
+
+def rule_partitions(folds: np.ndarray, n_folds: int) -> np.ndarray:
+    """The (n, n_folds) partition table of the harness rule (:func:`split_masks`) for each fold."""
+    folds = np.asarray(folds)
+    out = np.full((len(folds), n_folds), ABSENT, dtype=np.int8)
+    for k in range(1, n_folds + 1):
+        for name, mask in zip(PARTITION_CODES, split_masks(folds, k, n_folds), strict=True):
+            out[mask, k - 1] = PARTITION_CODES[name]
+    return out
+
+
+def given_partitions(cohort_path: Path, stay_ids: np.ndarray) -> np.ndarray | None:
+    """The cohort's own (n, n_folds) partition table when its source fixed one, else None.
+
+    A CareBench build ships ``carebench_splits.parquet`` (fold, stay_id, partition); rows follow
+    ``stay_ids``, fold k is column k-1 and a stay absent from fold k is :data:`ABSENT` there.
+
+    Raises:
+        InputError: the table names an unknown partition or fold, or lists a stay twice in a fold.
+    """
+    import pandas as pd
+
+    from harness.cohort.carebench import SPLITS_FILE
+    from harness.errors import InputError
+
+    path = Path(cohort_path) / SPLITS_FILE
+    if not path.is_file():
+        return None
+    table = pd.read_parquet(path, columns=["fold", "stay_id", "partition"])
+    unknown = sorted(set(table["partition"]) - set(PARTITION_CODES))
+    if unknown or table.empty or int(table["fold"].min()) < 1:
+        raise InputError(
+            f"bad partition table ({'partitions ' + str(unknown) if unknown else 'folds'})",
+            path=path,
+            fix="rebuild the cohort with `harness cohort build --carebench DIR`",
+        )
+    if table.duplicated(["fold", "stay_id"]).any():
+        raise InputError("a stay is listed twice in one fold", path=path, fix="fix the split files")
+    n_folds = int(table["fold"].max())
+    out = np.full((len(stay_ids), n_folds), ABSENT, dtype=np.int8)
+    rows = pd.Index(stay_ids).get_indexer(table["stay_id"].to_numpy())
+    keep = rows >= 0
+    codes = table["partition"].map(PARTITION_CODES).to_numpy(np.int8)
+    out[rows[keep], table["fold"].to_numpy()[keep] - 1] = codes[keep]
+    return out

@@ -12,13 +12,13 @@ import logging
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import torch
 
+from harness.cohort.folds import PARTITION_CODES, given_partitions
 from harness.errors import InputError
 from harness.kinds import TASK_KINDS
 from harness.models.protocol import TaskInfo, Tensors
@@ -437,10 +437,6 @@ def restrict_inputs(t: Tensors, inputs: Sequence[str] | None) -> Tensors:
     return replace(t, **changes) if changes else t
 
 
-#: Codes of a given partition table (`FeatureSet.given_splits`); -1 = not in that fold.
-PARTITION_CODES = {"train": 0, "val": 1, "test": 2}
-
-
 def split_indices(
     folds: np.ndarray, k: int, *, given: np.ndarray | None = None, n_folds: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -643,35 +639,5 @@ def load_feature_set(
             "task": info.name,
         },
         dicom_id=dicom.to_numpy(dtype=object),
-        given_splits=_given_splits(cohort.path, stays["stay_id"].to_numpy()),
+        given_splits=given_partitions(cohort.path, stays["stay_id"].to_numpy()),
     )
-
-
-def _given_splits(cohort_path: Path, stay_ids: np.ndarray) -> np.ndarray | None:
-    """The cohort's own (n, n_folds) partition table when its source fixed one, else None.
-
-    A CareBench build ships ``carebench_splits.parquet`` (fold, stay_id, partition); rows follow
-    ``stay_ids``, fold k is column k-1 and a stay absent from fold k is -1 there.
-    """
-    from harness.cohort.carebench import SPLITS_FILE
-
-    if not (Path(cohort_path) / SPLITS_FILE).is_file():
-        return None
-    path = Path(cohort_path) / SPLITS_FILE
-    table = pd.read_parquet(path, columns=["fold", "stay_id", "partition"])
-    unknown = sorted(set(table["partition"]) - set(PARTITION_CODES))
-    if unknown or table.empty or int(table["fold"].min()) < 1:
-        raise InputError(
-            f"bad partition table ({'partitions ' + str(unknown) if unknown else 'folds'})",
-            path=path,
-            fix="rebuild the cohort with `harness cohort build --carebench DIR`",
-        )
-    if table.duplicated(["fold", "stay_id"]).any():
-        raise InputError("a stay is listed twice in one fold", path=path, fix="fix the split files")
-    n_folds = int(table["fold"].max())
-    out = np.full((len(stay_ids), n_folds), -1, dtype=np.int8)
-    rows = pd.Index(stay_ids).get_indexer(table["stay_id"].to_numpy())
-    keep = rows >= 0
-    codes = table["partition"].map(PARTITION_CODES).to_numpy(np.int8)
-    out[rows[keep], table["fold"].to_numpy()[keep] - 1] = codes[keep]
-    return out
