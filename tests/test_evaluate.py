@@ -197,6 +197,25 @@ def test_evaluate_scores_pooled_predictions_and_resumes(evaluated, monkeypatch):
     }
     assert "base->matched" in block["cross_cohort"]
 
+    # modality reliance: removing the image changes nothing the EHR-only model reads (its
+    # predictions are the clean ones, the drop exactly 0), removing the EHR changes nothing
+    # the CXR-only model reads: the imbalance index takes its two extremes exactly
+    reliance = block["reliance"]
+    assert reliance["drop_without_cxr"]["delta"] == 0.0
+    assert reliance["without_cxr"] == reliance["full"]
+    assert reliance["imbalance_index"]["value"] == 1.0 and reliance["dominant"] == "ehr"
+    probe_reliance = probe["reliance"]
+    assert probe_reliance["drop_without_ehr"]["delta"] == 0.0
+    assert probe_reliance["imbalance_index"]["value"] == 0.0
+    assert probe_reliance["dominant"] == "cxr"
+    assert probe["robustness"]["ehr_missing"]["auc_normalised"] == 1.0
+    # the probe's image-removal curve against its EHR-only reference at every rate: with no
+    # image left it is worse than the EHR model (unless the tiny model learnt nothing)
+    versus = probe["robustness"]["cxr_missing_mcar"]["versus"]["ehr_lstm"]
+    assert len(versus["delta"]) == len(RATES)
+    ehr_auroc = block["metrics"]["auroc"]["value"]
+    assert versus["delta"][-1] == pytest.approx(values[-1] - ehr_auroc, abs=1e-12)
+
     # resumable: a second run trains nothing and reproduces the numbers
     from harness.evaluate.run import EvalSettings, evaluate
 

@@ -244,8 +244,19 @@ def test_summary_tables_fusion_gain_fairness_robustness(tmp_path, data, results)
     rob = next(t for (kind, _), t in tables.items() if kind == "robustness")
     curve = results["strong"]["tasks"]["mortality_icu"]["base"]["robustness"]["cxr_missing_mcar"]
     row = next(r for r in rob["rows"] if r[0] == "strong")
-    assert row[2:4] == [f"{curve['values'][0]:.3f}", f"{curve['values'][-1]:.3f}"]
-    assert row[4] == f"{curve['auc_normalised']:.3f}" and row[5] == "n/a"  # acuity not run
+    lo, hi = curve["values_ci_low"], curve["values_ci_high"]
+    assert row[2:4] == [
+        f"{curve['values'][0]:.3f} [{lo[0]:.3f}, {hi[0]:.3f}]",
+        f"{curve['values'][-1]:.3f} [{lo[-1]:.3f}, {hi[-1]:.3f}]",
+    ]
+    columns = rob["columns"]
+    mcar = columns.index("area cxr_missing_mcar")
+    assert row[mcar] == f"{curve['auc_normalised']:.3f}"
+    assert row[columns.index("area cxr_missing_acuity")] == "n/a"  # acuity not run
+    assert "area ehr_missing" not in columns  # the reliance table's scenario
+    above = curve["area_above_chance"]
+    assert above == pytest.approx(np.mean(curve["values"]) - 0.5)  # a flat curve here
+    assert row[columns.index("area above chance [95% CI]")].startswith(f"{above:.3f} [")
     md = board.paths["md"].read_text()
     assert "## Fusion gain per label over the EHR-only reference · phenotype · base" in md
     assert "## Lowest-TPR group per attribute · mortality_icu · base" in md

@@ -61,9 +61,16 @@ def honest() -> dict:
     y = rng.integers(0, 2, N)
     probs = [np.clip(0.5 * y + 0.5 * rng.random(N), 0, 1)]
     r = bootstrap_indices(subj, n_resamples=60)
+    no_ehr = [np.clip(0.1 * y + 0.9 * rng.random(N), 0, 1)]
+    ref = [np.clip(0.3 * y + 0.7 * rng.random(N), 0, 1)]
     binary = score_predictions(
         "binary", y, probs, subj, groups=fairness_groups(stays, ["gender", "race_group"]),
-        scenario_probs={"cxr_missing_mcar": {0.0: probs, 0.5: probs, 1.0: probs}}, resamples=r,
+        scenario_probs={
+            "cxr_missing_mcar": {0.0: probs, 0.5: probs, 1.0: probs},
+            "ehr_missing": {0.0: probs, 0.5: no_ehr, 1.0: no_ehr},
+        },
+        reference_scenarios={"ehr_lstm": {"cxr_missing_mcar": {0.0: ref, 0.5: ref, 1.0: ref}}},
+        resamples=r,
     )  # fmt: skip
     binary["metrics"]["brier"]["value"] = 0.317  # the number the hand-edit attack changes
     Y = (rng.random((N, 4)) < 0.3).astype(int)
@@ -403,3 +410,36 @@ def test_the_final_path_check_scans_only_slashed_stretches_and_finds_the_same():
         assert sorted(find_paths(text)) == sorted(expected), repr(text)
         found += bool(expected)
     assert found > 500  # the generated texts do hold paths
+
+
+def test_forged_reliance_and_reference_comparisons_are_rejected(tmp_path, honest):
+    """The reliance table and the per-rate comparisons are numbers a forger could use to carry
+    stay ids or to claim robustness: each is held to its range, its length and its grid."""
+    block = honest["tasks"]["mortality_icu"]["base"]
+    assert block["reliance"]["dominant"] == "ehr"  # the fixture's entry ignores the image
+    assert "ehr_lstm" in block["robustness"]["cxr_missing_mcar"]["versus"]
+    attacks = {}
+    doc = forged(honest, "index")
+    doc["tasks"]["mortality_icu"]["base"]["reliance"]["imbalance_index"]["value"] = 1.7
+    attacks["index"] = doc
+    doc = forged(honest, "stayid")
+    doc["tasks"]["mortality_icu"]["base"]["reliance"]["without_ehr"]["value"] = float(STAY_IDS[0])
+    attacks["stayid"] = doc
+    doc = forged(honest, "short")
+    versus = doc["tasks"]["mortality_icu"]["base"]["robustness"]["cxr_missing_mcar"]["versus"]
+    versus["ehr_lstm"]["delta"] = versus["ehr_lstm"]["delta"][:2]
+    attacks["short"] = doc
+    doc = forged(honest, "offgrid")
+    doc["tasks"]["mortality_icu"]["base"]["robustness"]["cxr_missing_mcar"]["helps_up_to"] = 0.3
+    attacks["offgrid"] = doc
+    doc = forged(honest, "ci")
+    curve = doc["tasks"]["mortality_icu"]["base"]["robustness"]["cxr_missing_mcar"]
+    curve["values_ci_high"] = [float(s) for s in STAY_IDS[:3]]
+    attacks["ci"] = doc
+    board, texts = publish(tmp_path, {"honest": honest, **attacks})
+    assert rejected(board) == [
+        ("ci", "out_of_range"), ("index", "out_of_range"), ("offgrid", "schema"),
+        ("short", "schema"), ("stayid", "out_of_range"),
+    ]  # fmt: skip
+    assert ranked(board) == {"honest"}
+    assert_clean(texts, *STAY_IDS[:3])

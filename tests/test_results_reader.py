@@ -238,7 +238,7 @@ def test_new_results_are_1_2_and_must_record_their_protocol(doc):
     record = provenance(protocol=doc["provenance"]["protocol"])
     result = build_result("x", "1", "synthetic-default", cohorts=cohorts, tasks=tasks,
                           provenance_record=record)  # fmt: skip
-    assert result["schema_version"] == SCHEMA_VERSION == "1.2"
+    assert result["schema_version"] == SCHEMA_VERSION == "1.3"
     del result["provenance"]["protocol"]
     assert any("protocol" in e for e in schema_errors(result))
     with pytest.raises(InputError, match="protocol"):

@@ -31,7 +31,7 @@ ApplyFn = Callable[["object", np.ndarray, float, np.random.Generator], "object"]
 @dataclass(frozen=True)
 class Scenario:
     name: str
-    family: str  # "cxr_missing" | "ehr_degradation"
+    family: str  # "cxr_missing" | "ehr_degradation" | "ehr_missing"
     description: str
     apply: ApplyFn
     rates: tuple[float, ...] = RATES
@@ -250,6 +250,16 @@ def _truncate(fs, test_idx, rate, rng):
     return _mask_features(fs, rows, slice(TRUNCATE_HOURS, None), np.arange(fs.ehr_values.shape[2]))
 
 
+def _remove_ehr(fs, test_idx, rate, rng):
+    rows = _take_by_priority(test_idx, rng.random(test_idx.size), rate)
+    return _mask_features(fs, rows, slice(None), np.arange(fs.ehr_values.shape[2]))
+
+
+#: The scenarios whose rate 1 removes one modality entirely (the modality-reliance table).
+WITHOUT_CXR = "cxr_missing_mcar"
+WITHOUT_EHR = "ehr_missing"
+
+
 _register(Scenario(
     "cxr_missing_mcar", "cxr_missing",
     "The linked CXR of a random fraction of test stays is removed (missing completely at random).",
@@ -274,6 +284,14 @@ for _group in ("vitals", "labs", "gcs", "respiratory", "output", "rhythm"):
         f"All variables of the '{_group}' group are unobserved for a fraction of test stays.",
         _drop_group(_group),
     ))  # fmt: skip
+_register(Scenario(
+    "ehr_missing", "ehr_missing",
+    "The whole EHR of a fraction of test stays is removed: every variable unobserved for the "
+    "whole window (imputed as any missing value, summaries recomputed); the model sees only the "
+    "image and the demographics. At rate 1 it measures how much an entry relies on the EHR "
+    "(the modality-reliance table).",
+    _remove_ehr,
+))  # fmt: skip
 _register(Scenario(
     "ehr_truncate_24h", "ehr_degradation",
     f"The EHR window is cut to its first {TRUNCATE_HOURS} hours for a fraction of test stays.",

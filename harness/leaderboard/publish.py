@@ -579,8 +579,10 @@ def _block(block: dict, task: str, kind: str, labels: frozenset, where: str, mgs
         if len(set(rates)) != len(rates) or len(curve["values"]) != len(rates):
             raise Rejected("schema", f"{at}: rates repeat, or values and rates differ in length")
         _metric(curve["metric"], f"{at}/metric", (kind,))
-        for i, value in enumerate(curve["values"]):
-            _in_range(value, metric_range(curve["metric"]), f"{at}/values/{i}")
+        _curve_fields(curve, at)
+
+    if block.get("reliance"):
+        _reliance(block["reliance"], main, f"{where}/reliance")
 
     fairness = block.get("fairness")
     if fairness:
@@ -590,6 +592,51 @@ def _block(block: dict, task: str, kind: str, labels: frozenset, where: str, mgs
                 _fairness_report(report, f"{where}/fairness/labels/{label}", block["n_stays"], mgs)
         else:
             _fairness_report(fairness, f"{where}/fairness", block["n_stays"], mgs)
+
+
+def _curve_fields(curve: dict, at: str) -> None:
+    """Every per-rate array of a curve one value per rate and inside its range; the comparison
+    with the references as deltas of the curve's metric; ``helps_up_to`` one of its rates."""
+    metric, rates = curve["metric"], curve["rates"]
+    bounds = metric_range(metric)
+    for field in ("values", "values_ci_low", "values_ci_high"):
+        values = curve.get(field)
+        if values is None:
+            continue
+        if len(values) != len(rates):
+            raise Rejected("schema", f"{at}/{field}: {len(values)} values for {len(rates)} rates")
+        for i, value in enumerate(values):
+            _in_range(value, bounds, f"{at}/{field}/{i}")
+    width = (-(bounds[1] - bounds[0]), bounds[1] - bounds[0])
+    for field in ("area_above_chance",):
+        _in_range(curve.get(field), width, f"{at}/{field}")
+    for i, value in enumerate(curve.get("area_above_chance_ci") or ()):
+        _in_range(value, width, f"{at}/area_above_chance_ci/{i}")
+    for ref, versus in (curve.get("versus") or {}).items():
+        for field, values in versus.items():
+            if len(values) != len(rates):
+                raise Rejected("schema", f"{at}/versus/{ref}/{field}: not one value per rate")
+            for i, value in enumerate(values):
+                _in_range(value, (0.0, 1.0) if field == "p_value" else width,
+                          f"{at}/versus/{ref}/{field}/{i}")  # fmt: skip
+    helps = curve.get("helps_up_to")
+    if helps is not None and not any(abs(helps - r) <= _TOLERANCE for r in rates):
+        raise Rejected("schema", f"{at}/helps_up_to: {helps} is not one of the curve's rates")
+
+
+def _reliance(reliance: dict, main: str, at: str) -> None:
+    """The reliance table scores the block's headline metric, inside its range; the index in
+    [0, 1]."""
+    if reliance["metric"] != main:
+        raise Rejected("schema", f"{at}/metric: {reliance['metric']!r} is not {main!r}")
+    bounds = metric_range(main)
+    for field in ("full", "without_cxr", "without_ehr"):
+        for key, value in reliance[field].items():
+            _in_range(value, bounds, f"{at}/{field}/{key}")
+    for field in ("drop_without_cxr", "drop_without_ehr"):
+        _delta(reliance[field], main, f"{at}/{field}")
+    for key, value in reliance["imbalance_index"].items():
+        _in_range(value, (0.0, 1.0), f"{at}/imbalance_index/{key}")
 
 
 def _public_provenance(prov: dict) -> dict:

@@ -301,8 +301,14 @@ def _svg(parts: list[str]) -> str:
 
 
 def robustness_svg(title: str, curves: Mapping[str, Curve]) -> str:
-    """Line chart: one polyline per submission, x = missingness rate, y = main metric."""
-    values = [v for c in curves.values() for v in c.values if v is not None]
+    """Line chart: one polyline per submission, x = missingness rate, y = main metric, with the
+    95% CI at each rate as a whisker (results that recorded it)."""
+    values = [
+        v
+        for c in curves.values()
+        for v in (*c.values, *c.values_ci_low, *c.values_ci_high)
+        if v is not None
+    ]
     rates = [r for c in curves.values() for r in c.rates]
     if not values:
         return ""
@@ -322,6 +328,15 @@ def robustness_svg(title: str, curves: Mapping[str, Curve]) -> str:
         path = " ".join(f"{x:.1f},{y:.1f}" for x, y in pts)
         parts.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"/>')
         parts += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="{color}"/>' for x, y in pts]
+        for r, lo, hi in zip(curve.rates, curve.values_ci_low, curve.values_ci_high, strict=False):
+            if lo is None or hi is None:
+                continue
+            x = _scale(r, x_lo, x_hi, PAD, W - 110)
+            y0, y1 = (_scale(v, y_lo, y_hi, H - PAD, PAD - 10) for v in (lo, hi))
+            parts.append(
+                f'<line x1="{x:.1f}" y1="{y0:.1f}" x2="{x:.1f}" y2="{y1:.1f}" stroke="{color}" '
+                'stroke-opacity="0.5"/>'
+            )
         auc = _fmt(curve.auc_normalised, 2)
         parts.append(
             f'<text x="{W - 105}" y="{PAD + 12 * i}" fill="{color}">{escape(name)} ({auc})</text>'

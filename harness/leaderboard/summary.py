@@ -11,9 +11,13 @@ one row per entry and one table per dataset x task x cohort:
   resamples);
 - **fairness**: per attribute, the group with the lowest TPR at the validation-chosen threshold
   (``Unknown`` is never compared), with the max - min TPR gap and its permutation p-value;
-- **robustness**: the main metric with every CXR present and with none, the normalised area under
-  each CXR-missingness curve, the EHR-truncation area, and the train-time CXR dropout the entry
-  used (entries that never saw a missing image in training are the ones missingness hurts).
+- **robustness**: the main metric with every CXR present and with none (with CIs), the paired
+  difference to the EHR-only reference with no image, the rate up to which the entry beats the
+  unimodal references, the area above chance, then (secondary) the normalised area under each
+  curve, and the train-time CXR dropout the entry used (entries that never saw a missing image
+  in training are the ones missingness hurts);
+- **reliance**: the main metric with both modalities, without the image and without the EHR,
+  the paired drops and the imbalance index (which modality the entry leans on).
 
 Everything is read from the entries' ``result.json`` blocks (through
 :class:`harness.results.Result`); nothing is recomputed.
@@ -209,20 +213,62 @@ def fairness_tables(doc: Mapping[str, Any]) -> list[dict]:
     return list(tables.values())
 
 
+def _ci(low: float | None, high: float | None, digits: int = 3) -> str:
+    return "n/a" if low is None or high is None else f"[{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def _value_ci(curve: Curve, j: int) -> str:
+    """The curve's value at rate index ``j`` with its CI (when recorded)."""
+    value = _fmt(curve.values[j])
+    if len(curve.values_ci_low) > j and len(curve.values_ci_high) > j:
+        return f"{value} {_ci(curve.values_ci_low[j], curve.values_ci_high[j])}"
+    return value
+
+
+def _versus_last(curve: Curve, reference: str | None) -> str:
+    """The paired difference to ``reference`` at the curve's last rate (every image removed)."""
+    v = (curve.versus or {}).get(reference or "")
+    if v is None or not v.delta:
+        return "n/a"
+    return f"{_fmt(v.delta[-1], 3)} {_ci(v.ci_low[-1], v.ci_high[-1])}"
+
+
+def _helps(curve: Curve) -> str:
+    if curve.versus is None:
+        return "n/a"
+    return "never" if curve.helps_up_to is None else f"{curve.helps_up_to:g}"
+
+
+#: Scenarios with an area column in the robustness table: every one but those of the
+#: modality-reliance table's own family (``ehr_missing`` removes the whole EHR).
+def _area_columns() -> list[str]:
+    from harness.evaluate.scenarios import SCENARIOS
+
+    return [n for n in area_scenarios() if SCENARIOS.get(n).family != "ehr_missing"]
+
+
 def _robustness_table(key: tuple[str, str, str], mcar: Curve) -> dict:
     return {
         "kind": "robustness",
         "title": f"Robustness to missing CXR · {key[1]} · {key[2]} ({key[0]})",
-        "note": f"{mcar.metric} with every image present and with none (MCAR rate 1); "
-        "normalised area under each missingness curve (1 = no loss), the MCAR area with "
-        "its 95% CI on the shared bootstrap resamples; train CXR dropout = share of "
-        "training images the entry hid (0: it never saw a missing image)",
+        "note": f"{mcar.metric} with every image present and with none (MCAR rate 1), each with "
+        "its 95% CI; Δ vs EHR-only = the entry minus the EHR-only reference with every image "
+        "removed (paired, 95% CI: what a clinician gets from this model instead of the "
+        "EHR-only one when no image is available); helps up to = the largest missing-image "
+        "rate up to which the entry beats the EHR-only and best unimodal references at every "
+        "rate (never: not even with every image); area above chance = mean of "
+        f"({mcar.metric} - chance) over the MCAR rates, with its CI. Secondary: normalised "
+        "area under each curve (1 = no loss; a model that barely uses the image scores 1); "
+        "train CXR dropout = share of training images the entry hid",
         "columns": [
             "submission",
             "train CXR dropout",
-            "all CXR",
-            "no CXR",
-            *(f"area {name}" for name in area_scenarios()),
+            "all CXR [95% CI]",
+            "no CXR [95% CI]",
+            "Δ vs EHR-only, no CXR [95% CI]",
+            "helps up to",
+            "area above chance [95% CI]",
+            *(f"area {name}" for name in _area_columns()),
             "area MCAR 95% CI",
         ],
         "rows": [],
@@ -232,18 +278,23 @@ def _robustness_table(key: tuple[str, str, str], mcar: Curve) -> dict:
 def _robustness_row(entry: Result, block: Block, mcar: Curve) -> list[str]:
     areas = [
         _fmt(curve.auc_normalised if (curve := block.curve(name)) else None)
-        for name in area_scenarios()
+        for name in _area_columns()
     ]
-    ci = f"[{_fmt(mcar.ci_low)}, {_fmt(mcar.ci_high)}]" if mcar.has_ci else "n/a"
-    values = mcar.values
+    ci = _ci(mcar.ci_low, mcar.ci_high) if mcar.has_ci else "n/a"
+    above = _fmt(mcar.area_above_chance)
+    if len(mcar.area_above_chance_ci) == 2:
+        above = f"{above} {_ci(*mcar.area_above_chance_ci)}"
+    last = len(mcar.values) - 1
     return [
-        str(entry.name), _fmt(entry.train_cxr_dropout, 2), _fmt(values[0]), _fmt(values[-1]),
-        *areas, ci,
+        str(entry.name), _fmt(entry.train_cxr_dropout, 2), _value_ci(mcar, 0),
+        _value_ci(mcar, last), _versus_last(mcar, block.references.ehr_only), _helps(mcar),
+        above, *areas, ci,
     ]  # fmt: skip
 
 
 def robustness_tables(doc: Mapping[str, Any]) -> list[dict]:
-    """Each entry's scores with and without CXR and its missingness areas, per board."""
+    """Each entry's scores with and without CXR, against the EHR-only reference, and its
+    missingness areas, per board."""
     tables: dict[tuple, dict] = {}
     for key, entry, block in _blocks(doc):
         mcar = block.curve(HEADLINE_SCENARIO)
@@ -254,6 +305,64 @@ def robustness_tables(doc: Mapping[str, Any]) -> list[dict]:
     return list(tables.values())
 
 
+def _reliance_table(key: tuple[str, str, str], metric: str) -> dict:
+    return {
+        "kind": "reliance",
+        "title": f"Modality reliance · {key[1]} · {key[2]} ({key[0]})",
+        "note": f"{metric} with both modalities, without the image (every image removed) and "
+        "without the EHR (every EHR value unobserved), each with its 95% CI; drop = with both "
+        "minus without (paired 95% CI); imbalance index = share of the total drop caused by "
+        "removing the EHR (1: the entry does not use the image, 0: it does not use the EHR); "
+        "dominant: ehr / cxr when the index's CI lies above / below 0.5",
+        "columns": [
+            "submission",
+            "inputs",
+            "both",
+            "no CXR",
+            "no EHR",
+            "drop no CXR [95% CI]",
+            "drop no EHR [95% CI]",
+            "imbalance index [95% CI]",
+            "dominant",
+        ],  # fmt: skip
+        "rows": [],
+    }
+
+
+def _estimate(e: Any) -> str:
+    return "n/a" if e is None else _fmt(e.value)
+
+
+def _drop(d: Delta | None) -> str:
+    return "n/a" if d is None else f"{_fmt(d.delta)} {_ci(d.ci_low, d.ci_high)}"
+
+
+def reliance_tables(doc: Mapping[str, Any]) -> list[dict]:
+    """Each entry's reliance on the image and on the EHR (results of schema 1.3 on), per board."""
+    tables: dict[tuple, dict] = {}
+    for key, entry, block in _blocks(doc):
+        rel = block.reliance
+        if rel is None:
+            continue
+        table = tables.setdefault(key, _reliance_table(key, rel.metric))
+        index = rel.imbalance_index
+        index_text = (
+            "n/a"
+            if index is None
+            else f"{_fmt(index.value, 2)} " + _ci(index.ci_low, index.ci_high, 2)
+        )
+        table["rows"].append([
+            str(entry.name), ", ".join(sorted(entry.inputs)) if entry.inputs else "?",
+            _estimate(rel.full), _estimate(rel.without_cxr), _estimate(rel.without_ehr),
+            _drop(rel.drop_without_cxr), _drop(rel.drop_without_ehr), index_text,
+            rel.dominant or "n/a",
+        ])  # fmt: skip
+    return list(tables.values())
+
+
 def summary_tables(doc: Mapping[str, Any]) -> list[dict]:
-    """Every summary table, grouped by kind (fusion gain, fairness, robustness)."""
-    return fusion_gain_tables(doc) + fairness_tables(doc) + robustness_tables(doc)
+    """Every summary table, grouped by kind (fusion gain, fairness, robustness, reliance)."""
+    return (
+        fusion_gain_tables(doc) + fairness_tables(doc) + robustness_tables(doc)
+        + reliance_tables(doc)
+    )  # fmt: skip

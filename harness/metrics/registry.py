@@ -58,6 +58,14 @@ class Metric:
 
 METRICS: Registry[Metric] = Registry("metric")
 HIGHER_IS_BETTER: dict[str, bool] = {}
+#: The value of a metric for a model that ranks or labels at random, where it does not depend on
+#: the labels (AUROC 0.5 for any prevalence, Cohen's kappa 0); the robustness curves' area above
+#: chance uses it. Metrics whose chance level depends on the data (AUPRC: the prevalence; F1,
+#: accuracy) are absent, and their area above chance is left null.
+CHANCE_LEVEL: dict[str, float] = {
+    "auroc": 0.5, "auroc_macro": 0.5, "auroc_micro": 0.5, "auroc_weighted": 0.5,
+    "auroc_ovr_macro": 0.5, "kappa_linear": 0.0, "kappa_unweighted": 0.0,
+}  # fmt: skip
 #: The headline metric per task kind: ranks, paired deltas and robustness curves use it.
 MAIN_METRIC = {"binary": "auroc", "multilabel": "auroc_macro", "multiclass": "kappa_linear"}
 #: Task-YAML spellings of a main metric (the one model selection uses) -> the scorer's name, per

@@ -9,6 +9,10 @@ signature of the file as it is, then reads it through :func:`migrate`. Versions:
 - ``1.1``: signed; ``provenance.protocol`` only in results written after protocols were
   recorded.
 - ``1.2``: every ``ok`` result records ``provenance.protocol``.
+- ``1.3``: robustness curves carry per-rate CIs, the area above chance and the paired
+  comparison with the references (``versus``, ``helps_up_to``); blocks carry the
+  modality-reliance table (``reliance``) when the ``ehr_missing`` scenario was run. Older
+  results have neither; readers treat them as absent (re-evaluating fills them in).
 
 A result without a recorded protocol was evaluated under the only protocol the harness then had:
 the ``honest`` profile with the folds, seeds and epoch cap of its provenance, checkpoints
@@ -90,10 +94,16 @@ def _record_protocol(doc: Mapping[str, Any]) -> dict[str, Any]:
     return {**doc, "schema_version": "1.2", "provenance": prov}
 
 
+def _reliance(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """1.2 -> 1.3: only fields were added (absent in the older document)."""
+    return {**doc, "schema_version": "1.3"}
+
+
 #: One step per version: the function that turns a document of that version into the next.
 STEPS: dict[tuple[int, int], Callable[[Mapping[str, Any]], dict[str, Any]]] = {
     (1, 0): _signed,
     (1, 1): _record_protocol,
+    (1, 2): _reliance,
 }
 
 

@@ -167,10 +167,31 @@ class FusionGain:
         return dict(sorted(hits, key=lambda item: -item[1]))
 
 
+def _numbers(raw: Any) -> tuple[float | None, ...]:
+    return tuple(_number(v) for v in raw) if isinstance(raw, list) else ()
+
+
+@dataclass(frozen=True)
+class Versus:
+    """The paired difference of an entry to one reference at every rate of a curve."""
+
+    delta: tuple[float | None, ...]
+    ci_low: tuple[float | None, ...]
+    ci_high: tuple[float | None, ...]
+    p_value: tuple[float | None, ...]
+
+    @classmethod
+    def of(cls, raw: Any) -> Versus | None:
+        if not isinstance(raw, Mapping):
+            return None
+        return cls(*(_numbers(raw.get(k)) for k in ("delta", "ci_low", "ci_high", "p_value")))
+
+
 @dataclass(frozen=True)
 class Curve:
-    """A robustness curve: the headline metric over a scenario's rates, and its normalised area
-    (1: no degradation), with the area's CI when recorded (``has_ci``)."""
+    """A robustness curve: the headline metric over a scenario's rates with per-rate CIs, its
+    area above chance, its normalised area (1: no degradation) with the area's CI when recorded
+    (``has_ci``), and the paired comparison with the references (results of schema 1.3 on)."""
 
     metric: str
     rates: tuple[float, ...]
@@ -179,11 +200,19 @@ class Curve:
     ci_low: float | None = None
     ci_high: float | None = None
     has_ci: bool = False
+    values_ci_low: tuple[float | None, ...] = ()
+    values_ci_high: tuple[float | None, ...] = ()
+    chance: float | None = None
+    area_above_chance: float | None = None
+    area_above_chance_ci: tuple[float | None, ...] = ()
+    versus: Mapping[str, Versus] | None = None
+    helps_up_to: float | None = None
 
     @classmethod
     def of(cls, raw: Any) -> Curve | None:
         if not isinstance(raw, Mapping) or not raw:
             return None
+        versus = {k: Versus.of(v) for k, v in _mapping(raw.get("versus")).items()}
         return cls(
             metric=str(raw.get("metric")),
             rates=tuple(float(r) for r in raw.get("rates") or ()),
@@ -192,6 +221,49 @@ class Curve:
             ci_low=_number(raw.get("ci_low")),
             ci_high=_number(raw.get("ci_high")),
             has_ci="ci_low" in raw,
+            values_ci_low=_numbers(raw.get("values_ci_low")),
+            values_ci_high=_numbers(raw.get("values_ci_high")),
+            chance=_number(raw.get("chance")),
+            area_above_chance=_number(raw.get("area_above_chance")),
+            area_above_chance_ci=_numbers(raw.get("area_above_chance_ci")),
+            versus={k: v for k, v in versus.items() if v is not None} if "versus" in raw else None,
+            helps_up_to=_number(raw.get("helps_up_to")),
+        )
+
+    def at(self, rate: float) -> float | None:
+        """The value at ``rate`` (None when the curve has no such rate)."""
+        return next((v for r, v in zip(self.rates, self.values, strict=False) if r == rate), None)
+
+
+@dataclass(frozen=True)
+class Reliance:
+    """How much an entry relies on each modality: the headline metric with both, without the
+    image and without the EHR, the paired drops, and the imbalance index (share of the total
+    drop caused by removing the EHR: 1 for an entry that ignores the image, 0 for one that
+    ignores the EHR)."""
+
+    metric: str
+    full: Estimate | None
+    without_cxr: Estimate | None
+    without_ehr: Estimate | None
+    drop_without_cxr: Delta | None
+    drop_without_ehr: Delta | None
+    imbalance_index: Estimate | None
+    dominant: str | None
+
+    @classmethod
+    def of(cls, raw: Any) -> Reliance | None:
+        if not isinstance(raw, Mapping) or not raw:
+            return None
+        return cls(
+            metric=str(raw.get("metric")),
+            full=Estimate.of(raw.get("full")),
+            without_cxr=Estimate.of(raw.get("without_cxr")),
+            without_ehr=Estimate.of(raw.get("without_ehr")),
+            drop_without_cxr=Delta.of(raw.get("drop_without_cxr")),
+            drop_without_ehr=Delta.of(raw.get("drop_without_ehr")),
+            imbalance_index=Estimate.of(raw.get("imbalance_index")),
+            dominant=raw.get("dominant"),
         )
 
 
@@ -383,6 +455,11 @@ class Block:
 
     def curve(self, scenario: str) -> Curve | None:
         return Curve.of(_mapping(self.raw.get("robustness")).get(scenario))
+
+    @property
+    def reliance(self) -> Reliance | None:
+        """The modality-reliance table (results of schema 1.3 on, with ``ehr_missing`` run)."""
+        return Reliance.of(self.raw.get("reliance"))
 
     @property
     def fairness(self) -> Fairness | None:

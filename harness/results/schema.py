@@ -20,8 +20,9 @@ from harness.errors import InputError
 
 RESULT_SCHEMA = "result.schema.json"
 LEADERBOARD_SCHEMA = "leaderboard.schema.json"
-#: Version of the documents this harness writes (1.2: every ``ok`` result records its protocol).
-SCHEMA_VERSION = "1.2"
+#: Version of the documents this harness writes (1.2: every ``ok`` result records its protocol;
+#: 1.3: robustness against the references and the modality-reliance table).
+SCHEMA_VERSION = "1.3"
 #: Where the schema files lie inside the ``harness`` package.
 SCHEMA_FOLDER = ("leaderboard", "schema")
 

@@ -91,6 +91,8 @@ def score_predictions(
     fusion_reference: str | None = None,
     unimodal_references: Sequence[str] | None = None,
     scenario_probs: Mapping[str, Mapping[float, Sequence[np.ndarray]]] | None = None,
+    reference_scenarios: Mapping[str, Mapping[str, Mapping[float, Sequence[np.ndarray]]]]
+    | None = None,
     main_metric: str | None = None,
     resamples: Resamples | None = None,
     n_resamples: int = DEFAULT_N_RESAMPLES,
@@ -115,7 +117,12 @@ def score_predictions(
             ``reference_probs``, e.g. the EHR-only and the CXR-only model) give a second
             per-label gain, ``fusion_gain_unimodal``, over the best of them on each label.
         scenario_probs: {scenario: {rate: pooled predictions per seed}} for robustness curves
-            of the main metric; the clean rate holds ``y_prob`` itself.
+            of the main metric; the clean rate holds ``y_prob`` itself. With both
+            modality-removing scenarios (``cxr_missing_mcar`` and ``ehr_missing``) at rate 1,
+            the block gets the modality-reliance table (``reliance``).
+        reference_scenarios: {reference: {scenario: {rate: predictions per seed}}}: the
+            references under the same scenarios, compared with the entry at every rate of the
+            image-removing scenarios (``versus`` and ``helps_up_to`` of those curves).
         main_metric: the task YAML's ``main_metric`` (what checkpoint selection used); the
             headline metric is its scorer name (:func:`main_metric_for`), else the kind's default.
     """
@@ -152,9 +159,12 @@ def score_predictions(
                 )
     if scenario_probs:
         with stage("scoring.robustness"):
-            block["robustness"] = robustness_block(
-                scenario_probs, main, y_prob, scored[main], y, shape, r
-            )
+            block["robustness"], reliance = robustness_block(
+                scenario_probs, main, y_prob, scored[main], y, shape, r,
+                reference_scenarios=reference_scenarios,
+            )  # fmt: skip
+            if reliance is not None:
+                block["reliance"] = reliance
     if groups is not None:
         with stage("scoring.fairness"):
             block["fairness"] = fairness_block(

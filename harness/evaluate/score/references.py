@@ -103,6 +103,26 @@ def test_runs(
     return out
 
 
+def scenario_runs(
+    candidate: Candidate, scenario: str, ids: np.ndarray, squeeze: bool
+) -> dict[float, list[np.ndarray]] | None:
+    """A reference's pooled test predictions per seed under ``scenario``, by rate (rate 0: its
+    clean predictions), on the stays ``ids``; None when a rate or a stay is missing."""
+    by_rate: dict[float, list[np.ndarray]] = {0.0: candidate.runs}
+    for frame in candidate.frames:
+        test = frame[(frame["part"] == "test") & (frame["scenario"] == scenario)]
+        if test.empty:
+            return None
+        for rate, sub in test.groupby("rate"):
+            if not np.isin(ids, sub["stay_id"].to_numpy()).all():
+                return None
+            by_rate.setdefault(float(rate), []).append(probs_of(sub, ids, squeeze))
+    n_seeds = len(candidate.runs)
+    if any(len(runs) != n_seeds for runs in by_rate.values()):
+        return None
+    return by_rate
+
+
 def find_candidates(
     name: str, fs: FeatureSet, ids: np.ndarray, settings: EvalSettings, cohort_dir: str,
     dataset: str | None = None,

@@ -26,8 +26,10 @@ from harness.evaluate.score.references import (
     Chosen,
     choose_references,
     find_candidates,
+    scenario_runs,
     unimodal_gain,
 )
+from harness.evaluate.score.robustness import VERSUS_FAMILIES
 from harness.metrics.bootstrap import (
     DEFAULT_BOOTSTRAP_SEED,
     DEFAULT_N_RESAMPLES,
@@ -91,9 +93,31 @@ def add_fusion_gains(
         )  # fmt: skip
 
 
+def reference_scenarios(
+    chosen: Chosen, candidates: Mapping[str, Candidate], fs: FeatureSet, pooled: Pooled
+) -> dict[str, dict[str, dict[float, list[np.ndarray]]]]:
+    """The EHR-only and best unimodal references' predictions under the entry's image-removing
+    scenarios (:data:`~harness.evaluate.score.robustness.VERSUS_FAMILIES`), by rate."""
+    from harness.evaluate.scenarios import SCENARIOS
+
+    squeeze = fs.task.kind == "binary"
+    ids = fs.stay_id[pooled.rows]
+    names = [
+        s for s in pooled.scenarios if s in SCENARIOS and SCENARIOS.get(s).family in VERSUS_FAMILIES
+    ]
+    out: dict[str, dict[str, dict[float, list[np.ndarray]]]] = {}
+    for ref in dict.fromkeys(r for r in (chosen.ehr_only, chosen.best_unimodal) if r):
+        for name in names:
+            runs = scenario_runs(candidates[ref], name, ids, squeeze)
+            if runs is not None:
+                out.setdefault(ref, {})[name] = runs
+    return out
+
+
 def _score_pooled(
     fs: FeatureSet, cohort: Cohort, pooled: Pooled, settings: EvalSettings, headline: str,
     refs: Mapping[str, list[np.ndarray]], ehr_only: str | None, resamples: Resamples,
+    versus: Mapping[str, Mapping[str, Mapping[float, list[np.ndarray]]]] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """:func:`score_predictions` of the pooled predictions with the chosen references."""
     kind, rows = fs.task.kind, pooled.rows
@@ -104,7 +128,8 @@ def _score_pooled(
         groups=groups_for(fs, cohort, rows), threshold=decision_threshold(settings.profile, pooled),
         reference_probs=dict(refs) or None, fusion_reference=ehr_only,
         unimodal_references=[],  # chosen on validation (add_fusion_gains), not by test value
-        scenario_probs=pooled.scenarios or None, main_metric=headline, resamples=resamples,
+        scenario_probs=pooled.scenarios or None, reference_scenarios=versus or None,
+        main_metric=headline, resamples=resamples,
         **extra,
     )  # fmt: skip
 
@@ -128,7 +153,10 @@ def score_task_cohort(
     refs = {r: candidates[r].runs for r in chosen.names()}
     n_resamples = settings.n_resamples or DEFAULT_N_RESAMPLES
     resamples = bootstrap_indices(fs.subject_id[pooled.rows], n_resamples, DEFAULT_BOOTSTRAP_SEED)
-    block = _score_pooled(fs, cohort, pooled, settings, headline, refs, chosen.ehr_only, resamples)
+    versus = reference_scenarios(chosen, candidates, fs, pooled)
+    block = _score_pooled(
+        fs, cohort, pooled, settings, headline, refs, chosen.ehr_only, resamples, versus
+    )  # fmt: skip
     block["references"] = chosen.record()
     if fs.task.kind == "multilabel":
         add_fusion_gains(block, chosen, candidates, fs, pooled, resamples)
