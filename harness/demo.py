@@ -162,5 +162,18 @@ def run_demo(
     board = aggregate(config.results_dir(), config.leaderboard_dir())
     print_leaderboard(board, console, summary=True)
     lap("leaderboard")
+    console.rule("7. report")
+    from harness.report import write_report
+
+    written = write_report(board=board)
+    opening = next((r for r in written.reports if not r.missing), None)
+    if opening is not None and opening.sections:
+        for paragraph in opening.sections[0].paragraphs:
+            console.print(paragraph.replace("**", "").replace("`", ""), highlight=False)
+    console.print(
+        "the four answers: " + ", ".join(str(p) for p in written.paths.values()),
+        highlight=False, soft_wrap=True,
+    )  # fmt: skip
+    lap("report")
     laps = ", ".join(f"{name} {seconds:.1f}" for name, seconds in stages.items())
     console.print(f"demo finished in {time.perf_counter() - started:.1f} s ({laps})")

@@ -23,6 +23,7 @@ def test_demo_runs_every_stage_and_prints_the_leaderboard(tmp_path, monkeypatch,
         "4. leak audit",
         "5. evaluate",
         "6. leaderboard",
+        "7. report",
     ):
         assert stage in out
     assert "folds 1,2, seeds 0" in out
@@ -37,6 +38,10 @@ def test_demo_runs_every_stage_and_prints_the_leaderboard(tmp_path, monkeypatch,
     assert all(e["provenance"]["folds"] == [1, 2] for e in board["entries"])
     rows = [r for t in board["rankings"] for r in t["rows"]]
     assert rows and all(r["audit"] == "passed" for r in rows)
+    # the demo ends with the report; with no fusion entry it says so instead of answering
+    report = (tmp_path / "leaderboard" / "report.md").read_text()
+    assert "No answers: the report needs a fusion entry" in report
+    assert "Modality reliance" in out  # the leaderboard's reliance table
     # a second run reuses everything: nothing is trained again
     assert main([*args, "-s", "ehr_lstm", "--folds", "1,2"]) == 0
     assert "0 trained, 4 reused" in " ".join(capsys.readouterr().out.split())

@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "harness.cli.encode",
     "harness.cli.submission",
     "harness.cli.leaderboard",
+    "harness.cli.report",
     "harness.cli.evaluate",
     "harness.cli.tune",
     "harness.cli.audit",

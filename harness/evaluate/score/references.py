@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pandas as pd
@@ -116,7 +116,7 @@ def scenario_runs(
         for rate, sub in test.groupby("rate"):
             if not np.isin(ids, sub["stay_id"].to_numpy()).all():
                 return None
-            by_rate.setdefault(float(rate), []).append(probs_of(sub, ids, squeeze))
+            by_rate.setdefault(float(cast(float, rate)), []).append(probs_of(sub, ids, squeeze))
     n_seeds = len(candidate.runs)
     if any(len(runs) != n_seeds for runs in by_rate.values()):
         return None
