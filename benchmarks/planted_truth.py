@@ -1,7 +1,7 @@
 """Check a finished leaderboard run against the synthetic dataset's planted ground truth.
 
 Reads ``ground_truth.json`` of the default synthetic dataset and every ``result.json`` of that
-dataset, prints the evidence side by side with the planted truth, and ends with three checks:
+dataset, prints the evidence side by side with the planted truth, and ends with four checks:
 
 1. fusion gain: among fusion entries whose macro metric is significantly above the best
    unimodal reference, at least half of the (entry, planted ``both`` label) pairs show a
@@ -9,15 +9,22 @@ dataset, prints the evidence side by side with the planted truth, and ends with 
    at most 5 % of the single-source (``ehr``, ``cxr``) and ``neither`` pairs do;
 2. fairness: the planted group (Medicaid) has the lowest TPR for the EHR-only reference and for
    most entries on in-hospital mortality;
-3. robustness: on the ``matched`` cohort (every stay has an image), entries that never saw a
-   missing image in training (train CXR dropout 0) lose more under CXR missingness (smaller
-   normalised area under the MCAR curve) than missingness-aware ones (dropout > 0).
+3. robustness, on absolute values: on the ``matched`` cohort (every stay has an image), among
+   fusion entries significantly better than the EHR-only reference with every image (those
+   that use it), the ones that never saw a missing image in training (train CXR dropout 0)
+   keep less of their lead over the EHR-only reference when every image is removed than
+   missingness-aware ones (dropout > 0); an entry that ignores the image cannot pass it;
+4. complementarity and reliance: the planted ``both`` labels have the highest complementarity
+   (the smaller of the EHR-only and CXR-only references' AUROC on the label, minus 0.5; the
+   highest mean of the four sources, and the single most complementary label is a ``both``
+   label), and fusion entries trained without CXR dropout lean on the EHR (median imbalance
+   index above 0.5).
 
 Run after an evaluation of the zoo on the default dataset, ideally with all five folds, e.g.
     harness demo --folds 1,2,3,4,5
     python benchmarks/planted_truth.py
 With one fold (`make demo`) the bootstrap CIs are wide and checks 1 and 2 may not hold.
-Exit status 0 when the three checks pass, 1 otherwise.
+Exit status 0 when the four checks pass, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -151,27 +158,82 @@ def fairness_check(results: dict, planted: str, task: str, cohort: str) -> bool:
 
 
 def robustness_check(results: dict, task: str, cohort: str) -> bool:
-    print(f"\n== CXR missingness ({task}, {cohort}): normalised area under the MCAR curve")
+    """On absolute values, against the EHR-only reference: among fusion entries that use the
+    image (significantly better than the EHR-only reference with every image), those that
+    never saw a missing image in training keep less of their lead when every image is removed
+    than missingness-aware ones. Entries that ignore the image are left out, so the check
+    cannot pass because a model has nothing to lose."""
+    print(f"\n== CXR missingness ({task}, {cohort}): each entry minus the EHR-only reference, "
+          "with every image and with none (MCAR)")  # fmt: skip
     groups: dict[str, list[float]] = {"dependent (dropout 0)": [], "aware (dropout > 0)": []}
     for name, r in sorted(results.items()):
         if not is_fusion(r):
             continue
         block = r.block(task, cohort)
         curve = None if block is None else block.curve("cxr_missing_mcar")
+        ehr = None if block is None else block.references.ehr_only
+        versus = None if curve is None or curve.versus is None else curve.versus.get(ehr or "")
         dropout = r.train_cxr_dropout
-        if not curve or dropout is None:
+        if curve is None or versus is None or dropout is None or not versus.delta:
             continue
-        group = "aware (dropout > 0)" if dropout > 0 else "dependent (dropout 0)"
-        groups[group].append(curve.auc_normalised)
-        v = curve.values
-        print(f"{name:26s} dropout {dropout:.2f}  all CXR {v[0]:.3f}  none {v[-1]:.3f}  "
-              f"area {curve.auc_normalised:.3f}")  # fmt: skip
-    for group, areas in groups.items():
-        if areas:
-            print(f"{group:24s} n={len(areas):2d}  mean area {np.mean(areas):.3f}  "
-                  f"range {min(areas):.3f}-{max(areas):.3f}")  # fmt: skip
+        uses_image = (versus.ci_low[0] or 0.0) > 0
+        first, last = versus.delta[0] or 0.0, versus.delta[-1] or 0.0
+        note = "" if uses_image else "  (left out: not above the EHR-only reference)"
+        print(f"{name:26s} dropout {dropout:.2f}  vs {ehr}: all CXR {first:+.3f}  "
+              f"none {last:+.3f}  all CXR {curve.values[0]:.3f}  none {curve.values[-1]:.3f}"
+              + note)  # fmt: skip
+        if uses_image:
+            group = "aware (dropout > 0)" if dropout > 0 else "dependent (dropout 0)"
+            groups[group].append(last)
+    for group, deltas in groups.items():
+        if deltas:
+            print(f"{group:24s} n={len(deltas):2d}  mean lead with no image {np.mean(deltas):+.3f}")
     dep, aware = groups.values()
     return bool(dep and aware and np.mean(dep) < np.mean(aware))
+
+
+def complementarity_check(results: dict, source: dict, task: str, cohort: str) -> bool:
+    """The planted ``both`` labels have the highest complementarity (the smaller of the
+    EHR-only and CXR-only references' AUROC, minus 0.5), and fusion entries trained without
+    CXR dropout lean on the EHR (median imbalance index above 0.5)."""
+    print(f"\n== complementarity per label ({task}, {cohort}) and modality reliance")
+    blocks = {n: b for n, r in results.items() if (b := r.block(task, cohort)) is not None}
+    refs = next(
+        (b.references for n, b in blocks.items() if is_fusion(results[n]) and
+         b.references.ehr_only and b.references.cxr_only), None,
+    )  # fmt: skip
+    if refs is None or refs.ehr_only not in blocks or refs.cxr_only not in blocks:
+        print("no EHR-only and CXR-only references evaluated")
+        return False
+    ehr, cxr = blocks[refs.ehr_only].per_label, blocks[refs.cxr_only].per_label
+    comp = {}
+    for label, by_metric in ehr.items():
+        a, b = by_metric.get("auroc"), cxr.get(label, {}).get("auroc")
+        if a and b and a.value is not None and b.value is not None and label in source:
+            comp[label] = min(a.value, b.value) - 0.5
+    means = {}
+    for src in SOURCES:
+        values = [c for label, c in comp.items() if source[label] == src]
+        if values:
+            means[src] = float(np.mean(values))
+            print(f"{src:8s} n={len(values):2d}  mean complementarity {means[src]:+.3f}")
+    top = max(comp, key=comp.__getitem__) if comp else None
+    print(f"highest: {top} ({source.get(top)}, {comp.get(top, float('nan')):+.3f})")
+    both_highest = bool(means) and max(means, key=means.__getitem__) == "both"
+    indices = []
+    for name, block in sorted(blocks.items()):
+        rel, dropout = block.reliance, results[name].train_cxr_dropout
+        if rel is None or not is_fusion(results[name]) or dropout is None or dropout > 0:
+            continue
+        index = rel.imbalance_index.value if rel.imbalance_index else None
+        shown = "n/a" if index is None else f"{index:.2f}"
+        print(f"{name:26s} dropout 0  imbalance index {shown}  ({rel.dominant})")
+        if index is not None:
+            indices.append(index)
+    ehr_leaning = bool(indices) and float(np.median(indices)) > 0.5
+    if indices:
+        print(f"median imbalance index of the dropout-0 fusion entries: {np.median(indices):.2f}")
+    return both_highest and top is not None and source[top] == "both" and ehr_leaning
 
 
 def main() -> None:
@@ -207,6 +269,9 @@ def main() -> None:
         ),
         "missing CXR hurts CXR-dependent fusion more than missingness-aware": robustness_check(
             results, args.task, args.robustness_cohort
+        ),
+        "'both' labels are the most complementary; dropout-0 fusion leans on the EHR": (
+            complementarity_check(results, source, args.task, args.cohort)
         ),
     }
     print()
