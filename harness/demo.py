@@ -13,8 +13,10 @@ from rich.console import Console
 
 from harness.evaluate.parallel import JobOutcome
 
-#: Reference submissions, EHR reference and unimodal ones first (others are compared with them).
-REFERENCE_ORDER = ("ehr_lstm", "ehr_transformer", "cxr_probe")
+#: Reference submissions first (the others are compared with them), the quick ones before the
+#: slow ``ehr_transformer``: when evaluations run side by side, each reference scores only after
+#: those before it, so a quick one placed after a slow one would hold a core idle, waiting.
+REFERENCE_ORDER = ("ehr_lstm", "cxr_probe", "ehr_transformer")
 #: Tasks the demo evaluates (quick settings); `harness evaluate` covers all four by default.
 DEMO_TASKS = ("mortality_in_hospital", "phenotype")
 #: The slowest references to train on the default data (`benchmarks/evaluate_speed.py`): started
