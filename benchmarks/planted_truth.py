@@ -184,12 +184,13 @@ def robustness_check(results: dict, task: str, cohort: str) -> bool:
               + note)  # fmt: skip
         if uses_image:
             group = "aware (dropout > 0)" if dropout > 0 else "dependent (dropout 0)"
-            groups[group].append(last)
-    for group, deltas in groups.items():
-        if deltas:
-            print(f"{group:24s} n={len(deltas):2d}  mean lead with no image {np.mean(deltas):+.3f}")
+            groups[group].append(first - last)
+    for group, lost in groups.items():
+        if lost:
+            print(f"{group:24s} n={len(lost):2d}  mean lead over the EHR-only reference lost "
+                  f"without images {np.mean(lost):+.3f}")  # fmt: skip
     dep, aware = groups.values()
-    return bool(dep and aware and np.mean(dep) < np.mean(aware))
+    return bool(dep and aware and np.mean(dep) > np.mean(aware))
 
 
 def complementarity_check(results: dict, source: dict, task: str, cohort: str) -> bool:

@@ -203,11 +203,14 @@ def test_evaluate_scores_pooled_predictions_and_resumes(evaluated, monkeypatch):
     reliance = block["reliance"]
     assert reliance["drop_without_cxr"]["delta"] == 0.0
     assert reliance["without_cxr"] == reliance["full"]
-    assert reliance["imbalance_index"]["value"] == 1.0 and reliance["dominant"] == "ehr"
+    assert reliance["imbalance_index"]["value"] == 1.0
+    # dominant only when the drop is significant, which the tiny models' may not be
+    assert reliance["dominant"] == ("ehr" if reliance["drop_without_ehr"]["ci_low"] > 0
+                                    else "neither")  # fmt: skip
     probe_reliance = probe["reliance"]
     assert probe_reliance["drop_without_ehr"]["delta"] == 0.0
-    assert probe_reliance["imbalance_index"]["value"] == 0.0
-    assert probe_reliance["dominant"] == "cxr"
+    assert probe_reliance["imbalance_index"]["value"] in (0.0, None)  # None: no drop at all
+    assert probe_reliance["dominant"] in ("cxr", "neither")
     assert probe["robustness"]["ehr_missing"]["auc_normalised"] == 1.0
     # the probe's image-removal curve against its EHR-only reference at every rate: with no
     # image left it is worse than the EHR model (unless the tiny model learnt nothing)

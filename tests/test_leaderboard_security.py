@@ -67,12 +67,13 @@ def honest() -> dict:
         "binary", y, probs, subj, groups=fairness_groups(stays, ["gender", "race_group"]),
         scenario_probs={
             "cxr_missing_mcar": {0.0: probs, 0.5: probs, 1.0: probs},
-            "ehr_missing": {0.0: probs, 0.5: no_ehr, 1.0: no_ehr},
+            "ehr_missing": {0.0: probs, 1.0: no_ehr},
         },
         reference_scenarios={"ehr_lstm": {"cxr_missing_mcar": {0.0: ref, 0.5: ref, 1.0: ref}}},
         resamples=r,
     )  # fmt: skip
     binary["metrics"]["brier"]["value"] = 0.317  # the number the hand-edit attack changes
+    binary["references"] = {"ehr_only": "ehr_lstm", "cxr_only": None, "best_unimodal": "ehr_lstm"}
     Y = (rng.random((N, 4)) < 0.3).astype(int)
     multi = score_predictions(
         "multilabel", Y, [np.clip(0.3 * Y + 0.7 * rng.random((N, 4)), 0, 1)], subj,
@@ -432,14 +433,30 @@ def test_forged_reliance_and_reference_comparisons_are_rejected(tmp_path, honest
     doc = forged(honest, "offgrid")
     doc["tasks"]["mortality_icu"]["base"]["robustness"]["cxr_missing_mcar"]["helps_up_to"] = 0.3
     attacks["offgrid"] = doc
+    doc = forged(honest, "claims")  # claims robustness the comparisons do not show
+    curve = doc["tasks"]["mortality_icu"]["base"]["robustness"]["cxr_missing_mcar"]
+    curve["helps_up_to"] = 1.0 if curve["helps_up_to"] != 1.0 else None
+    attacks["claims"] = doc
+    doc = forged(honest, "chance")
+    curve = doc["tasks"]["mortality_icu"]["base"]["robustness"]["cxr_missing_mcar"]
+    curve["chance"] = float(STAY_IDS[2])
+    attacks["chance"] = doc
+    doc = forged(honest, "versus")
+    versus = doc["tasks"]["mortality_icu"]["base"]["robustness"]["cxr_missing_mcar"]["versus"]
+    versus[STAY_IDS[1]] = versus.pop("ehr_lstm")
+    attacks["versus"] = doc
+    doc = forged(honest, "dominant")
+    doc["tasks"]["mortality_icu"]["base"]["reliance"]["dominant"] = "balanced"
+    attacks["dominant"] = doc
     doc = forged(honest, "ci")
     curve = doc["tasks"]["mortality_icu"]["base"]["robustness"]["cxr_missing_mcar"]
     curve["values_ci_high"] = [float(s) for s in STAY_IDS[:3]]
     attacks["ci"] = doc
     board, texts = publish(tmp_path, {"honest": honest, **attacks})
     assert rejected(board) == [
-        ("ci", "out_of_range"), ("index", "out_of_range"), ("offgrid", "schema"),
-        ("short", "schema"), ("stayid", "out_of_range"),
+        ("chance", "schema"), ("ci", "out_of_range"), ("claims", "schema"),
+        ("dominant", "schema"), ("index", "out_of_range"), ("offgrid", "schema"),
+        ("short", "schema"), ("stayid", "out_of_range"), ("versus", "unknown_key"),
     ]  # fmt: skip
     assert ranked(board) == {"honest"}
     assert_clean(texts, *STAY_IDS[:3])

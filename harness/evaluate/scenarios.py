@@ -289,8 +289,8 @@ _register(Scenario(
     "The whole EHR of a fraction of test stays is removed: every variable unobserved for the "
     "whole window (imputed as any missing value, summaries recomputed); the model sees only the "
     "image and the demographics. At rate 1 it measures how much an entry relies on the EHR "
-    "(the modality-reliance table).",
-    _remove_ehr,
+    "(the modality-reliance table; only rate 1 is run).",
+    _remove_ehr, rates=(0.0, 1.0),
 ))  # fmt: skip
 _register(Scenario(
     "ehr_truncate_24h", "ehr_degradation",

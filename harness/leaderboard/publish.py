@@ -578,8 +578,10 @@ def _block(block: dict, task: str, kind: str, labels: frozenset, where: str, mgs
                 raise Rejected("unknown_key", f"{at}: rate {rate} is not on the scenario's grid")
         if len(set(rates)) != len(rates) or len(curve["values"]) != len(rates):
             raise Rejected("schema", f"{at}: rates repeat, or values and rates differ in length")
+        if any(b <= a for a, b in zip(rates, rates[1:], strict=False)):
+            raise Rejected("schema", f"{at}: rates are not in increasing order")
         _metric(curve["metric"], f"{at}/metric", (kind,))
-        _curve_fields(curve, at)
+        _curve_fields(curve, at, block.get("references") or {})
 
     if block.get("reliance"):
         _reliance(block["reliance"], main, f"{where}/reliance")
@@ -594,9 +596,13 @@ def _block(block: dict, task: str, kind: str, labels: frozenset, where: str, mgs
             _fairness_report(fairness, f"{where}/fairness", block["n_stays"], mgs)
 
 
-def _curve_fields(curve: dict, at: str) -> None:
-    """Every per-rate array of a curve one value per rate and inside its range; the comparison
-    with the references as deltas of the curve's metric; ``helps_up_to`` one of its rates."""
+def _curve_fields(curve: dict, at: str, references: dict) -> None:
+    """Every per-rate array of a curve one value per rate, inside its range and each value
+    inside its CI; ``chance`` the metric's own; the comparisons only with the block's
+    references, as deltas of the curve's metric; ``helps_up_to`` what those comparisons give."""
+    from harness.evaluate.score.robustness import helps_up_to
+    from harness.metrics.registry import CHANCE_LEVEL
+
     metric, rates = curve["metric"], curve["rates"]
     bounds = metric_range(metric)
     for field in ("values", "values_ci_low", "values_ci_high"):
@@ -607,6 +613,16 @@ def _curve_fields(curve: dict, at: str) -> None:
             raise Rejected("schema", f"{at}/{field}: {len(values)} values for {len(rates)} rates")
         for i, value in enumerate(values):
             _in_range(value, bounds, f"{at}/{field}/{i}")
+    lows, highs = curve.get("values_ci_low") or [], curve.get("values_ci_high") or []
+    for i, (value, low, high) in enumerate(zip(curve["values"], lows, highs, strict=False)):
+        if None not in (value, low, high) and not low - _TOLERANCE <= value <= high + _TOLERANCE:
+            raise Rejected("schema", f"{at}/values/{i}: {value} lies outside its CI")
+    if "chance" in curve and curve["chance"] != CHANCE_LEVEL.get(metric):
+        raise Rejected("schema", f"{at}/chance: {curve['chance']} is not {metric}'s chance level")
+    known = {r for r in references.values() if isinstance(r, str)}
+    for ref in curve.get("versus") or {}:
+        if ref not in known:
+            raise Rejected("unknown_key", f"{at}/versus: {ref!r} is not one of the references")
     width = (-(bounds[1] - bounds[0]), bounds[1] - bounds[0])
     for field in ("area_above_chance",):
         _in_range(curve.get(field), width, f"{at}/{field}")
@@ -620,8 +636,8 @@ def _curve_fields(curve: dict, at: str) -> None:
                 _in_range(value, (0.0, 1.0) if field == "p_value" else width,
                           f"{at}/versus/{ref}/{field}/{i}")  # fmt: skip
     helps = curve.get("helps_up_to")
-    if helps is not None and not any(abs(helps - r) <= _TOLERANCE for r in rates):
-        raise Rejected("schema", f"{at}/helps_up_to: {helps} is not one of the curve's rates")
+    if "versus" in curve and helps != helps_up_to(rates, curve["versus"], metric):
+        raise Rejected("schema", f"{at}/helps_up_to: {helps} is not what the comparisons give")
 
 
 def _reliance(reliance: dict, main: str, at: str) -> None:
@@ -637,6 +653,15 @@ def _reliance(reliance: dict, main: str, at: str) -> None:
         _delta(reliance[field], main, f"{at}/{field}")
     for key, value in reliance["imbalance_index"].items():
         _in_range(value, (0.0, 1.0), f"{at}/imbalance_index/{key}")
+    from harness.evaluate.score.robustness import dominant_modality
+
+    index = reliance["imbalance_index"]
+    expected = dominant_modality(
+        index["value"], index["ci_low"], index["ci_high"],
+        reliance["drop_without_ehr"]["ci_low"], reliance["drop_without_cxr"]["ci_low"],
+    )  # fmt: skip
+    if reliance["dominant"] != expected:
+        raise Rejected("schema", f"{at}/dominant: the figures give {expected!r}")
 
 
 def _public_provenance(prov: dict) -> dict:

@@ -313,7 +313,8 @@ def _reliance_table(key: tuple[str, str, str], metric: str) -> dict:
         "without the EHR (every EHR value unobserved), each with its 95% CI; drop = with both "
         "minus without (paired 95% CI); imbalance index = share of the total drop caused by "
         "removing the EHR (1: the entry does not use the image, 0: it does not use the EHR); "
-        "dominant: ehr / cxr when the index's CI lies above / below 0.5",
+        "dominant: ehr / cxr when the index's CI lies above / below 0.5 and that removal's drop "
+        "is significant; neither: no removal significantly hurts",
         "columns": [
             "submission",
             "inputs",

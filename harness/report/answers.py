@@ -100,16 +100,29 @@ def _delta(d: Delta | None) -> str:
     return "n/a" if d is None else f"{_f(d.delta)} {_ci(d.ci_low, d.ci_high)}"
 
 
-def _verdict(d: Delta | None) -> str:
-    """``better`` / ``worse`` when the 95% CI of the paired difference excludes 0, else ``tied``
-    (``n/a`` without a difference)."""
+def _verdict(d: Delta | None, metric: str) -> str:
+    """``better`` / ``worse`` when the 95% CI of the paired difference (entry minus
+    reference) excludes 0, by the metric's direction, else ``tied`` (``n/a`` without one)."""
+    from harness.metrics.registry import HIGHER_IS_BETTER
+
     if d is None or d.ci_low is None or d.ci_high is None:
         return "n/a"
-    if d.ci_low > 0:
+    sign = 1.0 if HIGHER_IS_BETTER.get(metric, True) else -1.0
+    low, high = sorted((sign * d.ci_low, sign * d.ci_high))
+    if low > 0:
         return "better"
-    if d.ci_high < 0:
+    if high < 0:
         return "worse"
     return "tied"
+
+
+def _not_compared(verdicts: Mapping[str, str]) -> str:
+    missing = [n for n, v in verdicts.items() if v == "n/a"]
+    if not missing:
+        return ""
+    return (
+        f" {len(missing)} could not be compared (no paired difference recorded: {_names(missing)})."
+    )
 
 
 def _names(names: Sequence[str]) -> str:
@@ -238,15 +251,18 @@ def answer_fusion(boards_: Sequence[Board]) -> Section:
                 "references evaluated under the same protocol)."
             )
             continue
-        verdicts = {n: board.blocks[n].paired_delta(best) for n in fusion}
-        better = [n for n, d in verdicts.items() if _verdict(d) == "better"]
-        worse = [n for n, d in verdicts.items() if _verdict(d) == "worse"]
+        deltas = {n: board.blocks[n].paired_delta(best) for n in fusion}
+        verdicts = {n: _verdict(d, board.metric) for n, d in deltas.items()}
+        better = [n for n, v in verdicts.items() if v == "better"]
+        worse = [n for n, v in verdicts.items() if v == "worse"]
+        tied = [n for n, v in verdicts.items() if v == "tied"]
         ref_value = board.blocks[best].headline if best in board.blocks else None
         text = (
             f"**{board.title}** ({board.metric}): against the best unimodal reference "
             f"`{best}` ({_est(ref_value)}), {len(better)} of {len(fusion)} fusion entries are "
             f"significantly better on the paired bootstrap ({_names(better)}), {len(worse)} "
-            "significantly worse, and the others are not distinguishable from it."
+            f"significantly worse, and {len(tied)} not distinguishable from it."
+            + _not_compared(verdicts)
         )
         if not better:
             text += " On this board the data do not show a benefit of fusion."
@@ -254,8 +270,8 @@ def answer_fusion(boards_: Sequence[Board]) -> Section:
         section.add(Table(
             f"{board.title}: fusion entries minus `{best}` ({board.metric}, paired 95% CI)",
             ["submission", board.metric, f"Δ vs {best}", "verdict"],
-            [[n, _est(board.blocks[n].headline), _delta(d), _verdict(d)]
-             for n, d in sorted(verdicts.items(), key=lambda kv: -(kv[1].delta or 0)
+            [[n, _est(board.blocks[n].headline), _delta(d), verdicts[n]]
+             for n, d in sorted(deltas.items(), key=lambda kv: -(kv[1].delta or 0)
                                 if kv[1] else 0)],
         ))  # fmt: skip
         rows = complementarity(board)
@@ -300,7 +316,11 @@ def answer_ranking(boards_: Sequence[Board]) -> Section:
         rows = table["rows"]
         leader = rows[0]
         tied = [r["name"] for r in rows[1:] if r.get("tied_with_leader")]
-        behind = [r["name"] for r in rows[1:] if r.get("tied_with_leader") is False]
+        behind = [
+            r["name"] for r in rows[1:]
+            if r.get("tied_with_leader") is False and r.get("comparison") == "paired"
+        ]  # fmt: skip
+        others = [r["name"] for r in rows[1:] if r["name"] not in tied and r["name"] not in behind]
         text = (
             f"**{board.title}** ({board.metric}): `{leader['name']}` leads with "
             f"{_f(leader['value'])} {_ci(leader['ci_low'], leader['ci_high'])}. "
@@ -312,8 +332,15 @@ def answer_ranking(boards_: Sequence[Board]) -> Section:
                 f"entries against each other or the leader; {len(behind)} significantly "
                 "behind."
             )
-        else:
+        elif not others:
             text += f"It is significantly ahead of every other entry (paired p < {ALPHA})."
+        else:
+            text += f"It is significantly ahead of {len(behind)} entries (paired p < {ALPHA})."
+        if others:
+            text += (
+                f" {len(others)} could not be tested against it on shared resamples "
+                f"({_names(others)}): no ranking is claimed for them."
+            )
         section.add(text)
         section.add(Table(
             f"{board.title}: ranking on {board.metric}, each entry against the leader",
@@ -335,7 +362,7 @@ def answer_robustness(boards_: Sequence[Board]) -> Section:
     for board in boards_:
         fusion = [n for n in board.fusion() if board.blocks[n].curve(HEADLINE_SCENARIO)]
         ehr = board.reference("ehr_only")
-        if not fusion:
+        if not fusion or ehr is None:
             continue
         rows, verdicts, helps = [], {}, []
         for name in fusion:
@@ -343,12 +370,13 @@ def answer_robustness(boards_: Sequence[Board]) -> Section:
             assert curve is not None
             v = (curve.versus or {}).get(ehr or "")
             d = None
-            if v is not None and v.delta:
-                d = Delta(v.delta[-1], v.ci_low[-1], v.ci_high[-1], v.p_value[-1])
-            verdicts[name] = _verdict(d)
+            if v is not None and v.delta and 1.0 in curve.rates:
+                j = curve.rates.index(1.0)
+                d = Delta(v.delta[j], v.ci_low[j], v.ci_high[j], v.p_value[j])
+            verdicts[name] = _verdict(d, board.metric)
             if curve.versus is not None:
                 helps.append(curve.helps_up_to)
-            last = len(curve.values) - 1
+            last = curve.rates.index(1.0) if 1.0 in curve.rates else len(curve.values) - 1
             rows.append([
                 name,
                 f"{_f(curve.values[0])} {_ci(*_at(curve, 0))}",
@@ -360,17 +388,19 @@ def answer_robustness(boards_: Sequence[Board]) -> Section:
             ])  # fmt: skip
         better = [n for n, v in verdicts.items() if v == "better"]
         worse = [n for n, v in verdicts.items() if v == "worse"]
+        tied = [n for n, v in verdicts.items() if v == "tied"]
         text = (
             f"**{board.title}** ({board.metric}): with every image removed, {len(better)} of "
             f"{len(fusion)} fusion entries remain significantly better than the EHR-only "
             f"reference `{ehr}` ({_names(better)}), {len(worse)} are significantly worse "
-            f"({_names(worse)}), the others are not distinguishable from it."
+            f"({_names(worse)}), {len(tied)} are not distinguishable from it."
+            + _not_compared(verdicts)
         )
         if helps:
             reached = [h for h in helps if h is not None]
             text += (
-                f" {len(reached)} of {len(helps)} beat every unimodal reference with every "
-                "image present"
+                f" {len(reached)} of {len(helps)} beat both the EHR-only and the best "
+                "unimodal reference with every image present"
                 + (
                     f"; the median rate of missing images up to which they keep beating them "
                     f"all is {float(np.median(reached)):g}."
@@ -409,10 +439,10 @@ def _reliance_text(board: Board) -> list[str]:
     ]
     text = (
         f"Modality reliance on {board.title}: {counts.get('ehr', 0)} of {len(relied)} fusion "
-        "entries are EHR-dominant (the 95% CI of their imbalance index lies above 0.5: removing "
-        "the EHR costs them more than removing the image), "
+        "entries are EHR-dominant (the 95% CI of their imbalance index lies above 0.5 and removing "
+        "the EHR significantly hurts: it costs them more than removing the image), "
         f"{counts.get('cxr', 0)} image-dominant, {counts.get('balanced', 0)} not distinguishable "
-        f"from balanced and {counts.get('neither', 0)} lose nothing without either."
+        f"from balanced and {counts.get('neither', 0)} lose nothing significant without either."
     )
     if indices:
         text += f" Median imbalance index {float(np.median(indices)):.2f}."
@@ -498,9 +528,11 @@ def answer_fairness(boards_: Sequence[Board]) -> Section:
 
 def requirements(boards_: Sequence[Board]) -> list[str]:
     """What the report needs and the dataset lacks: the unimodal references and a fusion entry."""
-    missing = []
-    names = {n for b in boards_ for n in b.blocks}
     from harness.evaluate.score.references import CXR_REFERENCES, EHR_REFERENCES
+
+    missing = []
+    # entries of another protocol or a tuned one carry a suffix: ehr_lstm.tuned.carebench
+    names = {n.split(".", 1)[0] for b in boards_ for n in b.blocks}
 
     if not names & set(EHR_REFERENCES):
         missing.append(f"an EHR-only reference ({', '.join(EHR_REFERENCES)})")

@@ -10,8 +10,13 @@ from harness.report.answers import Report, Scatter, Table
 W, H, PAD = 460, 300, 50
 
 
+def _md_text(text: str) -> str:
+    """Generated text for Markdown: no raw HTML gets through (names come from result files)."""
+    return text.replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    return _md_text(text).replace("|", "\\|").replace("\n", " ")
 
 
 def _md_table(table: Table) -> str:
@@ -33,7 +38,7 @@ def render_markdown(reports: Sequence[Report]) -> str:
     for report in reports:
         if len(reports) > 1:
             out += [f"## Protocol: {report.protocol}", ""]
-        out += [*(p + "\n" for p in report.preamble)]
+        out += [*(_md_text(p) + "\n" for p in report.preamble)]
         if report.missing:
             out += [
                 "No answers: the report needs " + "; ".join(report.missing) + ", evaluated "
@@ -48,9 +53,9 @@ def render_markdown(reports: Sequence[Report]) -> str:
                 if isinstance(part, Table):
                     out += [_md_table(part), ""]
                 elif isinstance(part, Scatter):
-                    out += [f"Chart data — {_chart_text(part)}", ""]
+                    out += [f"Chart data — {_md_text(_chart_text(part))}", ""]
                 else:
-                    out += [part, ""]
+                    out += [_md_text(part), ""]
     return "\n".join(out).rstrip() + "\n"
 
 

@@ -219,28 +219,47 @@ def imbalance_index(drop_ehr: np.ndarray, drop_cxr: np.ndarray) -> np.ndarray:
 BALANCED = 0.5
 
 
+def dominant_modality(
+    index: float | None,
+    index_low: float | None,
+    index_high: float | None,
+    drop_ehr_low: float | None,
+    drop_cxr_low: float | None,
+) -> str:
+    """``neither`` when removing neither modality significantly hurts (both drops' CIs reach
+    0); ``ehr`` when the index's CI lies above 0.5 and removing the EHR significantly hurts;
+    ``cxr`` when it lies below 0.5 and removing the image significantly hurts; else
+    ``balanced``. (The index's CI leaves out resamples where no removal hurts, so it alone
+    could call an entry dominant on a drop that is not significant.)"""
+    ehr_hurts = drop_ehr_low is not None and drop_ehr_low > 0
+    cxr_hurts = drop_cxr_low is not None and drop_cxr_low > 0
+    if index is None or not (ehr_hurts or cxr_hurts):
+        return "neither"
+    if ehr_hurts and index_low is not None and index_low > BALANCED:
+        return "ehr"
+    if cxr_hurts and index_high is not None and index_high < BALANCED:
+        return "cxr"
+    return "balanced"
+
+
 def reliance_block(
     full: Point, without_cxr: Point, without_ehr: Point, main: str
 ) -> dict[str, Any]:
     """The modality-reliance table of one (task, cohort): the headline metric with both
     modalities, without the image (every image removed) and without the EHR (every EHR value
     unobserved), the drops with paired CIs, and the imbalance index (see
-    :func:`imbalance_index`) with its CI. ``dominant``: ``ehr`` when the index's CI lies above
-    0.5, ``cxr`` when below, ``balanced`` otherwise, ``neither`` when it is undefined."""
+    :func:`imbalance_index`) with its CI and the dominant modality (:func:`dominant_modality`).
+    """
     higher = HIGHER_IS_BETTER.get(main, True)
     drop_cxr, boot_cxr = _reliance_drop(full, without_cxr, higher)
     drop_ehr, boot_ehr = _reliance_drop(full, without_ehr, higher)
     point = float(imbalance_index(np.array([drop_ehr["delta"] or 0.0]),
                                   np.array([drop_cxr["delta"] or 0.0]))[0])  # fmt: skip
     low, high = percentile_ci(imbalance_index(boot_ehr, boot_cxr))
-    if not np.isfinite(point):
-        dominant = "neither"
-    elif np.isfinite(low) and low > BALANCED:
-        dominant = "ehr"
-    elif np.isfinite(high) and high < BALANCED:
-        dominant = "cxr"
-    else:
-        dominant = "balanced"
+    index = {"value": clean(point), "ci_low": clean(low), "ci_high": clean(high)}
+    dominant = dominant_modality(
+        index["value"], index["ci_low"], index["ci_high"], drop_ehr["ci_low"], drop_cxr["ci_low"]
+    )
 
     def estimate(p: Point) -> dict[str, float | None]:
         lo, hi = percentile_ci(p.boot)
@@ -253,7 +272,7 @@ def reliance_block(
         "without_ehr": estimate(without_ehr),
         "drop_without_cxr": drop_cxr,
         "drop_without_ehr": drop_ehr,
-        "imbalance_index": {"value": clean(point), "ci_low": clean(low), "ci_high": clean(high)},
+        "imbalance_index": index,
         "dominant": dominant,
     }
 

@@ -97,7 +97,8 @@ def reference_scenarios(
     chosen: Chosen, candidates: Mapping[str, Candidate], fs: FeatureSet, pooled: Pooled
 ) -> dict[str, dict[str, dict[float, list[np.ndarray]]]]:
     """The EHR-only and best unimodal references' predictions under the entry's image-removing
-    scenarios (:data:`~harness.evaluate.score.robustness.VERSUS_FAMILIES`), by rate."""
+    scenarios (:data:`~harness.evaluate.score.robustness.VERSUS_FAMILIES`), by rate; none for
+    a scenario the EHR-only reference was not run under (the comparison that matters)."""
     from harness.evaluate.scenarios import SCENARIOS
 
     squeeze = fs.task.kind == "binary"
@@ -106,9 +107,16 @@ def reference_scenarios(
         s for s in pooled.scenarios if s in SCENARIOS and SCENARIOS.get(s).family in VERSUS_FAMILIES
     ]
     out: dict[str, dict[str, dict[float, list[np.ndarray]]]] = {}
-    for ref in dict.fromkeys(r for r in (chosen.ehr_only, chosen.best_unimodal) if r):
-        for name in names:
-            runs = scenario_runs(candidates[ref], name, ids, squeeze)
+    if chosen.ehr_only is None:  # beating only an image model without images proves nothing
+        return out
+    for name in names:
+        found = {
+            ref: scenario_runs(candidates[ref], name, ids, squeeze)
+            for ref in dict.fromkeys(r for r in (chosen.ehr_only, chosen.best_unimodal) if r)
+        }
+        if found.get(chosen.ehr_only) is None:
+            continue
+        for ref, runs in found.items():
             if runs is not None:
                 out.setdefault(ref, {})[name] = runs
     return out
