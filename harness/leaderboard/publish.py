@@ -624,8 +624,7 @@ def _curve_fields(curve: dict, at: str, references: dict) -> None:
         if ref not in known:
             raise Rejected("unknown_key", f"{at}/versus: {ref!r} is not one of the references")
     width = (-(bounds[1] - bounds[0]), bounds[1] - bounds[0])
-    for field in ("area_above_chance",):
-        _in_range(curve.get(field), width, f"{at}/{field}")
+    _in_range(curve.get("area_above_chance"), width, f"{at}/area_above_chance")
     for i, value in enumerate(curve.get("area_above_chance_ci") or ()):
         _in_range(value, width, f"{at}/area_above_chance_ci/{i}")
     for ref, versus in (curve.get("versus") or {}).items():

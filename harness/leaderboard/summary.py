@@ -58,7 +58,7 @@ def area_scenarios() -> list[str]:
     return sorted(SCENARIOS, key=order)
 
 
-def _fmt(x: float | None, digits: int = 3) -> str:
+def fmt_value(x: float | None, digits: int = 3) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
@@ -192,10 +192,9 @@ def _worst_tpr(table: AttributeTable | None) -> str:
     if table is None or worst is None:
         return "n/a"
     test = table.gap_test.get("tpr_difference") or {}
-    p_text = f", p {_fmt(test.get('p_value'), 3)}" if test else ""
-    return (
-        f"{worst} ({_fmt(tpr.get('group_min'), 2)}; gap {_fmt(tpr.get('difference'), 2)}{p_text})"
-    )
+    p_text = f", p {fmt_value(test.get('p_value'), 3)}" if test else ""
+    low, gap = fmt_value(tpr.get("group_min"), 2), fmt_value(tpr.get("difference"), 2)
+    return f"{worst} ({low}; gap {gap}{p_text})"
 
 
 def fairness_tables(doc: Mapping[str, Any]) -> list[dict]:
@@ -213,15 +212,15 @@ def fairness_tables(doc: Mapping[str, Any]) -> list[dict]:
     return list(tables.values())
 
 
-def _ci(low: float | None, high: float | None, digits: int = 3) -> str:
+def fmt_ci(low: float | None, high: float | None, digits: int = 3) -> str:
     return "n/a" if low is None or high is None else f"[{low:.{digits}f}, {high:.{digits}f}]"
 
 
 def _value_ci(curve: Curve, j: int) -> str:
     """The curve's value at rate index ``j`` with its CI (when recorded)."""
-    value = _fmt(curve.values[j])
+    value = fmt_value(curve.values[j])
     if len(curve.values_ci_low) > j and len(curve.values_ci_high) > j:
-        return f"{value} {_ci(curve.values_ci_low[j], curve.values_ci_high[j])}"
+        return f"{value} {fmt_ci(curve.values_ci_low[j], curve.values_ci_high[j])}"
     return value
 
 
@@ -230,7 +229,7 @@ def _versus_last(curve: Curve, reference: str | None) -> str:
     v = (curve.versus or {}).get(reference or "")
     if v is None or not v.delta:
         return "n/a"
-    return f"{_fmt(v.delta[-1], 3)} {_ci(v.ci_low[-1], v.ci_high[-1])}"
+    return f"{fmt_value(v.delta[-1], 3)} {fmt_ci(v.ci_low[-1], v.ci_high[-1])}"
 
 
 def _helps(curve: Curve) -> str:
@@ -277,16 +276,16 @@ def _robustness_table(key: tuple[str, str, str], mcar: Curve) -> dict:
 
 def _robustness_row(entry: Result, block: Block, mcar: Curve) -> list[str]:
     areas = [
-        _fmt(curve.auc_normalised if (curve := block.curve(name)) else None)
+        fmt_value(curve.auc_normalised if (curve := block.curve(name)) else None)
         for name in _area_columns()
     ]
-    ci = _ci(mcar.ci_low, mcar.ci_high) if mcar.has_ci else "n/a"
-    above = _fmt(mcar.area_above_chance)
+    ci = fmt_ci(mcar.ci_low, mcar.ci_high) if mcar.has_ci else "n/a"
+    above = fmt_value(mcar.area_above_chance)
     if len(mcar.area_above_chance_ci) == 2:
-        above = f"{above} {_ci(*mcar.area_above_chance_ci)}"
+        above = f"{above} {fmt_ci(*mcar.area_above_chance_ci)}"
     last = len(mcar.values) - 1
     return [
-        str(entry.name), _fmt(entry.train_cxr_dropout, 2), _value_ci(mcar, 0),
+        str(entry.name), fmt_value(entry.train_cxr_dropout, 2), _value_ci(mcar, 0),
         _value_ci(mcar, last), _versus_last(mcar, block.references.ehr_only), _helps(mcar),
         above, *areas, ci,
     ]  # fmt: skip
@@ -331,11 +330,11 @@ def _reliance_table(key: tuple[str, str, str], metric: str) -> dict:
 
 
 def _estimate(e: Any) -> str:
-    return "n/a" if e is None else _fmt(e.value)
+    return "n/a" if e is None else fmt_value(e.value)
 
 
 def _drop(d: Delta | None) -> str:
-    return "n/a" if d is None else f"{_fmt(d.delta)} {_ci(d.ci_low, d.ci_high)}"
+    return "n/a" if d is None else f"{fmt_value(d.delta)} {fmt_ci(d.ci_low, d.ci_high)}"
 
 
 def reliance_tables(doc: Mapping[str, Any]) -> list[dict]:
@@ -350,7 +349,7 @@ def reliance_tables(doc: Mapping[str, Any]) -> list[dict]:
         index_text = (
             "n/a"
             if index is None
-            else f"{_fmt(index.value, 2)} " + _ci(index.ci_low, index.ci_high, 2)
+            else f"{fmt_value(index.value, 2)} " + fmt_ci(index.ci_low, index.ci_high, 2)
         )
         table["rows"].append([
             str(entry.name), ", ".join(sorted(entry.inputs)) if entry.inputs else "?",

@@ -29,6 +29,8 @@ import numpy as np
 
 from harness.leaderboard.aggregate import protocol_label, protocol_of
 from harness.leaderboard.summary import FAIRNESS_ATTRIBUTES, HEADLINE_SCENARIO, is_fusion
+from harness.leaderboard.summary import fmt_ci as _ci
+from harness.leaderboard.summary import fmt_value as _f
 from harness.results import Block, Result
 from harness.results.reader import Delta, Estimate
 
@@ -82,14 +84,6 @@ class Report:
     preamble: list[str]
     sections: list[Section]
     missing: list[str] = field(default_factory=list)
-
-
-def _f(x: float | None, digits: int = 3) -> str:
-    return "n/a" if x is None else f"{x:.{digits}f}"
-
-
-def _ci(low: float | None, high: float | None, digits: int = 3) -> str:
-    return "n/a" if low is None or high is None else f"[{low:.{digits}f}, {high:.{digits}f}]"
 
 
 def _est(e: Estimate | None, digits: int = 3) -> str:

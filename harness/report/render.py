@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from html import escape
 
+from harness.leaderboard.render import _scale
 from harness.report.answers import Report, Scatter, Table
 
 W, H, PAD = 460, 300, 50
@@ -76,10 +77,6 @@ def _html_table(table: Table) -> str:
         f"<table><caption>{_inline(table.caption)}</caption><thead><tr>{head}</tr></thead>"
         f"<tbody>{rows}</tbody></table>"
     )
-
-
-def _scale(v: float, lo: float, hi: float, a: float, b: float) -> float:
-    return a if hi == lo else a + (v - lo) * (b - a) / (hi - lo)
 
 
 def scatter_svg(chart: Scatter) -> str:
