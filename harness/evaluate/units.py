@@ -189,8 +189,8 @@ def _scenario_chains(
     return chains
 
 
-def write_unit(out_path: Path, table: pd.DataFrame, meta: Mapping[str, Any]) -> None:
-    """Write a unit file atomically: the predictions, with ``meta`` in the parquet metadata."""
+def unit_file_bytes(table: pd.DataFrame, meta: Mapping[str, Any]) -> bytes:
+    """A unit file's content: the predictions as parquet, ``meta`` in its metadata."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -198,7 +198,12 @@ def write_unit(out_path: Path, table: pd.DataFrame, meta: Mapping[str, Any]) -> 
     arrow = arrow.replace_schema_metadata({b"harness_unit": json.dumps(meta).encode()})
     sink = pa.BufferOutputStream()
     pq.write_table(arrow, sink, compression="zstd")
-    atomic_write_bytes(out_path, sink.getvalue().to_pybytes())
+    return bytes(sink.getvalue().to_pybytes())
+
+
+def write_unit(out_path: Path, table: pd.DataFrame, meta: Mapping[str, Any]) -> None:
+    """Write a unit file atomically: the predictions, with ``meta`` in the parquet metadata."""
+    atomic_write_bytes(out_path, unit_file_bytes(table, meta))
 
 
 def run_unit(
@@ -213,7 +218,35 @@ def run_unit(
     config: dict[str, Any] | None = None,
 ) -> None:
     """Train one (task, cohort, fold, seed) through ``runner`` and write its predictions
-    (``config``: a tuned configuration of the submission's search space).
+    (``config``: a tuned configuration of the submission's search space); see `compute_unit`."""
+    table, meta = compute_unit(
+        runner, fs, unit, settings, scenario_names, others, inputs=inputs, config=config
+    )
+    with stage("write"):
+        write_unit(out_path, table, meta)
+
+
+def unit_pseudonym_key(unit: Unit) -> bytes:
+    """The key stay ids of ``unit`` are pseudonymised with (one per task, cohort and fold)."""
+    from harness.executors.base import pseudonym_key
+
+    return pseudonym_key(f"{unit.task}/{unit.cohort}/{unit.fold}")
+
+
+def compute_unit(
+    runner: UnitRunner,
+    fs: FeatureSet,
+    unit: Unit,
+    settings: EvalSettings,
+    scenario_names: Sequence[str],
+    others: Mapping[str, FeatureSet],
+    inputs: Sequence[str] | None = None,
+    config: dict[str, Any] | None = None,
+    key: bytes | None = None,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Train one (task, cohort, fold, seed) through ``runner``: its predictions and metadata
+    (``key``: the stay-id pseudonym key, :func:`unit_pseudonym_key` when None; a remote worker
+    gets it from the harness process that holds the cache's secret).
 
     The harness prepares every input here, on its side of the trust boundary: the fold's
     normalisation is fitted on its training stays, the model receives the training and
@@ -223,11 +256,11 @@ def run_unit(
     (:mod:`harness.evaluate.requests`). Thresholds are chosen here from the validation labels
     the model's answers are compared with.
     """
-    from harness.executors.base import pseudonym_key, pseudonymise
+    from harness.executors.base import pseudonymise
     from harness.executors.wire import without_labels
     from harness.models.data import make_tensors, prepare_split, restrict_inputs
 
-    key = pseudonym_key(f"{unit.task}/{unit.cohort}/{unit.fold}")
+    key = unit_pseudonym_key(unit) if key is None else key
     with stage("load"):
         split = prepare_split(fs, unit.fold)
         split = replace(
@@ -282,8 +315,7 @@ def run_unit(
         "best_epoch": int(summary.best_epoch),
         "train_seconds": float(summary.train_seconds),
     }
-    with stage("write"):
-        write_unit(out_path, pd.concat(frames, ignore_index=True), meta)
+    return pd.concat(frames, ignore_index=True), meta
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import logging
+import math
 import re
 import sys
 import traceback
@@ -39,6 +40,11 @@ TOP_KEYS = {
     "`harness tune`",
     "limits": "mapping: unit_seconds (wall clock per unit), memory_mb (worker memory); the "
     "harness caps both",
+    "resources": "mapping: cpus, gpus a unit reserves on a Ray cluster (`--executor ray`)",
+}
+RESOURCE_KEYS = {
+    "cpus": "a whole number of CPU cores, at least 1, e.g. 2",
+    "gpus": "a number of GPUs, 0 or more; fractions share one GPU, e.g. 0.25",
 }
 LIMIT_KEYS = {
     "unit_seconds": "a positive number of seconds, e.g. 1800",
@@ -96,6 +102,8 @@ class Submission:
     backbone: str | None = None
     citation: str | None = None
     limits: dict[str, float] = field(default_factory=dict)
+    #: What one unit reserves on a Ray cluster: ``cpus`` (default 1) and ``gpus`` (default 0).
+    resources: dict[str, float] = field(default_factory=dict)
     #: The ``search`` section (:mod:`harness.models.search`), searched by ``harness tune``.
     search: tuple[Dimension, ...] = ()
 
@@ -313,6 +321,7 @@ def parse_submission(data: Any, path: Path) -> Submission:
         if data.get("citation")
         else None,
         limits=limits,
+        resources=_parse_resources(data.get("resources"), path),
         search=parse_search(data.get("search"), path, kind=kind, params=params),
     )
 
@@ -343,6 +352,31 @@ def _parse_limits(raw: Any, path: Path) -> dict[str, float]:
         number = _as_float(value)
         if number is None or number <= 0 or (key == "memory_mb" and number != int(number)):
             raise _spec_error(path, f"`limits.{key}` is {value!r}", f"use {LIMIT_KEYS[key]}")
+        out[key] = number
+    return out
+
+
+def _parse_resources(raw: Any, path: Path) -> dict[str, float]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise _spec_error(
+            path, "field `resources` must be a mapping", "e.g. `resources: {cpus: 2, gpus: 0.5}`"
+        )
+    out: dict[str, float] = {}
+    for key, value in raw.items():
+        if key not in RESOURCE_KEYS:
+            raise _spec_error(
+                path, f"unknown key `resources.{key}`", f"valid keys are {sorted(RESOURCE_KEYS)}"
+            )
+        number = _as_float(value)
+        if (
+            number is None
+            or not math.isfinite(number)
+            or number < (1 if key == "cpus" else 0)
+            or (key == "cpus" and number != int(number))
+        ):
+            raise _spec_error(path, f"`resources.{key}` is {value!r}", f"use {RESOURCE_KEYS[key]}")
         out[key] = number
     return out
 
