@@ -242,3 +242,32 @@ def test_a_request_the_cluster_cannot_meet_is_refused(ray_address, tmp_path):
 def test_unknown_executor_is_a_usage_error():
     with pytest.raises(UsageError, match="valid executors: local, ray"):
         EvalSettings(scheduler="dask")
+
+
+def test_encode_through_ray_equals_encode_locally_row_for_row(
+    ray_address, tiny_pipeline, tmp_path, monkeypatch
+):
+    from harness.cohort import load_cohort
+    from harness.encode.run import RayEncode, cohort_images, encode
+    from harness.store import read_cxr
+
+    for part in ("datasets", "cohorts"):  # the same cohorts, no features yet
+        shutil.copytree(tiny_pipeline / part, tmp_path / part)
+
+    def stored(root: Path, key: str):
+        monkeypatch.setenv("HARNESS_CACHE", str(root))
+        ids = sorted(cohort_images(load_cohort("base")))
+        return ids, read_cxr(key, ids)
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
+    report = encode("base", encoder="test_tiny", ray=RayEncode(ray_address, 2))
+    assert report.n_encoded == report.n_images > 0 and report.forward_calls > 0
+    ids_ray, on_ray = stored(tmp_path, report.cxr_key)
+    ids_here, here = stored(tiny_pipeline, report.cxr_key)
+    assert ids_ray == ids_here
+    assert on_ray.status.tolist() == here.status.tolist()
+    assert on_ray.embedding.tobytes() == here.embedding.tobytes()
+    # the store is complete and resumable as any other: a second run encodes nothing
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
+    again = encode("base", encoder="test_tiny", ray=RayEncode(ray_address, 2))
+    assert again.forward_calls == 0 and again.n_reused == again.n_images

@@ -24,6 +24,21 @@ def register(app: typer.Typer) -> None:
         num_workers: int = typer.Option(None, "--workers", min=0, help="DataLoader workers."),
         device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: auto)."),
         list_: bool = typer.Option(False, "--list", help="List encoder families and exit."),
+        executor: str = typer.Option(
+            "local",
+            "--executor",
+            help="local (this process, a DataLoader) or ray (Ray Data: decode tasks on CPUs, "
+            "encode actors; pip install -e '.[ray]'). The stored rows are the same.",
+        ),
+        ray_address: str = typer.Option(
+            None, "--ray-address", help="Ray cluster (auto, ray://host:10001); default: local."
+        ),
+        concurrency: int = typer.Option(
+            1, "--concurrency", min=1, help="Encode actors with --executor ray."
+        ),
+        gpus: float = typer.Option(
+            0.0, "--gpus-per-actor", min=0.0, help="GPUs per encode actor (fractions share one)."
+        ),
         repair: bool = typer.Option(
             False,
             "--repair",
@@ -38,7 +53,13 @@ def register(app: typer.Typer) -> None:
         if list_:
             _print_list()
             return
+        from harness.encode.run import RayEncode
         from harness.encode.run import encode as run_encode
+        from harness.errors import UsageError
+
+        if executor not in ("local", "ray"):
+            raise UsageError(f"unknown executor {executor!r}; valid executors: local, ray")
+        ray = RayEncode(ray_address, concurrency, gpus) if executor == "ray" else None
 
         names = [None] if cohort_path is not None else (cohort or ["base", "matched"])
         for name in names:
@@ -54,6 +75,7 @@ def register(app: typer.Typer) -> None:
                 device=device,
                 progress=True,
                 repair=repair,
+                ray=ray,
             )
             _print_report(report)
 

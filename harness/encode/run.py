@@ -141,6 +141,93 @@ def _batches(
         yield meta, out
 
 
+@dataclass(frozen=True)
+class RayEncode:
+    """``harness encode --executor ray``: Ray Data decodes on CPU tasks and encodes on a pool
+    of ``concurrency`` actors with ``gpus`` each (fractions share a GPU); ``address`` as for
+    :func:`harness.executors.cluster.connect`."""
+
+    address: str | None = None
+    concurrency: int = 1
+    gpus: float = 0.0
+
+
+def _decode_batch(row: dict[str, Any], transform: Any, min_size: int) -> dict[str, Any]:
+    """Ray Data's CPU stage: one batch of images decoded and transformed (failures as data)."""
+    items = list(zip(row["rows"], row["paths"], strict=True))
+    ds = _ImageDataset([(int(r), Path(p) if p else None) for r, p in items], transform, min_size)
+    meta, x = _collate([ds[i] for i in range(len(ds))])
+    shape = (0, *x.shape[1:]) if x is not None else (0,)
+    return {
+        "rows": np.asarray([m[0] for m in meta], np.int64),
+        "status": [m[1] for m in meta],
+        "reason": [m[2] for m in meta],
+        "x": x.numpy() if x is not None else np.zeros(shape, np.float32),
+        "empty": x is None,
+    }
+
+
+class _EncodeActor:
+    """Ray Data's encode stage: holds the encoder on its device, encodes one batch a call."""
+
+    def __init__(self, encoder: Encoder, device: str | None, threads: int):
+        import torch
+
+        torch.set_num_threads(threads)
+        self.encoder, self.device = encoder, resolve_device(device)
+        self.encoder.to(self.device)
+        self.encoder.module.eval()
+        if self.device.startswith("cuda"):
+            self.encoder.module.to(memory_format=torch.channels_last)
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        import torch
+
+        meta = list(zip(row["rows"].tolist(), row["status"], row["reason"], strict=True))
+        x = None if row["empty"] else torch.from_numpy(np.array(row["x"], np.float32))
+        ((_, out),) = list(_batches([(meta, x)], self.encoder, self.device))
+        if out is None:
+            out = np.zeros((0, self.encoder.dim), np.float32)
+        return {"rows": row["rows"], "status": row["status"], "reason": row["reason"], "out": out}
+
+
+def _ray_batches(
+    items: list[tuple[int, Path | None]],
+    batches: list[list[int]],
+    encoder: Encoder,
+    device: str | None,
+    ray_options: RayEncode,
+) -> Iterator[tuple[list[tuple[int, str, str]], np.ndarray | None]]:
+    """The same batches as the local DataLoader, decoded and encoded through Ray Data, in the
+    order they finish (each carries its rows: the chunk buffers do not depend on the order)."""
+    from harness.executors.cluster import connect
+
+    ray = connect(ray_options.address)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # the harness draws its own bar
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    rows = [
+        {"rows": [items[i][0] for i in b], "paths": [str(items[i][1] or "") for i in b]}
+        for b in batches
+    ]
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
+    ds = ds.map(_decode_batch, fn_kwargs={"transform": encoder.transform,
+                                          "min_size": encoder.input_size}, num_cpus=1)  # fmt: skip
+    threads = 1 if ray_options.gpus else max(1, int(ray.cluster_resources().get("CPU", 1)) //
+                                            max(1, ray_options.concurrency))  # fmt: skip
+    ds = ds.map(
+        _EncodeActor, fn_constructor_args=(encoder, device, threads),
+        concurrency=ray_options.concurrency, num_gpus=ray_options.gpus or None,
+        num_cpus=None if ray_options.gpus else 1,
+    )  # fmt: skip
+    for row in ds.iter_rows():
+        meta = list(zip(np.asarray(row["rows"]).tolist(), row["status"], row["reason"],
+                        strict=True))  # fmt: skip
+        out = np.asarray(row["out"], np.float32)
+        yield meta, (out if len(out) else None)
+        encoder.forward_calls += int(len(out) > 0)
+
+
 def encode_images(
     images: Mapping[str, Path | None],
     encoder: Encoder,
@@ -153,12 +240,14 @@ def encode_images(
     chunk_rows: int = CXR_CHUNK_ROWS,
     source: dict[str, Any] | None = None,
     repair: bool = False,
+    ray: RayEncode | None = None,
 ) -> ImageRunStats:
     """Encode the images (``dicom_id -> path``) not yet committed in store ``key``.
 
     The chunks holding these images are verified first: a missing or damaged one raises
     :class:`InputError` unless ``repair``, which re-encodes such chunks in place (see
-    :meth:`CXRStoreWriter.repair`).
+    :meth:`CXRStoreWriter.repair`). With ``ray``, the same batches are decoded and encoded on
+    a Ray cluster (:class:`RayEncode`) and written here through the same commit protocol.
     """
     import torch
     from torch.utils.data import DataLoader
@@ -203,27 +292,34 @@ def encode_images(
         n_todo = len(items)
         if n_todo:
             log.info("encoding %d images with %s on %s", n_todo, encoder.name, device)
-            encoder.to(device)
-            encoder.module.eval()
-            if device.startswith("cuda"):
-                encoder.module.to(memory_format=torch.channels_last)
-            ds = _ImageDataset(items, encoder.transform, encoder.input_size)
-            loader: DataLoader[tuple[int, Any, str, str]] = DataLoader(
-                ds,  # type: ignore[arg-type]
-                batch_sampler=_chunk_batches(runnable, batch_size),
-                num_workers=workers,
-                collate_fn=_collate,
-                pin_memory=device.startswith("cuda"),
-                persistent_workers=False,
-                prefetch_factor=4 if workers else None,
-            )
+            batches: Iterator[tuple[list[tuple[int, str, str]], np.ndarray | None]]
+            if ray is not None:
+                batches = _ray_batches(
+                    items, _chunk_batches(runnable, batch_size), encoder, device, ray
+                )
+            else:
+                encoder.to(device)
+                encoder.module.eval()
+                if device.startswith("cuda"):
+                    encoder.module.to(memory_format=torch.channels_last)
+                ds = _ImageDataset(items, encoder.transform, encoder.input_size)
+                loader: DataLoader[tuple[int, Any, str, str]] = DataLoader(
+                    ds,  # type: ignore[arg-type]
+                    batch_sampler=_chunk_batches(runnable, batch_size),
+                    num_workers=workers,
+                    collate_fn=_collate,
+                    pin_memory=device.startswith("cuda"),
+                    persistent_workers=False,
+                    prefetch_factor=4 if workers else None,
+                )
+                batches = _batches(loader, encoder, device)
             remaining = {k: sum(1 for d in ids if d) for k, ids in runnable}
             buffers: dict[int, tuple[np.ndarray, list[str], list[str]]] = {}
             for k, _ in runnable:
                 if remaining[k] == 0:
                     store.write_chunk(k, np.zeros((c, encoder.dim), np.float32), [""] * c, [""] * c)
             with _progress(progress, n_todo, encoder.name) as advance:
-                for meta, out in _batches(loader, encoder, device):
+                for meta, out in batches:
                     j = 0
                     for row, status, reason in meta:
                         k, r = divmod(row, c)
@@ -415,6 +511,7 @@ def encode_cohort(
     progress: bool = False,
     chunk_rows: int = CXR_CHUNK_ROWS,
     repair: bool = False,
+    ray: RayEncode | None = None,
 ) -> EncodeReport:
     """Encode a loaded cohort with a built encoder (images, then EHR); ``repair`` re-encodes
     what is missing or damaged in the stores instead of raising."""
@@ -439,6 +536,7 @@ def encode_cohort(
         chunk_rows=chunk_rows,
         source=source,
         repair=repair,
+        ray=ray,
     )
     return _report(cohort, key, images, stats, device, encoder.name, repair=repair, t0=t0)
 
@@ -528,6 +626,7 @@ def encode(
     progress: bool = False,
     chunk_rows: int = CXR_CHUNK_ROWS,
     repair: bool = False,
+    ray: RayEncode | None = None,
 ) -> EncodeReport:
     """Encode every distinct linked image of a cohort (CXR store) and its EHR store.
 
@@ -551,4 +650,5 @@ def encode(
         progress=progress,
         chunk_rows=chunk_rows,
         repair=repair,
+        ray=ray,
     )
