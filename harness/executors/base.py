@@ -139,6 +139,27 @@ class Executor(ABC):
 # The work itself, shared by every executor
 
 
+def unit_threads(sub: Submission) -> int:
+    """Intra-op threads a unit of ``sub`` trains and predicts with: its ``resources.cpus``
+    (default 1), on every executor. Float reductions split across threads round differently,
+    so a unit's predictions would otherwise depend, in their last bits, on the machine's cores
+    and on how many units run beside it; fixed, they are byte-identical wherever it runs."""
+    return int((sub.resources or {}).get("cpus", 1))
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch (and OpenMP) threads, then restore the previous count."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def fit_job(sub: Submission, job: TrainJob) -> TrainedModel:
     """Train ``sub`` on ``job`` (the same call in-process and inside the sandbox)."""
     from harness.models.data import FitSplit

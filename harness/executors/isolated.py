@@ -44,6 +44,7 @@ from harness.executors.base import (
     TrainSummary,
     UnitFailure,
     check_probabilities,
+    unit_threads,
 )
 from harness.executors.worker import INBOX_MOUNT, SUBMISSION_MOUNT
 
@@ -412,7 +413,6 @@ class IsolatedRunner(Runner):
     def __init__(self, sub: Submission, limits: Limits, *, wait: bool = True):
         """Start a worker; with ``wait=False`` it starts in the background and the first
         request waits for it (`IsolatedExecutor.prestart`)."""
-        import torch
 
         from harness.executors.wire import write_message
 
@@ -459,7 +459,7 @@ class IsolatedRunner(Runner):
         self.deadline = time.monotonic() + STARTUP_SECONDS
         self.ready = False
         try:
-            write_message(self.to_worker, {"op": "hello", "threads": torch.get_num_threads()})
+            write_message(self.to_worker, {"op": "hello", "threads": unit_threads(sub)})
             if wait:
                 self._ensure_ready()
         except BaseException:

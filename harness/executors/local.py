@@ -20,6 +20,8 @@ from harness.executors.base import (
     check_probabilities,
     fit_job,
     summary_of,
+    torch_threads,
+    unit_threads,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -37,7 +39,8 @@ class LocalRunner(Runner):
     def train(self, job: TrainJob) -> TrainSummary:
         self.trained, self.task = None, job.task
         try:
-            self.trained = fit_job(self.sub, job)
+            with torch_threads(unit_threads(self.sub)):
+                self.trained = fit_job(self.sub, job)
         except SystemExit as exc:
             raise UnitFailure(
                 "exited", f"the submission called sys.exit({exc.code!r}) during training"
@@ -48,7 +51,8 @@ class LocalRunner(Runner):
         if self.trained is None or self.task is None:
             raise RuntimeError("predict before train")
         try:
-            p = self.trained.predict_proba(tensors)
+            with torch_threads(unit_threads(self.sub)):
+                p = self.trained.predict_proba(tensors)
         except SystemExit as exc:
             raise UnitFailure(
                 "exited", f"the submission called sys.exit({exc.code!r}) during prediction"
