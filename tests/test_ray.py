@@ -20,8 +20,9 @@ import pytest
 import ray  # the `[ray]` extra: `make setup` installs it
 
 from harness.errors import SpecError, UsageError
+from harness.evaluate import cluster
 from harness.evaluate.run import EvalSettings, evaluate, read_unit
-from harness.executors import UnitFailure, cluster
+from harness.executors import UnitFailure
 from harness.models.submission import load_submission
 from harness.results import Result
 
@@ -264,3 +265,19 @@ def test_encode_through_ray_equals_encode_locally_row_for_row(
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
     again = encode("base", encoder="test_tiny", ray=RayEncode(ray_address, 2))
     assert again.forward_calls == 0 and again.n_reused == again.n_images
+
+
+def test_several_submissions_share_the_cluster(ray_address, tiny_pipeline_copy):
+    """`prefetch` puts the pending units of every submission in flight before the first is
+    scored; each evaluation then collects its own, training nothing twice."""
+    settings = _settings("ray", ray_address=ray_address, executor="local")
+    folders = [REPO / "submissions" / n for n in ("ehr_lstm", "cxr_probe")]
+    for name in ("ehr_lstm", "cxr_probe"):
+        if (tiny_pipeline_copy / "results" / DATASET / name).exists():
+            _forget(tiny_pipeline_copy, name)
+    assert cluster.prefetch(folders, settings) == 4
+    assert len(cluster._IN_FLIGHT) == 4
+    outcomes = [evaluate(f, settings) for f in folders]
+    assert not cluster._IN_FLIGHT  # every prefetched unit was collected by its evaluation
+    assert [o.units_run for o in outcomes] == [2, 2]
+    assert all(o.result["status"] == "ok" for o in outcomes)

@@ -147,7 +147,7 @@ def register(app: typer.Typer) -> None:
         for path in submissions:  # a missing or malformed folder fails before any bar is drawn
             load_submission(path)
         if settings.scheduler == "ray" and len(submissions) * len(variants) > 1:
-            from harness.executors.cluster import prefetch  # the submissions share the cluster
+            from harness.evaluate.cluster import prefetch  # the submissions share the cluster
 
             for v in variants:
                 prefetch(submissions, v)

@@ -145,7 +145,7 @@ def _batches(
 class RayEncode:
     """``harness encode --executor ray``: Ray Data decodes on CPU tasks and encodes on a pool
     of ``concurrency`` actors with ``gpus`` each (fractions share a GPU); ``address`` as for
-    :func:`harness.executors.cluster.connect`."""
+    :func:`harness.cluster.connect`."""
 
     address: str | None = None
     concurrency: int = 1
@@ -200,7 +200,7 @@ def _ray_batches(
 ) -> Iterator[tuple[list[tuple[int, str, str]], np.ndarray | None]]:
     """The same batches as the local DataLoader, decoded and encoded through Ray Data, in the
     order they finish (each carries its rows: the chunk buffers do not depend on the order)."""
-    from harness.executors.cluster import connect
+    from harness.cluster import connect
 
     ray = connect(ray_options.address)
     context = ray.data.DataContext.get_current()

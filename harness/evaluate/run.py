@@ -148,7 +148,7 @@ class EvalSettings:
     #: None = ``HARNESS_EXECUTOR`` or ``isolated``.
     executor: str | None = None
     #: Where pending units are scheduled: ``local`` (one after another in this process) or
-    #: ``ray`` (each unit a Ray task, :mod:`harness.executors.cluster`); the result is the same.
+    #: ``ray`` (each unit a Ray task, :mod:`harness.evaluate.cluster`); the result is the same.
     scheduler: str = "local"
     #: The Ray cluster (``auto``, ``ray://host:10001``); None starts a local Ray instance.
     ray_address: str | None = None
@@ -418,7 +418,7 @@ def run_and_score(
 
     cluster = None
     if plan.settings.scheduler == "ray":  # every unit of every task in flight at once
-        from harness.executors.cluster import RayUnits
+        from harness.evaluate.cluster import RayUnits
 
         cluster = RayUnits(plan.sub, runner.executor.name, runner.limits, plan.settings.ray_address)
     in_flight = []

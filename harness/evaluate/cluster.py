@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from harness.cluster import connect
 from harness.errors import UsageError
 from harness.executors.base import UnitFailure
 
@@ -45,38 +46,8 @@ log = logging.getLogger(__name__)
 
 #: Times Ray retries a unit whose worker died (not one that failed in the submission's code).
 MAX_RETRIES = 3
-#: Environment variable naming the cluster when ``--ray-address`` is not given.
-ADDRESS_VARIABLE = "HARNESS_RAY_ADDRESS"
 #: Largest submission folder shipped to the workers (weights included).
 MAX_FOLDER_BYTES = 512 * 2**20
-
-
-def require_ray() -> Any:
-    """The ``ray`` module, or a clear error saying how to install it."""
-    try:
-        import ray
-    except ImportError:
-        raise UsageError(
-            "--executor ray needs Ray, an optional extra: pip install -e '.[ray]' "
-            "(`make setup` installs it)"
-        ) from None
-    return ray
-
-
-def connect(address: str | None = None, num_cpus: int | None = None) -> Any:
-    """Connect to the cluster at ``address`` (``auto``: the one ``ray start`` runs on this
-    machine; ``ray://host:10001``: a remote one), else to ``HARNESS_RAY_ADDRESS``, else start a
-    local Ray instance with ``num_cpus`` (default: every core). Idempotent."""
-    ray = require_ray()
-    if ray.is_initialized():
-        return ray
-    address = address or os.environ.get(ADDRESS_VARIABLE) or None
-    options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
-    if address in (None, "local"):
-        ray.init(num_cpus=num_cpus, **options)
-    else:
-        ray.init(address=address, **options)
-    return ray
 
 
 @dataclass(frozen=True)
