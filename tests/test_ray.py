@@ -281,3 +281,24 @@ def test_several_submissions_share_the_cluster(ray_address, tiny_pipeline_copy):
     assert not cluster._IN_FLIGHT  # every prefetched unit was collected by its evaluation
     assert [o.units_run for o in outcomes] == [2, 2]
     assert all(o.result["status"] == "ok" for o in outcomes)
+
+
+def test_a_link_in_the_submission_folder_is_refused_not_shipped(tmp_path):
+    """A link would reach a Ray worker as the file it points to (the cache's labels, say), and
+    the sandbox would read it: the folder is refused, as the local sandbox refuses it."""
+    from harness.errors import SubmissionError
+
+    folder = _killer(tmp_path, "linker")
+    sub = load_submission(folder)  # refuses a link itself; this one appears after the check
+    secret = tmp_path / "labels.csv"
+    secret.write_text("stay_id,label\n1,1\n")
+    (folder / "labels.csv").symlink_to(secret)
+    with pytest.raises(SubmissionError, match="no links"):
+        cluster.folder_files(sub)
+    (folder / "labels.csv").unlink()
+    shipped = cluster.folder_files(sub)
+    assert set(shipped) == {"model.py", "submission.yaml"}
+    placed = cluster.materialise(shipped, "linker", tmp_path / "node")
+    assert (placed / "model.py").read_bytes() == (folder / "model.py").read_bytes()
+    with pytest.raises(UsageError, match="outside its folder"):
+        cluster.materialise({"../escape.py": b""}, "x", tmp_path / "node2")

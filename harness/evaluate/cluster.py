@@ -16,14 +16,14 @@ this process writes each file with the usual atomic protocol as soon as its task
   so the submissions of one call share the cluster.
 - The cohorts' feature sets are put in the object store once per (task, cohort) and shared by
   every unit and submission of the call.
-- Workers need no shared file system with this process: the submission's folder travels with
-  the task, and the stay-id pseudonym key is derived here, where the cache's secret is. They do
-  need the same harness version installed (a unit checks it).
+- Workers need no shared file system with this process: the submission's folder (its regular
+  files only, as the sandbox takes it) travels with the task and is written afresh per unit,
+  and the stay-id pseudonym key is derived here, where the cache's secret is. They do need the
+  same harness version installed (a unit checks it).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import tempfile
@@ -79,47 +79,44 @@ class Resources:
 
 
 def folder_files(sub: Submission) -> dict[str, bytes]:
-    """Every file of the submission's folder (caches aside), by path relative to it."""
+    """The submission folder's regular files (caches aside), by path relative to it.
+
+    Read through the sandbox's own snapshot (:func:`~harness.executors.isolated.stage_submission`),
+    so the same rule holds: a link, pipe or device is refused rather than followed (a link
+    shipped as the file it points to would carry, say, the cache's labels into the sandbox).
+    """
+    from harness.executors.isolated import stage_submission
+
     files: dict[str, bytes] = {}
     total = 0
-    for path in sorted(sub.path.rglob("*")):
-        if not path.is_file() or "__pycache__" in path.parts:
-            continue
-        data = path.read_bytes()
-        total += len(data)
-        if total > MAX_FOLDER_BYTES:
-            raise UsageError(
-                f"{sub.path}: the submission folder holds more than {MAX_FOLDER_BYTES >> 20} MiB; "
-                "Fix: keep large weights out of it, or evaluate with the local executor"
-            )
-        files[path.relative_to(sub.path).as_posix()] = data
+    with tempfile.TemporaryDirectory(prefix="harness-ship-") as tmp:
+        staged = stage_submission(sub.path, Path(tmp) / sub.path.name)
+        for path in sorted(staged.rglob("*")):
+            if not path.is_file():
+                continue
+            data = path.read_bytes()
+            total += len(data)
+            if total > MAX_FOLDER_BYTES:
+                raise UsageError(
+                    f"{sub.path}: the submission folder holds more than "
+                    f"{MAX_FOLDER_BYTES >> 20} MiB; Fix: keep large weights out of it, or "
+                    "evaluate with the local executor"
+                )
+            files[path.relative_to(staged).as_posix()] = data
     return files
 
 
-def materialise(files: Mapping[str, bytes], name: str) -> Path:
-    """The submission folder ``files`` describe, written once per content under the worker's
-    temporary directory (a retried or repeated unit finds it there)."""
-    digest = hashlib.sha256()
-    for rel in sorted(files):
-        digest.update(rel.encode() + b"\0" + hashlib.sha256(files[rel]).digest())
-    root = Path(tempfile.gettempdir()) / "harness-ray-submissions" / digest.hexdigest()[:24]
-    folder = root / name
-    if folder.is_dir():
-        return folder
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
+def materialise(files: Mapping[str, bytes], name: str, where: Path) -> Path:
+    """The submission folder ``files`` describe, written afresh under ``where`` (never a
+    folder found on the node: another user of a shared node could have planted it)."""
+    folder = where / name
+    folder.mkdir(parents=True)
     for rel, data in files.items():
-        target = (staging / rel).resolve()
-        if staging.resolve() not in target.parents:
+        target = (folder / rel).resolve()
+        if folder.resolve() not in target.parents:
             raise UsageError(f"submission file {rel!r} lies outside its folder")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
-    try:
-        staging.rename(folder)
-    except OSError:  # another worker wrote the same content first
-        import shutil
-
-        shutil.rmtree(staging, ignore_errors=True)
     return folder
 
 
@@ -165,18 +162,19 @@ def run_remote_unit(
         return ("failed", "error", f"this Ray worker runs harness {__version__}, not {version}: "
                 "install the same version on every node")  # fmt: skip
     _limit_threads(cpus)
-    sub = load_submission(materialise(files, folder_name))
     others = dict(zip(other_names, other_sets, strict=True))
-    try:
-        with get_executor(runner_name).session(sub, limits) as runner:
-            table, meta = compute_unit(
-                runner, fs, unit, settings, scenarios, others, inputs=inputs, config=config,
-                key=key,
-            )  # fmt: skip
-    except UnitFailure as exc:
-        return ("failed", exc.category, str(exc))
-    except HarnessError as exc:
-        return ("failed", "error", str(exc))
+    with tempfile.TemporaryDirectory(prefix="harness-unit-") as tmp:
+        try:
+            sub = load_submission(materialise(files, folder_name, Path(tmp)))
+            with get_executor(runner_name).session(sub, limits) as runner:
+                table, meta = compute_unit(
+                    runner, fs, unit, settings, scenarios, others, inputs=inputs,
+                    config=config, key=key,
+                )  # fmt: skip
+        except UnitFailure as exc:
+            return ("failed", exc.category, str(exc))
+        except HarnessError as exc:
+            return ("failed", "error", str(exc))
     return ("ok", unit_file_bytes(table, meta), "")
 
 
