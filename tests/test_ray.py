@@ -155,7 +155,7 @@ def test_a_worker_killed_mid_unit_is_retried_with_the_same_predictions(
     assert _metrics(outcome.result) == _metrics(here.result)
 
 
-def test_a_unit_that_fails_in_the_sandbox_fails_the_evaluation_without_retries(
+def test_a_unit_that_fails_in_the_sandbox_fails_the_evaluation_with_its_category(
     ray_address, tiny_pipeline_copy, tmp_path
 ):
     folder = _killer(tmp_path, "killer_sandboxed")
@@ -182,8 +182,9 @@ def _cli(root: Path, *args: str) -> subprocess.Popen:
 def test_a_killed_driver_resumes_from_the_finished_units(ray_address, tiny_pipeline_copy):
     root = tiny_pipeline_copy
     args = (
-        str(REPO / "submissions" / "ehr_lstm"), "--quick", "--folds", "1,2,3",
-        "-t", "mortality_in_hospital", "--encoder", "test_tiny", "--n-resamples", "50",
+        str(REPO / "submissions" / "ehr_lstm"), "--quick", "--folds", "1,2",
+        "-t", "mortality_in_hospital", "-t", "phenotype", "--encoder", "test_tiny",
+        "--n-resamples", "50",
         "--trusted", "--executor", "ray", "--ray-address", ray_address,
     )  # fmt: skip
     where = root / "results" / DATASET / "ehr_lstm" / "predictions"
@@ -195,14 +196,14 @@ def test_a_killed_driver_resumes_from_the_finished_units(ray_address, tiny_pipel
     driver.send_signal(signal.SIGKILL)
     driver.wait()
     written = {p: p.stat().st_mtime_ns for p in where.rglob("*.parquet")}
-    assert 1 <= len(written) < 6, "the driver was killed between the first and the last unit"
+    assert 1 <= len(written) < 8, "the driver was killed between the first and the last unit"
     again = _cli(root, *args)
     out = again.communicate(timeout=900)[0]
     assert again.returncode == 0, out
-    assert f"{6 - len(written)} units trained, {len(written)} reused" in " ".join(out.split()), out
+    assert f"{8 - len(written)} units trained, {len(written)} reused" in " ".join(out.split()), out
     # the finished units were kept as they were, the missing ones written
     assert all(p.stat().st_mtime_ns == t for p, t in written.items())
-    assert len(list(where.rglob("*.parquet"))) == 6
+    assert len(list(where.rglob("*.parquet"))) == 8
 
 
 def test_resources_are_validated(tmp_path):
@@ -229,7 +230,7 @@ def test_a_request_the_cluster_cannot_meet_is_refused(ray_address, tmp_path):
         "name: x\nversion: 1\nkind: torch\nentry: model:M\ninputs: [ehr]\nresources: {cpus: 64}\n"
     )
     sub = load_submission(tmp_path)
-    with pytest.raises(UsageError, match="asks 64 CPU per unit but the Ray cluster has 2"):
+    with pytest.raises(UsageError, match="asks 64 CPU per unit but the largest Ray node has 2"):
         cluster.Resources.of(sub).check(ray, sub)
 
 
@@ -275,10 +276,12 @@ def test_several_submissions_share_the_cluster(ray_address, tiny_pipeline_copy):
     for name in ("ehr_lstm", "cxr_probe"):
         if (tiny_pipeline_copy / "results" / DATASET / name).exists():
             _forget(tiny_pipeline_copy, name)
+    before = cluster.SUBMITTED[0]
     assert cluster.prefetch(folders, settings) == 4
     assert len(cluster._IN_FLIGHT) == 4
     outcomes = [evaluate(f, settings) for f in folders]
     assert not cluster._IN_FLIGHT  # every prefetched unit was collected by its evaluation
+    assert cluster.SUBMITTED[0] - before == 4  # and none was submitted a second time
     assert [o.units_run for o in outcomes] == [2, 2]
     assert all(o.result["status"] == "ok" for o in outcomes)
 

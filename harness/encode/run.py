@@ -4,6 +4,7 @@ cohort's hourly EHR frame into the EHR store, resuming and reusing whatever is a
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import time
@@ -157,13 +158,14 @@ def _decode_batch(row: dict[str, Any], transform: Any, min_size: int) -> dict[st
     items = list(zip(row["rows"], row["paths"], strict=True))
     ds = _ImageDataset([(int(r), Path(p) if p else None) for r, p in items], transform, min_size)
     meta, x = _collate([ds[i] for i in range(len(ds))])
-    shape = (0, *x.shape[1:]) if x is not None else (0,)
+    buffer = io.BytesIO()  # as bytes: a batch whose images all failed has no tensor shape
+    if x is not None:
+        np.save(buffer, x.numpy(), allow_pickle=False)
     return {
         "rows": np.asarray([m[0] for m in meta], np.int64),
         "status": [m[1] for m in meta],
         "reason": [m[2] for m in meta],
-        "x": x.numpy() if x is not None else np.zeros(shape, np.float32),
-        "empty": x is None,
+        "x": buffer.getvalue(),
     }
 
 
@@ -184,7 +186,8 @@ class _EncodeActor:
         import torch
 
         meta = list(zip(row["rows"].tolist(), row["status"], row["reason"], strict=True))
-        x = None if row["empty"] else torch.from_numpy(np.array(row["x"], np.float32))
+        raw = bytes(row["x"])
+        x = torch.from_numpy(np.load(io.BytesIO(raw), allow_pickle=False)) if raw else None
         ((_, out),) = list(_batches([(meta, x)], self.encoder, self.device))
         if out is None:
             out = np.zeros((0, self.encoder.dim), np.float32)
@@ -213,16 +216,26 @@ def _ray_batches(
     ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
     ds = ds.map(_decode_batch, fn_kwargs={"transform": encoder.transform,
                                           "min_size": encoder.input_size}, num_cpus=1)  # fmt: skip
-    threads = 1 if ray_options.gpus else max(1, int(ray.cluster_resources().get("CPU", 1)) //
-                                            max(1, ray_options.concurrency))  # fmt: skip
+    threads = 1  # each actor reserves one CPU: more actors (--concurrency) for more cores
     ds = ds.map(
         _EncodeActor, fn_constructor_args=(encoder, device, threads),
         concurrency=ray_options.concurrency, num_gpus=ray_options.gpus or None,
         num_cpus=None if ray_options.gpus else 1,
     )  # fmt: skip
+    from harness.data.images import MISSING_FILE
+
+    paths = dict(items)
     for row in ds.iter_rows():
         meta = list(zip(np.asarray(row["rows"]).tolist(), row["status"], row["reason"],
                         strict=True))  # fmt: skip
+        for r, status, _ in meta:  # never commit, for good, a file only the worker cannot see
+            path = paths.get(r)
+            if status == MISSING_FILE and path is not None and Path(path).is_file():
+                raise InputError(
+                    f"{path} exists here but not on the Ray node that decoded it",
+                    fix="make the image tree visible at the same path on every node (a shared "
+                    "file system), or encode with --executor local",
+                )
         out = np.asarray(row["out"], np.float32)
         yield meta, (out if len(out) else None)
         encoder.forward_calls += int(len(out) > 0)

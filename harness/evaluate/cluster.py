@@ -63,14 +63,14 @@ class Resources:
         return cls(cpus=int(declared.get("cpus", 1)), gpus=float(declared.get("gpus", 0.0)))
 
     def check(self, ray: Any, sub: Submission) -> None:
-        """Refuse a request the cluster can never meet (Ray would wait for it forever)."""
-        total = ray.cluster_resources()
+        """Refuse a request no node of the cluster can meet (Ray would wait for it forever)."""
+        nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
         for what, need in (("CPU", self.cpus), ("GPU", self.gpus)):
-            have = float(total.get(what, 0.0))
+            have = max((float(n.get(what, 0.0)) for n in nodes), default=0.0)
             if need > have:
                 raise UsageError(
-                    f"{sub.yaml_path}: `resources` asks {need:g} {what} per unit but the Ray "
-                    f"cluster has {have:g}. Fix: lower `resources` or add nodes with {what}s"
+                    f"{sub.yaml_path}: `resources` asks {need:g} {what} per unit but the largest "
+                    f"Ray node has {have:g}. Fix: lower `resources` or add a node with {what}s"
                 )
 
 
@@ -146,9 +146,9 @@ def run_remote_unit(
     scenarios: Sequence[str],
     other_names: Sequence[str],
     *other_sets: Any,
-    inputs: Sequence[str] | None = None,
-    config: dict[str, Any] | None = None,
-    key: bytes = b"",
+    inputs: Sequence[str] | None,
+    config: dict[str, Any] | None,
+    key: bytes,
 ) -> tuple[str, Any, str]:
     """Train and predict one unit where Ray placed it: ``("ok", file bytes, "")``, or
     ``("failed", category, message)`` when the submission failed (not retried)."""
@@ -184,14 +184,17 @@ def run_remote_unit(
 
 #: Feature sets already in the object store, by what they were loaded from.
 _SHARED: dict[tuple[str, ...], Any] = {}
-#: Units in flight (their file path -> object ref), submitted ahead by :func:`prefetch`.
-_IN_FLIGHT: dict[Path, Any] = {}
+#: Units submitted to Ray by this process (those found in flight are not submitted again).
+SUBMITTED = [0]
+#: Units in flight ((file path, run key) -> object ref), submitted ahead by :func:`prefetch`.
+_IN_FLIGHT: dict[tuple[Path, str], Any] = {}
 
 
 def _share(ray: Any, plan: Plan, task: str, cohort: str, fs: Any) -> Any:
     """The object ref of ``fs``, put in the object store on first use."""
     key = (
-        plan.entry.dataset, str(plan.cohorts[cohort].path), task, plan.encoder_key,
+        plan.entry.dataset, str(plan.cohorts[cohort].path),
+        str(plan.cohorts[cohort].fingerprint), task, plan.encoder_key,
         ",".join(sorted(plan.cohorts)), str(plan.settings.cross_cohort),
     )  # fmt: skip
     if key not in _SHARED:
@@ -210,7 +213,7 @@ class RayUnits:
         self.resources = Resources.of(sub)
         self.resources.check(self.ray, sub)
         self.version = __version__
-        self.files = folder_files(sub)
+        self.files = self.ray.put(folder_files(sub))  # once in the object store, not per unit
         self.remote = self.ray.remote(run_remote_unit).options(
             num_cpus=self.resources.cpus, num_gpus=self.resources.gpus,
             max_retries=MAX_RETRIES, retry_exceptions=False,
@@ -225,56 +228,77 @@ class RayUnits:
         for (c, _, _), planned in task_plan.units.items():
             if planned.reuse:
                 continue
-            ref = _IN_FLIGHT.pop(planned.path, None)
+            ref = _IN_FLIGHT.pop((planned.path, plan.key), None)
             if ref is None:
                 others = task_plan.others[c]
                 ref = self.remote.remote(
                     self.version, self.files, self.sub.path.name, self.runner_name, self.limits,
                     self.resources.cpus, _share(self.ray, plan, task_plan.task, c,
                                                 task_plan.sets[c]),
-                    planned.unit, plan.settings, plan.scenarios, list(others),
+                    planned.unit, self._settings(plan), plan.scenarios, list(others),
                     *(_share(self.ray, plan, task_plan.task, o, f) for o, f in others.items()),
                     inputs=plan.sub.inputs, config=plan.config(planned.unit),
                     key=unit_pseudonym_key(planned.unit),
                 )  # fmt: skip
+                SUBMITTED[0] += 1
             refs[ref] = planned
         return refs
 
+    def _settings(self, plan: Plan) -> Any:
+        """The plan's settings with the device fixed here, not guessed on the worker: CUDA when
+        the unit reserves a GPU, else the CPU (Ray hides the GPUs of a task that reserved none),
+        so a unit computes where its resources say, whatever node runs it."""
+        from dataclasses import replace
+
+        device = plan.settings.device or ("cuda" if self.resources.gpus > 0 else "cpu")
+        return replace(plan.settings, device=device)
+
     def collect(
-        self, task_plan: TaskPlan, refs: Mapping[Any, PlannedUnit], progress: Progress
+        self, in_flight: Sequence[tuple[TaskPlan, Mapping[Any, PlannedUnit]]], progress: Progress
     ) -> None:
-        """Count the task's reused units, then write each unit's file as its task finishes;
-        the first failure cancels the rest of ``refs`` and is raised (the files already
-        written stay, as locally)."""
+        """Count the reused units, then write each unit's file the moment its task finishes,
+        whatever task it belongs to; the first failure is raised (the caller cancels the rest
+        with :meth:`cancel`; the files already written stay, as locally)."""
         from harness.io import atomic_write_bytes
 
-        for planned in task_plan.units.values():
-            if planned.reuse:
-                progress.starting(planned.unit.label)
-                progress.finished(reused=True)
-        pending = list(refs)
-        try:
-            while pending:
-                done, pending = self.ray.wait(pending, num_returns=1)
-                for ref in done:
-                    planned = refs[ref]
+        refs: dict[Any, PlannedUnit] = {}
+        for task_plan, task_refs in in_flight:
+            for planned in task_plan.units.values():
+                if planned.reuse:
                     progress.starting(planned.unit.label)
-                    atomic_write_bytes(planned.path, self._result(ref, planned))
-                    progress.finished(reused=False)
-        except BaseException:
-            for ref in pending:
-                self.ray.cancel(ref, force=True)
-            raise
+                    progress.finished(reused=True)
+            refs.update(task_refs)
+        pending = list(refs)
+        while pending:
+            done, pending = self.ray.wait(pending, num_returns=1)
+            for ref in done:
+                planned = refs[ref]
+                progress.starting(planned.unit.label)
+                atomic_write_bytes(planned.path, self._result(ref, planned))
+                progress.finished(reused=False)
+
+    def cancel(self, in_flight: Sequence[tuple[TaskPlan, Mapping[Any, PlannedUnit]]]) -> None:
+        """Cancel every unit of ``in_flight`` still running (after a failure or an interrupt)."""
+        for _, task_refs in in_flight:
+            for ref in task_refs:
+                try:
+                    self.ray.cancel(ref, force=True)
+                except Exception:  # noqa: BLE001 - finished already, or its worker is gone
+                    log.debug("unit %s not cancelled", task_refs[ref].unit.label)
 
     def _result(self, ref: Any, planned: PlannedUnit) -> bytes:
         ray = self.ray
         errors = ray.exceptions
-        died = (errors.WorkerCrashedError, errors.NodeDiedError, errors.OutOfMemoryError,
-                errors.TaskCancelledError)  # fmt: skip
+        died = (errors.WorkerCrashedError, errors.NodeDiedError, errors.TaskCancelledError,
+                errors.ObjectLostError, errors.OwnerDiedError)  # fmt: skip
         try:
             status, value, message = ray.get(ref)
         except errors.RayTaskError as exc:  # the harness's own code failed there
             raise UnitFailure("error", f"{planned.unit.label}: {exc.cause or exc}") from None
+        except errors.OutOfMemoryError:
+            raise UnitFailure(
+                "memory", f"{planned.unit.label}: its Ray worker ran out of memory"
+            ) from None
         except died as exc:
             raise UnitFailure(
                 "exited",
@@ -306,7 +330,7 @@ def prefetch(paths: Sequence[Path], settings: Any) -> int:
                              settings.ray_address)  # fmt: skip
             for task in plan.tasks:
                 for ref, planned in units.submit(plan, plan_task(plan, task)).items():
-                    _IN_FLIGHT[planned.path] = ref
+                    _IN_FLIGHT[(planned.path, plan.key)] = ref
                     n += 1
         except Exception as exc:  # noqa: BLE001 - `evaluate` reports it for that submission
             log.info("%s not prefetched: %s", path, exc)

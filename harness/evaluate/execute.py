@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -43,6 +43,9 @@ class LazyRunner:
         self.spare: Runner | None = None
         #: Runners still to be opened, when known: none is prestarted after the last one.
         self.sessions = sessions
+        #: With ``--executor ray``: the :class:`~harness.evaluate.cluster.RayUnits` that runs
+        #: the units instead (each on a runner of its own, on a Ray worker).
+        self.cluster: Any = None
 
     def _get(self) -> Runner:
         if self.runner is None:

@@ -416,28 +416,29 @@ def run_and_score(
         if by_cohort:
             blocks[task_plan.task] = by_cohort
 
-    cluster = None
-    if plan.settings.scheduler == "ray":  # every unit of every task in flight at once
-        from harness.evaluate.cluster import RayUnits
-
-        cluster = RayUnits(plan.sub, runner.executor.name, runner.limits, plan.settings.ray_address)
-    in_flight = []
-    for task in plan.tasks:
-        with stage("load"):
-            task_plan = plan_task(plan, task)
-        skipped += task_plan.skipped
-        progress.skip(len(task_plan.skipped) * len(plan.folds) * len(plan.seeds))
-        if cluster is not None:
-            in_flight.append((task_plan, cluster.submit(plan, task_plan)))
-            continue
-        run_task(runner, plan, task_plan, progress)
-        if defer_scoring:
-            trained.append(task_plan)
-        else:
-            score(task_plan)
-    for task_plan, refs in in_flight:
-        assert cluster is not None
-        cluster.collect(task_plan, refs, progress)
+    cluster = runner.cluster  # Ray: every unit of every task in flight at once
+    in_flight: list[tuple[TaskPlan, dict[Any, Any]]] = []
+    try:
+        for task in plan.tasks:
+            with stage("load"):
+                task_plan = plan_task(plan, task)
+            skipped += task_plan.skipped
+            progress.skip(len(task_plan.skipped) * len(plan.folds) * len(plan.seeds))
+            if cluster is not None:
+                in_flight.append((task_plan, cluster.submit(plan, task_plan)))
+                continue
+            run_task(runner, plan, task_plan, progress)
+            if defer_scoring:
+                trained.append(task_plan)
+            else:
+                score(task_plan)
+        if cluster is not None:  # each unit file written the moment its task finishes
+            cluster.collect(in_flight, progress)
+    except BaseException:
+        if cluster is not None:  # nothing of this evaluation is left running
+            cluster.cancel(in_flight)
+        raise
+    for task_plan, _ in in_flight:
         if defer_scoring:
             trained.append(task_plan)
         else:
@@ -525,6 +526,10 @@ def evaluate(
     sub = load_submission(submission)
     entry, executor = open_entry(sub, settings)
     runner = LazyRunner(executor, sub, Limits.for_submission(sub.limits))
+    if settings.scheduler == "ray":  # the cluster's own faults are not the submission's failure
+        from harness.evaluate.cluster import RayUnits
+
+        runner.cluster = RayUnits(sub, executor.name, runner.limits, settings.ray_address)
     try:
         plan = plan_evaluation(sub, settings, entry)
         runner.sessions = sessions_to_train(plan)  # no sandbox prestarted after the last

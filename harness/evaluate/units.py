@@ -37,7 +37,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-UNIT_SCHEMA_VERSION = 1
+#: 2: every unit computes with its submission's ``resources.cpus`` threads (a different
+#: thread count rounds differently, so units of version 1 are trained again).
+UNIT_SCHEMA_VERSION = 2
 #: Harness modules whose code decides what a unit computes: editing them invalidates units.
 PROTOCOL_MODULES = (
     "models/data.py", "models/train.py", "evaluate/scenarios.py", "evaluate/requests.py",

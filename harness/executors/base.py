@@ -149,13 +149,16 @@ def unit_threads(sub: Submission) -> int:
 
 @contextlib.contextmanager
 def torch_threads(n: int) -> Iterator[None]:
-    """Run the block with ``n`` torch (and OpenMP) threads, then restore the previous count."""
+    """Run the block with ``n`` threads in torch and in the native pools scikit-learn and
+    numpy use (OpenMP, BLAS: threadpoolctl), then restore the previous counts."""
     import torch
+    from threadpoolctl import threadpool_limits
 
     before = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
-        yield
+        with threadpool_limits(limits=n):
+            yield
     finally:
         torch.set_num_threads(before)
 

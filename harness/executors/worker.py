@@ -71,7 +71,11 @@ def _serve(out: IO[bytes], inp: IO[bytes]) -> int:
     hello, _ = read_message(inp)
     import torch
 
-    torch.set_num_threads(int(hello.get("threads") or torch.get_num_threads()))
+    threads = int(hello.get("threads") or torch.get_num_threads())
+    torch.set_num_threads(threads)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=threads)  # OpenMP and BLAS pools too, as in-process units
     _warm_up()
     write_message(out, {"ok": True, "ready": True})
     sub: Submission | None = None
