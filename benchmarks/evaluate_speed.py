@@ -69,7 +69,7 @@ def _fresh_cache(keep: Path) -> Path:
     """A temporary cache root that shares the built datasets, cohorts, features and keys of
     ``keep`` (symbolic links) and has an empty results folder."""
     root = Path(tempfile.mkdtemp(prefix="harness-speed-"))
-    for name in ("datasets", "cohorts", "features", ".keys"):
+    for name in ("datasets", "cohorts", "features", ".keys", "audit"):
         if (keep / name).exists():
             (root / name).symlink_to(keep / name)
     return root

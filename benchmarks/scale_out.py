@@ -30,23 +30,15 @@ import argparse
 import json
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
+
+from evaluate_speed import _fresh_cache  # the benchmarks folder is on the path
 
 from harness import config
 
 REFERENCE_PROTOCOL = {"entries": 18, "tasks": 4, "cohorts": 2, "folds": 5, "seeds": 3}
 MIMIC_CXR_IMAGES = 377_110
-
-
-def _fresh_cache(keep: Path) -> Path:
-    """A cache root sharing ``keep``'s datasets, cohorts, features and keys, with no results."""
-    root = Path(tempfile.mkdtemp(prefix="harness-scale-"))
-    for name in ("datasets", "cohorts", "features", ".keys", "audit"):
-        if (keep / name).exists():
-            (root / name).symlink_to(keep / name)
-    return root
 
 
 def _units(root: Path) -> dict[str, object]:

@@ -25,7 +25,6 @@ this process writes each file with the usual atomic protocol as soon as its task
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -124,15 +123,6 @@ def materialise(files: Mapping[str, bytes], name: str, where: Path) -> Path:
 # One unit, on a Ray worker
 
 
-def _limit_threads(cpus: int) -> None:
-    """The unit's threads: the cores it reserved (the sandbox inherits the variables)."""
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[var] = str(cpus)
-    import torch
-
-    torch.set_num_threads(cpus)
-
-
 def run_remote_unit(
     version: str,
     files: Mapping[str, bytes],
@@ -154,6 +144,7 @@ def run_remote_unit(
     ``("failed", category, message)`` when the submission failed (not retried)."""
     from harness import __version__
     from harness.errors import HarnessError
+    from harness.evaluate.parallel import limit_threads
     from harness.evaluate.units import compute_unit, unit_file_bytes
     from harness.executors import get_executor
     from harness.models.submission import load_submission
@@ -161,7 +152,7 @@ def run_remote_unit(
     if version != __version__:
         return ("failed", "error", f"this Ray worker runs harness {__version__}, not {version}: "
                 "install the same version on every node")  # fmt: skip
-    _limit_threads(cpus)
+    limit_threads(cpus)  # the sandbox inherits the variables
     others = dict(zip(other_names, other_sets, strict=True))
     with tempfile.TemporaryDirectory(prefix="harness-unit-") as tmp:
         try:

@@ -70,8 +70,9 @@ def threads_per_job(jobs: int, cpus: int | None = None) -> int:
     return max(1, cpus // max(1, jobs))
 
 
-def _limit_threads(threads: int) -> None:
-    """Set before torch or scikit-learn start their pools (the worker's initializer)."""
+def limit_threads(threads: int) -> None:
+    """Set before torch or scikit-learn start their pools (a worker's initializer; a Ray
+    unit's first step)."""
     for var in THREAD_VARIABLES:
         os.environ[var] = str(threads)
     import torch
@@ -199,7 +200,7 @@ def evaluate_many(
 
     def pool_of(n: int) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
-            n, mp_context=ctx, initializer=_limit_threads, initargs=(threads,)
+            n, mp_context=ctx, initializer=limit_threads, initargs=(threads,)
         )
 
     broken: list[Path] = []

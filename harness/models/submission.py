@@ -9,6 +9,7 @@ import math
 import re
 import sys
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -336,49 +337,41 @@ def _known_tasks() -> list[str]:
         return []
 
 
-def _parse_limits(raw: Any, path: Path) -> dict[str, float]:
+def _parse_numbers(
+    raw: Any, path: Path, field: str, keys: dict[str, str], example: str,
+    bad: Callable[[str, float], bool],
+) -> dict[str, float]:  # fmt: skip
+    """A mapping of named numbers (``limits``, ``resources``): known keys, each a finite
+    number that ``bad`` does not refuse."""
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise _spec_error(
-            path, "field `limits` must be a mapping", "e.g. `limits: {unit_seconds: 600}`"
-        )
+        raise _spec_error(path, f"field `{field}` must be a mapping", f"e.g. `{example}`")
     out: dict[str, float] = {}
     for key, value in raw.items():
-        if key not in LIMIT_KEYS:
+        if key not in keys:
             raise _spec_error(
-                path, f"unknown key `limits.{key}`", f"valid keys are {sorted(LIMIT_KEYS)}"
+                path, f"unknown key `{field}.{key}`", f"valid keys are {sorted(keys)}"
             )
         number = _as_float(value)
-        if number is None or number <= 0 or (key == "memory_mb" and number != int(number)):
-            raise _spec_error(path, f"`limits.{key}` is {value!r}", f"use {LIMIT_KEYS[key]}")
+        if number is None or not math.isfinite(number) or bad(key, number):
+            raise _spec_error(path, f"`{field}.{key}` is {value!r}", f"use {keys[key]}")
         out[key] = number
     return out
+
+
+def _parse_limits(raw: Any, path: Path) -> dict[str, float]:
+    return _parse_numbers(
+        raw, path, "limits", LIMIT_KEYS, "limits: {unit_seconds: 600}",
+        lambda key, n: n <= 0 or (key == "memory_mb" and n != int(n)),
+    )  # fmt: skip
 
 
 def _parse_resources(raw: Any, path: Path) -> dict[str, float]:
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise _spec_error(
-            path, "field `resources` must be a mapping", "e.g. `resources: {cpus: 2, gpus: 0.5}`"
-        )
-    out: dict[str, float] = {}
-    for key, value in raw.items():
-        if key not in RESOURCE_KEYS:
-            raise _spec_error(
-                path, f"unknown key `resources.{key}`", f"valid keys are {sorted(RESOURCE_KEYS)}"
-            )
-        number = _as_float(value)
-        if (
-            number is None
-            or not math.isfinite(number)
-            or number < (1 if key == "cpus" else 0)
-            or (key == "cpus" and number != int(number))
-        ):
-            raise _spec_error(path, f"`resources.{key}` is {value!r}", f"use {RESOURCE_KEYS[key]}")
-        out[key] = number
-    return out
+    return _parse_numbers(
+        raw, path, "resources", RESOURCE_KEYS, "resources: {cpus: 2, gpus: 0.5}",
+        lambda key, n: n < 0 or (key == "cpus" and (n < 1 or n != int(n))),
+    )  # fmt: skip
 
 
 def load_submission(path: str | Path) -> Submission:
