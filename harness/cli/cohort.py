@@ -10,11 +10,13 @@ from typing import TYPE_CHECKING
 import typer
 from rich.console import Console
 
+from harness.cli.base import HarnessTyper
+
 if TYPE_CHECKING:
     from harness.cohort.datasources import DataSource
 
 console = Console()
-cohort_app = typer.Typer(help="Build, show and compare benchmark cohorts.", no_args_is_help=True)
+cohort_app = HarnessTyper(help="Build, show and compare benchmark cohorts.", no_args_is_help=True)
 
 
 @cohort_app.command("build")

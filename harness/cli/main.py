@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from harness import __version__
+from harness.cli.base import HarnessTyper
 from harness.errors import HarnessError
 
 COMMAND_MODULES = [
@@ -32,7 +33,7 @@ COMMAND_MODULES = [
     "harness.cli.listing",
 ]
 
-app = typer.Typer(
+app = HarnessTyper(
     name="harness",
     help="Evaluation harness for EHR + chest X-ray fusion: synth -> cohort -> encode -> evaluate.",
     no_args_is_help=True,
