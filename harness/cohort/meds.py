@@ -2,16 +2,29 @@
 
 A MEDS folder holds ``data/**/*.parquet`` (one row per event: ``subject_id``, ``time``, ``code``,
 ``numeric_value``, ``text_value`` and extension columns) and ``metadata/`` (``codes.parquet``,
-``subject_splits.parquet``, ``dataset.json``). The codes named in ``tasks/meds_mapping.yaml`` (by
-default those of the MIMIC-IV MEDS ETL) are read, out of core with DuckDB, into views shaped like
-the MIMIC-IV tables the cohort builder reads, and the builder's own SQL does the rest: the same
-cohort rules, label rules, CXR link and hourly series as a build from the MIMIC-IV files.
+``subject_splits.parquet``, ``dataset.json``). Two code vocabularies are read, each named by a
+mapping file in ``tasks/`` whose ``target`` says which builder its events feed:
 
-What MEDS does not carry is derived as the ETL defines it: an admission's death time is the
-subject's ``MEDS_DEATH`` time when its discharge location is ``DIED`` and that time lies within
-the admission; ``dod`` is the date of ``MEDS_DEATH``; age is the year of the ICU admission minus
-the year of ``MEDS_BIRTH``. The subject splits of ``metadata/`` are not used: folds are the
-harness's subject folds, as for every source without its own partition of every fold.
+- ``meds_mapping.yaml`` (``target: mimic``): the codes of the MIMIC-IV MEDS ETL, read out of core
+  with DuckDB into views shaped like the MIMIC-IV tables; the MIMIC builder's own SQL does the
+  rest (the same cohort rules, label rules, CXR link and hourly series as a build from the files);
+- ``meds_clif_mapping.yaml`` (``target: clif``): CLIF codes (``VITALS//heart_rate``,
+  ``LAB//creatinine//mg/dL``, ...), read into views shaped like the CLIF tables that the CLIF
+  reader builds from (:mod:`harness.cohort.clif_meds`).
+
+The vocabulary is detected from the data files' extension columns (the id column each mapping
+names: ``hadm_id`` for MIMIC-IV, ``hospitalization_id`` for CLIF); ``mapping`` (the command
+line's ``--meds-mapping``) names a shipped one or a YAML file instead.
+
+What the MIMIC-IV ETL does not carry is derived as the ETL defines it: an admission's death time
+is the subject's ``MEDS_DEATH`` time when its discharge location is ``DIED`` and that time lies
+within the admission; ``dod`` is the date of ``MEDS_DEATH``; age is the year of the ICU admission
+minus the year of ``MEDS_BIRTH``. MEDS stores ``numeric_value`` as float32: a float32 value is
+read as the shortest decimal that rounds to it (0.21, not 0.2099999934), so a source value of up
+to 6 significant digits is read as the source held it. The subject splits of ``metadata/`` are
+not used: folds are the harness's subject folds, as for every source without its own partition
+of every fold (a MEDS split is one train/tuning/held_out partition, the protocol needs
+``n_folds`` subject folds, and the same patients get the same folds in every format).
 """
 
 from __future__ import annotations
@@ -23,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.errors import InputError, SpecError
+from harness.errors import InputError, SpecError, UsageError
 
 #: Columns every MEDS data file has (the MEDS schema).
 MEDS_COLUMNS = ("subject_id", "time", "code", "numeric_value")
@@ -34,6 +47,10 @@ CODE_KEYS = (
 COLUMN_KEYS = ("admission_id", "stay_id", "race", "insurance", "dicom_id", "study_id")
 _CODE = re.compile(r"^[A-Za-z0-9_]+(//[A-Za-z0-9_]+)*$")
 _COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: The vocabularies shipped in ``tasks/``: ``--meds-mapping`` name -> mapping file.
+SHIPPED_MAPPINGS = {"mimic": "meds_mapping.yaml", "clif": "meds_clif_mapping.yaml"}
+#: The builders a mapping's ``target`` may name.
+TARGETS = ("mimic", "clif")
 
 
 @dataclass(frozen=True)
@@ -61,6 +78,12 @@ def load_meds_mapping(path: Path | None = None) -> MedsMapping:
     fix = "see the keys and comments of the shipped tasks/meds_mapping.yaml"
     if not isinstance(data, dict):
         raise SpecError("not a mapping", path=path, fix=fix)
+    if data.get("target", "mimic") != "mimic":
+        raise SpecError(
+            f"field target is {data.get('target')!r}: this reader builds MIMIC-IV-shaped views",
+            path=path,
+            fix="use `target: mimic`, or read the file with the reader of its target",
+        )
     codes, columns = data.get("codes"), data.get("columns")
     for section, keys, value, pattern in (
         ("codes", CODE_KEYS, codes, _CODE),
@@ -107,6 +130,113 @@ def _part(n: int) -> str:
     return f"split_part(code, '//', {n})"
 
 
+def code_filter(prefix: str) -> str:
+    """SQL condition: the event's code is ``prefix`` or starts with ``prefix//``."""
+    return f"(code = {_q(prefix)} OR starts_with(code, {_q(prefix + '//')}))"
+
+
+def number_expr(kind: str) -> str:
+    """SQL for ``numeric_value`` as DOUBLE; a float32 column (the MEDS type) is read as the
+    shortest decimal that rounds to each value, the number the source most likely held."""
+    if kind.upper() in ("FLOAT", "REAL", "FLOAT4"):
+        return "CAST(CAST(numeric_value AS VARCHAR) AS DOUBLE)"
+    return "CAST(numeric_value AS DOUBLE)"
+
+
+def meds_scan(root: Path) -> str:
+    """A DuckDB FROM-clause expression reading every data file of a MEDS folder."""
+    listing = ", ".join(_q(str(p)) for p in data_files(root))
+    return f"read_parquet([{listing}], union_by_name = true)"
+
+
+def data_columns(root: Path) -> dict[str, str]:
+    """Column name -> DuckDB type over the data files of a MEDS folder (file footers only)."""
+    import duckdb
+
+    con = duckdb.connect()
+    try:
+        return {
+            r[0]: r[1] for r in con.execute(f"DESCRIBE SELECT * FROM {meds_scan(root)}").fetchall()
+        }
+    finally:
+        con.close()
+
+
+def _yaml(path: Path) -> dict[str, Any]:
+    from harness.cohort.spec import _read_yaml
+
+    data = _read_yaml(path)
+    if not isinstance(data, dict):
+        raise SpecError("not a mapping", path=path, fix="see the shipped tasks/meds_mapping.yaml")
+    return data
+
+
+def mapping_target(path: Path) -> str:
+    """The builder a MEDS mapping file feeds (its ``target``; ``mimic`` when absent)."""
+    target = _yaml(path).get("target", "mimic")
+    if target not in TARGETS:
+        raise SpecError(
+            f"field target must be one of {', '.join(TARGETS)}, got {target!r}",
+            path=path,
+            fix="`target: mimic` for MIMIC-IV MEDS ETL codes, `target: clif` for CLIF codes",
+        )
+    return str(target)
+
+
+def _id_column(path: Path) -> str:
+    """The extension column whose presence marks a dataset written in a mapping's vocabulary."""
+    columns = _yaml(path).get("columns") or {}
+    key = "hospitalization_id" if mapping_target(path) == "clif" else "admission_id"
+    return str(columns.get(key, "")) if isinstance(columns, dict) else ""
+
+
+def detect_mapping(root: Path) -> str:
+    """The shipped vocabulary (a key of :data:`SHIPPED_MAPPINGS`) of a MEDS folder, from the id
+    column each mapping names (``hadm_id``: MIMIC-IV MEDS ETL, ``hospitalization_id``: CLIF).
+
+    Raises:
+        InputError: no shipped mapping's id column, or more than one, is in the data files.
+    """
+    from harness.config import tasks_dir
+
+    have = data_columns(root)
+    ids = {name: _id_column(tasks_dir() / file) for name, file in SHIPPED_MAPPINGS.items()}
+    found = [name for name, col in ids.items() if col in have]
+    if len(found) == 1:
+        return found[0]
+    listed = "; ".join(f"{col} for {name}" for name, col in ids.items())
+    raise InputError(
+        ("the data files have no column that tells the code vocabulary"
+         if not found else f"the data files have the id columns of {' and '.join(found)}")
+        + f" (extension column {listed})",
+        path=Path(root) / "data",
+        fix="write the id column of the vocabulary the codes use, or pass --meds-mapping "
+        f"{'|'.join(SHIPPED_MAPPINGS)} or a mapping YAML file",
+    )  # fmt: skip
+
+
+def resolve_mapping(root: Path, choice: str | Path | None = None) -> tuple[Path, str, str | None]:
+    """The mapping file of a MEDS folder, its target, and ``choice`` as a rebuild repeats it.
+
+    ``choice``: a shipped name (``mimic``, ``clif``), a YAML path, or None (the vocabulary is
+    detected, :func:`detect_mapping`, and a rebuild detects it again).
+    """
+    from harness.config import tasks_dir
+
+    name = str(choice) if choice is not None else detect_mapping(root)
+    if name in SHIPPED_MAPPINGS and not Path(name).is_file():
+        path, given = tasks_dir() / SHIPPED_MAPPINGS[name], name
+    else:
+        path = Path(name).expanduser().resolve()
+        if not path.is_file():
+            raise UsageError(
+                f"--meds-mapping {choice}: neither a mapping name "
+                f"({', '.join(SHIPPED_MAPPINGS)}) nor a YAML file"
+            )
+        given = str(path)
+    return path, mapping_target(path), given if choice is not None else None
+
+
 def create_views(con: Any, root: Path, mapping: MedsMapping, *, images: bool = True) -> None:
     """Create the MIMIC-IV-shaped views the builder reads over the MEDS events of ``root``
     (``images`` false: no image events are read, as a MIMIC build without MIMIC-CXR).
@@ -114,12 +244,8 @@ def create_views(con: Any, root: Path, mapping: MedsMapping, *, images: bool = T
     Raises:
         InputError: a required column is missing from the data files.
     """
-    files = data_files(root)
-    listing = ", ".join(_q(str(p)) for p in files)
-    con.execute(
-        f"CREATE VIEW meds AS SELECT * FROM read_parquet([{listing}], union_by_name = true)"
-    )
-    have = {r[0] for r in con.execute("DESCRIBE meds").fetchall()}
+    con.execute(f"CREATE VIEW meds AS SELECT * FROM {meds_scan(root)}")
+    have = {r[0]: r[1] for r in con.execute("DESCRIBE meds").fetchall()}
     c = mapping.columns
     need = [*MEDS_COLUMNS, c["admission_id"], c["stay_id"]]
     missing = [n for n in need if n not in have]
@@ -137,10 +263,10 @@ def create_views(con: Any, root: Path, mapping: MedsMapping, *, images: bool = T
         return f'CAST("{name}" AS {cast})' if name in have else f"CAST(NULL AS {cast})"
 
     def coded(key: str) -> str:
-        prefix = mapping.codes[key]
-        return f"(code = {_q(prefix)} OR starts_with(code, {_q(prefix + '//')}))"
+        return code_filter(mapping.codes[key])
 
     hadm, stay = col("admission_id", "BIGINT"), col("stay_id", "BIGINT")
+    num = number_expr(have["numeric_value"])
     depth = {k: v.count("//") + 1 for k, v in mapping.codes.items()}  # parts in the prefix
     con.execute(
         f"""
@@ -212,14 +338,14 @@ def create_views(con: Any, root: Path, mapping: MedsMapping, *, images: bool = T
         f"""
         CREATE VIEW chartevents AS
         SELECT {base}, {stay} AS stay_id, {item} AS itemid, {text} AS value,
-               CAST(numeric_value AS DOUBLE) AS valuenum
+               {num} AS valuenum
         FROM meds WHERE {coded("measurement")} AND {stay} IS NOT NULL
         """
     )
     con.execute(
         f"""
         CREATE VIEW labevents AS
-        SELECT {base}, {item} AS itemid, {text} AS value, CAST(numeric_value AS DOUBLE) AS valuenum
+        SELECT {base}, {item} AS itemid, {text} AS value, {num} AS valuenum
         FROM meds WHERE {coded("measurement")} AND {stay} IS NULL
         """
     )
@@ -228,7 +354,7 @@ def create_views(con: Any, root: Path, mapping: MedsMapping, *, images: bool = T
         f"""
         CREATE VIEW outputevents AS
         SELECT {base}, {stay} AS stay_id, {out_item} AS itemid,
-               CAST(numeric_value AS DOUBLE) AS value
+               {num} AS value
         FROM meds WHERE {coded("output")}
         """
     )
@@ -258,13 +384,15 @@ def build_meds_cohorts(
     root: Path,
     images: Path | None = None,
     *,
+    mapping: str | Path | None = None,
     dataset: str | None = None,
     memory_limit: str = "1GB",
     threads: int | None = None,
     overwrite: bool = False,
 ) -> dict[str, Path]:
     """Build ``base`` and ``matched`` cohorts from a MEDS folder (``images``: the MIMIC-CXR-JPG
-    root the image events' files lie under; without it no stay has an image)."""
+    root the image events' files lie under; without it no stay has an image). ``mapping``: a
+    shipped vocabulary (``mimic``, ``clif``) or a mapping YAML; None detects it."""
     from harness.cohort.build import build_from_views, existing_build
     from harness.cohort.external import file_stats
     from harness.cohort.spec import spec_hashes
@@ -278,12 +406,29 @@ def build_meds_cohorts(
             fix="point --meds at the MEDS dataset root",
         )
     dataset = dataset or meds_dataset_name(root)
-    mapping = load_meds_mapping()
+    mapping_path, target, chosen = resolve_mapping(root, mapping)
+    if target == "clif":
+        if images is not None:
+            raise UsageError(
+                "--meds-cxr: a MEDS dataset in CLIF codes has no image events; drop --meds-cxr"
+            )
+        from harness.cohort.clif_meds import build_clif_meds_cohorts
+
+        return build_clif_meds_cohorts(
+            root,
+            mapping_path,
+            chosen=chosen,
+            dataset=dataset,
+            memory_limit=memory_limit,
+            threads=threads,
+            overwrite=overwrite,
+        )
+    vocabulary = load_meds_mapping(mapping_path)
     files = data_files(root)
     stats = file_stats(files)
     input_key = hashlib.sha256(
         json.dumps(
-            {"meds": stats, "mapping": mapping.sha256, "images": str(images),
+            {"meds": stats, "mapping": vocabulary.sha256, "images": str(images),
              "specs": spec_hashes(), "kind": "meds"},
             sort_keys=True,
         ).encode()
@@ -296,8 +441,9 @@ def build_meds_cohorts(
         "meds": str(root),
         "mimic_cxr": str(images) if images else None,
         "files": stats,
-        "mapping": mapping.path.name,
-        "mapping_sha256": mapping.sha256,
+        "mapping": vocabulary.path.name,
+        "mapping_sha256": vocabulary.sha256,
+        "meds_mapping": chosen,
     }
 
     def on_error(exc: Exception) -> InputError:
@@ -309,7 +455,7 @@ def build_meds_cohorts(
 
     tables = ("icu/icustays", "hosp/patients", "hosp/admissions")
     return build_from_views(
-        lambda con: create_views(con, root, mapping, images=images is not None),
+        lambda con: create_views(con, root, vocabulary, images=images is not None),
         paths={name: where for name in tables},
         source=source,
         dataset=dataset,

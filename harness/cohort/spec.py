@@ -39,6 +39,7 @@ NON_TASK_FILES = (
     "phenotypes.yaml",
     "clif_mapping.yaml",
     "meds_mapping.yaml",
+    "meds_clif_mapping.yaml",
 )
 VARIABLE_SOURCES = ("chartevents", "labevents", "outputevents")
 AGGREGATES = ("mean", "sum", "onehot_last")
