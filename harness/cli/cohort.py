@@ -46,6 +46,11 @@ def build(
     meds_cxr: Path | None = typer.Option(
         None, "--meds-cxr", help="MIMIC-CXR-JPG root of the image events of --meds."
     ),
+    meds_mapping: str | None = typer.Option(
+        None,
+        "--meds-mapping",
+        help="Code vocabulary of --meds: mimic, clif or a mapping YAML (default: detected).",
+    ),
     source: Path | None = typer.Option(
         None,
         "--source",
@@ -68,6 +73,10 @@ def build(
         },
         {"--mimic-cxr": mimic_cxr, "--cxr-root": cxr_root, "--meds-cxr": meds_cxr},
     )
+    if meds_mapping is not None and chosen.mapping_option != "--meds-mapping":
+        from harness.errors import UsageError
+
+        raise UsageError("--meds-mapping needs --meds DIR (or a MEDS folder as --source)")
     request = BuildRequest(
         path=path,
         images=images,
@@ -75,6 +84,7 @@ def build(
         threads=threads,
         memory_limit=memory_limit,
         overwrite=overwrite,
+        mapping=meds_mapping,
     )
     with console.status("building cohorts"):
         paths = chosen.build(request)

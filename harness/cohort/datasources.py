@@ -31,6 +31,8 @@ class BuildRequest:
     threads: int | None = None
     memory_limit: str = "1GB"
     overwrite: bool = False
+    #: The source's mapping (a name or a file) when it reads more than one vocabulary (MEDS).
+    mapping: str | None = None
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,8 @@ class DataSource:
     detect: Callable[[Path], bool]
     build: Callable[[BuildRequest], dict[str, Path]]
     rebuild_args: Callable[[dict[str, Any]], list[str] | None]
+    #: The option naming the source's mapping (``BuildRequest.mapping``), if it takes one.
+    mapping_option: str | None = None
 
 
 DATA_SOURCES: Registry[DataSource] = Registry("data source")
@@ -223,6 +227,7 @@ def _build_meds(request: BuildRequest) -> dict[str, Path]:
     return _builder("harness.cohort.meds", "build_meds_cohorts")(
         request.path,
         request.images,
+        mapping=request.mapping,
         dataset=request.dataset,
         memory_limit=request.memory_limit,
         threads=request.threads,
@@ -234,6 +239,8 @@ def _meds_args(source: dict[str, Any]) -> list[str] | None:
     if not source.get("meds"):
         return None
     extra = ["--meds-cxr", source["mimic_cxr"]] if source.get("mimic_cxr") else []
+    if source.get("meds_mapping"):
+        extra += ["--meds-mapping", source["meds_mapping"]]
     return ["--meds", source["meds"], *extra]
 
 
@@ -243,9 +250,11 @@ register_source(
         module="harness.cohort.meds",
         option="--meds",
         images_option="--meds-cxr",
-        description="MEDS folder (data/*.parquet, metadata/), codes of the MIMIC-IV MEDS ETL",
+        description="MEDS folder (data/*.parquet, metadata/); codes of the MIMIC-IV MEDS ETL "
+        "or CLIF codes (detected, or --meds-mapping)",
         detect=_detect_meds,
         build=_build_meds,
         rebuild_args=_meds_args,
+        mapping_option="--meds-mapping",
     )
 )
