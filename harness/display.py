@@ -20,6 +20,8 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
     from rich.console import Console
     from rich.table import Table
 
+    from harness.tables import fit
+
     console = console or Console()
     table = Table(title=f"dataset {summary.get('path', '')}")
     table.add_column("table")
@@ -30,7 +32,7 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
     for key in ("n_patients", "n_stays"):
         if key in summary:
             table.add_row(key.replace("n_", "").replace("_", " "), f"{summary[key]:,}")
-    console.print(table)
+    console.print(fit(table, "table"))
     if "seconds" in summary:
         console.print(f"generated in {summary['seconds']:.1f} s")
 
@@ -50,6 +52,7 @@ def print_leaderboard(
         summary_by_protocol,
         vs_leader,
     )
+    from harness.tables import fit
 
     console = console or Console()
     for ranking in board.rankings:
@@ -74,7 +77,7 @@ def print_leaderboard(
             table.add_row(
                 str(row["rank"]), row["name"], inputs_cell(row), value, ci, escape(delta), tied
             )
-        console.print(table)
+        console.print(fit(table, "submission"))
     if summary:
         for spec in summary_by_protocol(board.document):
             table = Table(title=spec["title"], caption=spec["note"])
@@ -82,7 +85,7 @@ def print_leaderboard(
                 table.add_column(col)
             for row in spec["rows"]:
                 table.add_row(*map(str, row))
-            console.print(table)
+            console.print(fit(table, 0))
     for item in board.failed:
         console.print(
             f"[red]failed[/] {escape(item['name'])} ({item['category']}): "

@@ -35,6 +35,7 @@ def register(app: typer.Typer) -> None:
         from harness.audit import Thresholds, run_audit
         from harness.audit.checks import FAILED, PASSED, WARNING
         from harness.cli.evaluate import _split
+        from harness.tables import fit
 
         thresholds = (
             Thresholds() if near_threshold is None else Thresholds(near_duplicate=near_threshold)
@@ -51,7 +52,7 @@ def register(app: typer.Typer) -> None:
             for check, rec in result.record["checks"].items():
                 style = colour.get(rec["status"], "dim")
                 table.add_row(check, f"[{style}]{rec['status']}[/]", rec["summary"])
-            console.print(table)
+            console.print(fit(table, "check"))
             verb = "reused" if result.reused else "wrote"
             console.print(
                 f"{verb} {result.path} and {result.report_path.name}",

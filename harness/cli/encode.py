@@ -8,6 +8,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from harness.tables import fit
+
 console = Console()
 
 
@@ -147,4 +149,4 @@ def _print_list() -> None:
     table.add_column("example")
     for name, fam in ENCODERS.items():
         table.add_row(name + (":<model>" if fam.takes_model else ""), fam.description, fam.example)
-    console.print(table)
+    console.print(fit(table, "name"))

@@ -114,6 +114,7 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         from harness.evaluate.run import EvalSettings, evaluate
+        from harness.tables import fit
 
         overrides: dict[str, Any] = {
             "tasks": _split(task),
@@ -181,5 +182,5 @@ def register(app: typer.Typer) -> None:
                     f"[{fmt(row['ci_low'])}, {fmt(row['ci_high'])}]",
                     row["ehr_reference"] or "-", fmt(row["delta_vs_ehr"]), fmt(row["p_value"]),
                 )  # fmt: skip
-            console.print(table)
+            console.print(fit(table, "task", "cohort", "EHR ref."))
             console.print(f"wrote {outcome.result_path}")

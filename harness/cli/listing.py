@@ -14,6 +14,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from harness.tables import fit
+
 
 class Listing(StrEnum):
     tasks = "tasks"
@@ -101,4 +103,4 @@ def register(app: typer.Typer) -> None:
         what: Listing = typer.Argument(..., help="What to list."),
     ) -> None:
         """List the registered tasks, encoders, scenarios, metrics or data sources."""
-        Console().print(TABLES[what]())
+        Console().print(fit(TABLES[what]()))

@@ -23,6 +23,7 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         from harness.errors import SubmissionError
+        from harness.tables import fit
         from harness.validate import validate_isolated, validate_submission
 
         console = Console()
@@ -35,7 +36,7 @@ def register(app: typer.Typer) -> None:
         for check in report.checks:
             mark = "[green]ok[/]" if check.ok else "[bold red]FAIL[/]"
             table.add_row(check.name, mark, check.message if check.ok else "see below")
-        console.print(table)
+        console.print(fit(table, "check"))
         if not report.ok:
             for check in report.failures:
                 console.print(f"[bold red]{check.name}[/]: {check.message}", highlight=False)

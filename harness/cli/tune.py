@@ -50,6 +50,7 @@ def register(app: typer.Typer) -> None:
         from harness.cli.evaluate import _split
         from harness.evaluate.tune import Budget
         from harness.evaluate.tune import tune as run_tune
+        from harness.tables import fit
 
         budget = Budget(trials=trials, max_epochs=max_epochs, seed=seed)
         fold_list = tuple(int(x) for x in _split([folds]) or ())
@@ -107,4 +108,4 @@ def register(app: typer.Typer) -> None:
                     )
                 verb = "reused" if not outcome.tuned_folds else "wrote"
                 console.print(f"{verb} {outcome.path}", highlight=False)
-        console.print(table)
+        console.print(fit(table, "task", "cohort"))
