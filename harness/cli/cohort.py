@@ -108,7 +108,8 @@ def show(
     if as_json:
         typer.echo(json.dumps(summaries, indent=2))
         return
-    console.print(funnel_table(summaries[-1]))
+    for summary in summaries:
+        console.print(funnel_table(summary))
     console.print(prevalence_table(summaries))
     console.print(overview_table(summaries))
 

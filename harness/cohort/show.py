@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.cohort.load import Cohort, load_cohort, resolve_cohort_dir
+from harness.errors import InputError
 
 
 def summarize(cohort: Cohort) -> dict[str, Any]:
@@ -27,9 +28,16 @@ def summarize(cohort: Cohort) -> dict[str, Any]:
     }
 
 
+#: What a table shows for a value one build (or cohort) does not have.
+MISSING = "—"
+
+
 def funnel_table(summary: dict[str, Any]) -> Any:
-    """Rich table of the exclusion funnel (stays and subjects remaining after each rule)."""
+    """Rich table of the exclusion funnel (stays and subjects remaining after each rule, and
+    how many stays each rule removed)."""
     from rich.table import Table
+
+    from harness.tables import fit
 
     table = Table(title=f"{summary['dataset']} / {summary['cohort']}: exclusion funnel")
     table.add_column("step")
@@ -38,15 +46,17 @@ def funnel_table(summary: dict[str, Any]) -> Any:
     table.add_column("removed", justify="right")
     previous = None
     for row in summary["funnel"]:
-        removed = "" if previous is None else f"-{previous - row['n_stays']}"
+        removed = "" if previous is None else str(previous - row["n_stays"])
         table.add_row(row["step"], str(row["n_stays"]), str(row["n_subjects"]), removed)
         previous = row["n_stays"]
-    return table
+    return fit(table, "step")
 
 
 def prevalence_table(summaries: list[dict[str, Any]]) -> Any:
     """Rich table of label prevalences, one column per cohort."""
     from rich.table import Table
+
+    from harness.tables import fit
 
     table = Table(title="label prevalence")
     table.add_column("label")
@@ -56,17 +66,19 @@ def prevalence_table(summaries: list[dict[str, Any]]) -> Any:
     # a flag label has its share of 1s; a class label a {class: count} mapping
     for label in [k for k, v in first.items() if not isinstance(v, dict)]:
         cells = [s["label_prevalence"].get(label) for s in summaries]
-        table.add_row(label, *("-" if c is None else f"{c:.3f}" for c in cells))
+        table.add_row(label, *(_share(c, 3) for c in cells))
     for label in [k for k, v in first.items() if isinstance(v, dict)]:
-        counts = [s["label_prevalence"].get(label) or {} for s in summaries]
-        for cls in sorted({k for c in counts for k in c}, key=int):
-            table.add_row(f"{label}={cls} (count)", *(str(c.get(cls, 0)) for c in counts))
-    return table
+        counts = [s["label_prevalence"].get(label) for s in summaries]
+        for cls in _classes(*counts):
+            table.add_row(f"{label}={cls} (count)", *(_count(c, cls) for c in counts))
+    return fit(table, "label")
 
 
 def overview_table(summaries: list[dict[str, Any]]) -> Any:
     """Rich table of sizes, CXR availability and fingerprints, one row per cohort."""
     from rich.table import Table
+
+    from harness.tables import fit
 
     table = Table(title="cohorts")
     for col in ("cohort", "stays", "subjects", "with CXR", "views", "fingerprint"):
@@ -74,7 +86,7 @@ def overview_table(summaries: list[dict[str, Any]]) -> Any:
     for s in summaries:
         cxr = s["cxr_availability"]
         frac = cxr["fraction_with_cxr"]
-        views = ", ".join(f"{k}:{v}" for k, v in cxr["views"].items()) or "-"
+        views = ", ".join(f"{k}:{v}" for k, v in cxr["views"].items()) or MISSING
         table.add_row(
             s["cohort"],
             str(s["n_stays"]),
@@ -83,7 +95,22 @@ def overview_table(summaries: list[dict[str, Any]]) -> Any:
             views,
             s["fingerprint"][:12],
         )
-    return table
+    return fit(table, "cohort", "fingerprint")
+
+
+def _share(value: float | None, digits: int) -> str:
+    return MISSING if value is None else f"{value:.{digits}f}"
+
+
+def _classes(*counts: dict[str, int] | None) -> list[str]:
+    """The classes of class-count mappings (missing ones skipped), in numeric order."""
+    found = {k for c in counts if c for k in c}
+    return sorted(found, key=lambda k: (0, int(k), "") if k.lstrip("-").isdigit() else (1, 0, k))
+
+
+def _count(counts: dict[str, int] | None, cls: str) -> str:
+    """A class's count: 0 when the label has no row of that class, missing without the label."""
+    return MISSING if counts is None else str(counts.get(cls, 0))
 
 
 def _load_ref(ref: str | Path) -> Cohort:
@@ -93,7 +120,17 @@ def _load_ref(ref: str | Path) -> Cohort:
         return load_cohort(path=path)
     text = str(ref)
     dataset, _, cohort = text.rpartition("/")
-    return load_cohort(cohort or "base", dataset or None)
+    try:
+        return load_cohort(cohort or "base", dataset or None)
+    except InputError:
+        if not path.is_dir():
+            raise
+        raise InputError(
+            "not a cohort build (it holds no manifest.json)",
+            path=path,
+            fix="pass a build directory (cohorts/<dataset>/<cohort>-<fingerprint>), "
+            "`dataset/cohort` or `cohort`",
+        ) from None
 
 
 def diff_builds(a: str | Path, b: str | Path) -> dict[str, Any]:
@@ -126,6 +163,7 @@ def diff_builds(a: str | Path, b: str | Path) -> dict[str, Any]:
     return {
         "a": str(ca.path),
         "b": str(cb.path),
+        "name": {"a": f"{ca.dataset}/{ca.name}", "b": f"{cb.dataset}/{cb.name}"},
         "identical": ca.fingerprint == cb.fingerprint,
         "fingerprint": {"a": ca.fingerprint, "b": cb.fingerprint},
         "parts_differing": sorted(
@@ -147,27 +185,74 @@ def diff_builds(a: str | Path, b: str | Path) -> dict[str, Any]:
 
 
 def diff_table(diff: dict[str, Any]) -> Any:
-    """Rich table of the differences found by :func:`diff_builds`."""
+    """Rich table of the differences found by :func:`diff_builds`: one column per build, headed
+    by its dataset/cohort name and short fingerprint; a dash where a build lacks the row."""
     from rich.table import Table
 
-    table = Table(title="identical builds" if diff["identical"] else "builds differ")
-    for col in ("what", "A", "B"):
-        table.add_column(col)
-    table.add_row("fingerprint", diff["fingerprint"]["a"][:12], diff["fingerprint"]["b"][:12])
-    table.add_row("stays", str(diff["n_stays"]["a"]), str(diff["n_stays"]["b"]))
-    table.add_row("stays only here", str(diff["stays_only_in_a"]), str(diff["stays_only_in_b"]))
+    from harness.tables import fit
+
+    fps, names = diff["fingerprint"], diff.get("name") or {"a": diff["a"], "b": diff["b"]}
+    notes = []
     if diff["parts_differing"]:
-        table.add_row("fingerprint parts differing", ", ".join(diff["parts_differing"]), "")
+        notes.append("fingerprint parts that differ: " + ", ".join(diff["parts_differing"]))
     if diff["definitions_differing"]:
-        table.add_row("definition files differing", ", ".join(diff["definitions_differing"]), "")
-    for row in diff["funnel"]:
-        table.add_row(f"funnel: {row['step']}", str(row["a"]), str(row["b"]))
+        notes.append("definition files that differ: " + ", ".join(diff["definitions_differing"]))
+    if diff["variables_differing"]:
+        notes.append("the hourly variables differ")
+    table = Table(
+        title="identical builds" if diff["identical"] else "builds differ",
+        caption="\n".join(notes) or None,
+        caption_justify="left",
+    )
+    table.add_column("")
+    for side in ("a", "b"):
+        table.add_column(f"{names[side]}\n{fps[side][:12]}", justify="right")
+
+    def section(heading: str | None, rows: list[tuple[str, str, str]]) -> None:
+        if rows:
+            if heading:
+                table.add_row(f"[bold]{heading}[/]", "", "")
+            for n, row in enumerate(rows):
+                table.add_row(*row, end_section=n == len(rows) - 1)
+
+    def value(v: Any) -> str:
+        return MISSING if v is None else str(v)
+
+    section(
+        None,
+        [
+            ("stays", value(diff["n_stays"]["a"]), value(diff["n_stays"]["b"])),
+            (
+                "stays only in this build",
+                str(diff["stays_only_in_a"]),
+                str(diff["stays_only_in_b"]),
+            ),
+        ],
+    )
+    section(
+        "exclusion funnel (stays left)",
+        [(r["step"], value(r["a"]), value(r["b"])) for r in diff["funnel"]],
+    )
+    prevalence: list[tuple[str, str, str]] = []
     for row in diff["label_prevalence"]:
-        fmt = (lambda v: f"{v:.4f}") if isinstance(row["a"], float) else str
-        table.add_row(f"prevalence: {row['label']}", fmt(row["a"]), fmt(row["b"]))
-    for name, row in sorted(diff["dropped_values"].items()):
-        table.add_row(f"dropped values: {name}", str(row["a"]), str(row["b"]))
-    return table
+        a, b = row["a"], row["b"]
+        if isinstance(a, dict) or isinstance(b, dict):  # class counts: the classes that differ
+            a, b = (c if isinstance(c, dict) else None for c in (a, b))
+            for cls in _classes(a, b):
+                if (a or {}).get(cls) != (b or {}).get(cls):
+                    label = f"{row['label']}={cls} (count)"
+                    prevalence.append((label, _count(a, cls), _count(b, cls)))
+        else:
+            prevalence.append((row["label"], _share(a, 4), _share(b, 4)))
+    section("label prevalence", prevalence)
+    section(
+        "values dropped as out of range",
+        [
+            (name, value(r["a"]), value(r["b"]))
+            for name, r in sorted(diff["dropped_values"].items())
+        ],
+    )
+    return fit(table, 0)
 
 
 def load_summaries(dataset: str | None = None, cohort: str | None = None) -> list[dict[str, Any]]:
