@@ -12,12 +12,13 @@ from __future__ import annotations
 import contextlib
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from harness import progress
 from harness.errors import SubmissionError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -163,17 +164,48 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def fit_job(sub: Submission, job: TrainJob) -> TrainedModel:
-    """Train ``sub`` on ``job`` (the same call in-process and inside the sandbox)."""
+def epoch_budget(sub: Submission, job: TrainJob) -> int:
+    """Epochs ``job`` trains at most (early stopping may end it sooner); an estimator's one fit
+    counts as one."""
+    if sub.kind == "estimator":
+        return 1
+    return int(job.max_epochs if job.max_epochs is not None else sub.train.max_epochs)
+
+
+def fit_job(
+    sub: Submission, job: TrainJob, on_epoch: Callable[[int], None] | None = None
+) -> TrainedModel:
+    """Train ``sub`` on ``job`` (the same call in-process and inside the sandbox).
+
+    ``on_epoch(n)``: called once ``n`` epochs are done, n = 1, 2, ... (an estimator: once, after
+    its fit); it only counts, and what is trained does not depend on it."""
     from harness.models.data import FitSplit
     from harness.models.search import apply_config
     from harness.models.train import fit_split
 
+    def log(record: dict[str, Any]) -> None:
+        if on_epoch is not None:
+            on_epoch(int(record["epoch"]) + 1)
+
     split = FitSplit(fold=job.fold, train=job.train, val=job.val)
-    return fit_split(
+    trained = fit_split(
         apply_config(sub, job.config), job.task, split, list(job.variables), job.seed,
-        device=job.device, max_epochs=job.max_epochs, cxr_dropout=job.cxr_dropout,
+        device=job.device, max_epochs=job.max_epochs, cxr_dropout=job.cxr_dropout, log=log,
     )  # fmt: skip
+    if sub.kind == "estimator" and on_epoch is not None:
+        on_epoch(1)
+    return trained
+
+
+@contextlib.contextmanager
+def epoch_bar(sub: Submission, job: TrainJob) -> Iterator[progress.Bar]:
+    """The bar of one unit's training epochs (:mod:`harness.progress`), up to its epoch budget;
+    a run that stopped early is closed at the epochs it trained."""
+    what = "fit" if sub.kind == "estimator" else "epochs"
+    with progress.bar(what, epoch_budget(sub, job), unit="epoch") as b:
+        yield b
+        if b.completed:
+            b.update(total=b.completed)
 
 
 def summary_of(trained: TrainedModel) -> TrainSummary:

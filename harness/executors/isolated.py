@@ -34,7 +34,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
-from harness import config
+from harness import config, progress
 from harness.errors import UsageError
 from harness.executors.base import (
     Executor,
@@ -44,6 +44,8 @@ from harness.executors.base import (
     TrainSummary,
     UnitFailure,
     check_probabilities,
+    epoch_bar,
+    epoch_budget,
     unit_threads,
 )
 from harness.executors.worker import INBOX_MOUNT, SUBMISSION_MOUNT
@@ -407,6 +409,24 @@ def _step_spans(reported: object, window: tuple[float, float]) -> list[tuple[flo
     return out
 
 
+#: The key of a worker's progress note while it trains: ``{"progress": n}``, n epochs done.
+PROGRESS_KEY = "progress"
+
+
+def progress_count(header: dict[str, Any], arrays: dict[str, Any], last: int, budget: int) -> int:
+    """The epoch count of a worker's progress note, checked: the note's only key, no arrays, an
+    integer (not a boolean) above the last count and at most the unit's epoch budget (so a unit
+    gets at most one note per epoch). Raises ValueError saying what is wrong."""
+    if set(header) != {PROGRESS_KEY} or arrays:
+        raise ValueError("a progress note holds its count and nothing else")
+    n = header[PROGRESS_KEY]
+    if not isinstance(n, int) or isinstance(n, bool):
+        raise ValueError(f"the epoch count is a {type(n).__name__}, not an integer")
+    if not last < n <= budget:
+        raise ValueError(f"{n} epochs done after {last}, of at most {budget}")
+    return n
+
+
 class IsolatedRunner(Runner):
     """One sandboxed worker process for one submission; requests are served one at a time."""
 
@@ -430,6 +450,10 @@ class IsolatedRunner(Runner):
         self.sent_at = 0.0
         self.peak_rss = 0
         self.answer_limit = 0
+        #: While a unit trains: the bar its progress notes move, the epochs counted so far and
+        #: its epoch budget (None otherwise: a note then ends the worker).
+        self.epochs: progress.Bar | None = None
+        self.epochs_done, self.epochs_budget = 0, 0
         try:
             staged = stage_submission(sub.path, self.scratch / "submission")
         except BaseException:
@@ -469,7 +493,9 @@ class IsolatedRunner(Runner):
     def _ensure_ready(self) -> None:
         """Wait for the worker's "ready" (it imports torch and the harness first)."""
         if not self.ready:
-            self._await(startup=True)
+            with progress.bar("starting the sandbox", 1, unit="worker") as starting:
+                self._await(startup=True)
+                starting.advance()
             self.ready = True
 
     # -- plumbing ------------------------------------------------------------------------
@@ -565,9 +591,10 @@ class IsolatedRunner(Runner):
         while True:
             try:
                 item = self.replies.get(timeout=POLL_SECONDS)
-                break
             except queue.Empty:
-                pass
+                item = None
+            if item is not None and not self._noted(item):
+                break
             rss = _tree_rss(self.proc.pid)
             self.peak_rss = max(self.peak_rss, rss)
             if rss > limit_bytes:
@@ -607,6 +634,27 @@ class IsolatedRunner(Runner):
             raise UnitFailure(str(reply.get("category", "error")), message)
         return reply, out
 
+    def _noted(self, item: object) -> bool:
+        """Whether ``item`` is a progress note of the unit training now (counted on its bar;
+        the answer is still awaited). A malformed note, or one while nothing trains, ends the
+        worker: its count never reaches the bar unchecked."""
+        if not isinstance(item, tuple):
+            return False
+        header, arrays = item
+        if not isinstance(header, dict) or PROGRESS_KEY not in header:
+            return False
+        if self.epochs is None:
+            raise self._fail("invalid_output", "the worker sent a progress note while not training")
+        try:
+            n = progress_count(header, arrays, self.epochs_done, self.epochs_budget)
+        except ValueError as exc:
+            raise self._fail(
+                "invalid_output", f"the worker sent a malformed progress note: {exc}"
+            ) from None
+        self.epochs_done = n
+        self.epochs.update(completed=n)
+        return True
+
     # -- the Runner contract -------------------------------------------------------------
 
     def train(self, job: TrainJob) -> TrainSummary:
@@ -633,7 +681,13 @@ class IsolatedRunner(Runner):
         }
         self.answer_limit = 0  # the training answer carries no array
         started = time.perf_counter()
-        reply, _ = self._request(header, {**train_arrays, **val_arrays})
+        with epoch_bar(self.sub, job) as bar:
+            self.epochs, self.epochs_done = bar, 0
+            self.epochs_budget = epoch_budget(self.sub, job)
+            try:
+                reply, _ = self._request(header, {**train_arrays, **val_arrays})
+            finally:
+                self.epochs = None
         window = (self.sent_at, time.monotonic())
         try:
             score = float("nan") if reply.get("val_score") is None else float(reply["val_score"])

@@ -18,6 +18,7 @@ from harness.executors.base import (
     TrainSummary,
     UnitFailure,
     check_probabilities,
+    epoch_bar,
     fit_job,
     summary_of,
     torch_threads,
@@ -39,8 +40,8 @@ class LocalRunner(Runner):
     def train(self, job: TrainJob) -> TrainSummary:
         self.trained, self.task = None, job.task
         try:
-            with torch_threads(unit_threads(self.sub)):
-                self.trained = fit_job(self.sub, job)
+            with torch_threads(unit_threads(self.sub)), epoch_bar(self.sub, job) as bar:
+                self.trained = fit_job(self.sub, job, on_epoch=lambda n: bar.update(completed=n))
         except SystemExit as exc:
             raise UnitFailure(
                 "exited", f"the submission called sys.exit({exc.code!r}) during training"

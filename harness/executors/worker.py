@@ -3,8 +3,9 @@
 Runs inside bubblewrap with the submission folder at ``/submission`` (read-only), the request
 folder at ``/inbox`` (read-only, written by the harness) and a small private ``/tmp``. It reads
 requests from stdin and answers on the original stdout; the submission's own prints go to stderr,
-so they cannot be mistaken for answers. It never sees a label of a test or scenario set: the
-harness sends those inputs without ``y``.
+so they cannot be mistaken for answers. While a unit trains, one progress note per finished epoch
+(``{"progress": n}``) precedes the answer; the harness checks each before it moves its bar. It
+never sees a label of a test or scenario set: the harness sends those inputs without ``y``.
 """
 
 from __future__ import annotations
@@ -106,7 +107,8 @@ def _serve(out: IO[bytes], inp: IO[bytes]) -> int:
                     cxr_dropout=header.get("cxr_dropout"),
                     config=header.get("config"),
                 )
-                trained = fit_job(sub, job)
+                # one note per finished epoch, before the answer (the harness draws its bar)
+                trained = fit_job(sub, job, on_epoch=lambda n: write_message(out, {"progress": n}))
                 s = summary_of(trained)
                 reply: dict[str, Any] = {"ok": True, "val_score": s.val_score,
                                          "best_epoch": s.best_epoch,
