@@ -35,18 +35,20 @@ def register(app: typer.Typer) -> None:
         """Synth -> cohort -> encode -> evaluate the references (quick) -> leaderboard."""
         from harness.demo import DEMO_TASKS, run_demo
         from harness.errors import UsageError
+        from harness.progress import display
 
         try:
             fold_list = tuple(int(x) for x in folds.split(",") if x.strip())
             seed_list = tuple(int(x) for x in seeds.split(",") if x.strip())
         except ValueError as exc:
             raise UsageError(f"--folds/--seeds take comma-separated integers: {exc}") from exc
-        run_demo(
-            n_patients=n_patients,
-            tasks=tuple(task or DEMO_TASKS),
-            submissions=submission or None,
-            folds=fold_list,
-            seeds=seed_list,
-            executor="local" if trusted else None,
-            jobs=jobs,
-        )
+        with display():  # every stage's bars, on stderr, on a terminal
+            run_demo(
+                n_patients=n_patients,
+                tasks=tuple(task or DEMO_TASKS),
+                submissions=submission or None,
+                folds=fold_list,
+                seeds=seed_list,
+                executor="local" if trusted else None,
+                jobs=jobs,
+            )

@@ -103,17 +103,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train per fold x seed, predict every scenario, write <dataset>/<name>/result.json."""
         from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
         from rich.table import Table
 
         from harness.evaluate.run import EvalSettings, evaluate
+        from harness.progress import display
         from harness.tables import fit
 
         overrides: dict[str, Any] = {
@@ -153,23 +146,8 @@ def register(app: typer.Typer) -> None:
             for v in variants:
                 prefetch(submissions, v)
         for path, settings in ((p, v) for p in submissions for v in variants):
-            columns = (
-                TextColumn("[bold]{task.fields[name]}[/]"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("units"),
-                TimeElapsedColumn(),
-                TextColumn("ETA"),
-                TimeRemainingColumn(),
-                TextColumn("{task.description}"),
-            )
-            with Progress(*columns, console=console, transient=False) as bar:
-                tid = bar.add_task("", total=None, name=path.name)
-
-                def on_progress(label: str, done: int, total: int, tid=tid) -> None:
-                    bar.update(tid, completed=done, total=total, description=label)
-
-                outcome = evaluate(path, settings, progress=on_progress)
+            with display():  # units, each unit's epochs, scoring: on stderr, on a terminal
+                outcome = evaluate(path, settings)
             table = Table(title=f"{outcome.name}: {outcome.units_run} units trained, "
                           f"{outcome.units_reused} reused, {outcome.seconds:.1f} s")  # fmt: skip
             cols = ("task", "cohort", "metric", "value", "95% CI", "EHR ref.", "Δ vs EHR ref.", "p")

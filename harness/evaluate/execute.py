@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from harness.evaluate.units import UnitRunner, run_unit
+from harness.progress import Bar
 
 if TYPE_CHECKING:
     from harness.evaluate.plan import Plan, PlannedUnit, TaskPlan
@@ -78,26 +79,43 @@ class LazyRunner:
 
 @dataclass
 class Progress:
-    """Units done, trained and reused so far, reported to an optional callback."""
+    """Units done, trained and reused so far, reported to an optional callback and to the
+    evaluation's bar (:mod:`harness.progress`: a reused unit moves it without counting in the
+    rate, so its ETA is that of the units left to train)."""
 
     total: int
     callback: ProgressFn | None = None
     done: int = 0
     ran: int = 0
     reused: int = 0
+    bar: Bar | None = None
 
     def starting(self, label: str) -> None:
         if self.callback:
             self.callback(label, self.done, self.total)
+        if self.bar is not None:
+            self.bar.doing(label)
 
     def finished(self, *, reused: bool) -> None:
         self.done += 1
         self.reused += int(reused)
         self.ran += int(not reused)
+        if self.bar is not None:
+            if reused:
+                self.bar.skip()
+            else:
+                self.bar.advance()
 
     def skip(self, n_units: int) -> None:
         """Units of a skipped (task, cohort) leave the total."""
         self.total -= n_units
+        if self.bar is not None:
+            self.bar.update(total=self.total)
+
+    def describe(self, what: str) -> None:
+        """Say on the bar what the evaluation does now (scoring, writing)."""
+        if self.bar is not None:
+            self.bar.doing(what)
 
 
 def run_planned(runner: UnitRunner, plan: Plan, task_plan: TaskPlan, planned: PlannedUnit) -> None:

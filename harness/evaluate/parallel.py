@@ -29,6 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from harness.progress import Bar, active, receiving
+from harness.progress import bar as progress_bar
+
 if TYPE_CHECKING:
     from harness.evaluate.run import EvalSettings
 
@@ -86,13 +89,19 @@ def _wait_all(events: Sequence[Any]) -> None:
 
 
 def _evaluate_one(
-    path: str, settings: EvalSettings, waits: Sequence[Any] = (), measure: bool = False
+    path: str,
+    settings: EvalSettings,
+    waits: Sequence[Any] = (),
+    measure: bool = False,
+    bars: Any = None,
 ) -> JobOutcome:
     """Evaluate one folder; every event of ``waits`` is waited for before scoring (the wait is
-    timed as ``waiting``). ``measure``: record the stage timings in the outcome."""
+    timed as ``waiting``). ``measure``: record the stage timings in the outcome. ``bars``: a
+    queue the evaluation's progress bars are sent to (:func:`harness.progress.receiving`: the
+    parent process draws them), or None."""
     from contextlib import nullcontext
 
-    from harness import timing
+    from harness import progress, timing
     from harness.evaluate.run import evaluate
 
     def before() -> None:
@@ -100,7 +109,8 @@ def _evaluate_one(
             _wait_all(list(waits))
 
     started = time.perf_counter()
-    with timing.measure() if measure else nullcontext() as clock:
+    sending = progress.reporting(progress.QueueSink(bars)) if bars is not None else nullcontext()
+    with sending, timing.measure() if measure else nullcontext() as clock:
         try:
             outcome = evaluate(path, settings, before_scoring=before if waits else None)
         except Exception as exc:  # noqa: BLE001 - one broken submission must not stop the others
@@ -151,24 +161,50 @@ def evaluate_many(
     ``threads``: per evaluation (default: the cores divided between the jobs). ``measure``:
     each outcome carries its stage timings (:mod:`harness.timing`).
     """
+    with progress_bar("evaluations", len(paths), unit="submission") as bar:
+        return _evaluate_many(
+            paths, settings, references, jobs, threads, on_done, measure, bar
+        )  # fmt: skip
+
+
+def _evaluate_many(
+    paths: Sequence[Path],
+    settings: EvalSettings,
+    references: Sequence[str],
+    jobs: int | None,
+    threads: int | None,
+    on_done: Callable[[JobOutcome], None] | None,
+    measure: bool,
+    bar: Bar,
+) -> list[JobOutcome]:
+    """:func:`evaluate_many`, counting the evaluations done on ``bar`` (those answered from the
+    recorded results count without work)."""
     evaluate_one = functools.partial(_evaluate_one, measure=measure)
     outcomes: list[JobOutcome] = []
+    counted: set[str] = set()
 
-    def done(outcome: JobOutcome) -> None:
+    def done(outcome: JobOutcome, *, recorded: bool = False) -> None:
         outcomes.append(outcome)
+        if outcome.folder not in counted:  # a reference re-scored at the end counts once
+            counted.add(outcome.folder)
+            if recorded:
+                bar.skip()
+            else:
+                bar.advance()
         if on_done is not None:
             on_done(outcome)
 
     # What is already done is answered here, without starting a process: every reference, and
     # the others too when no reference is left to evaluate (else they may be compared with a
     # reference about to change, and judge that once it has finished).
+    bar.doing("finding the recorded results")
     recorded = {p: _recorded(p, settings) for p in paths}
     all_refs = [p for p in paths if p.name in set(references)]
     if any(recorded[p] is None for p in all_refs):
         recorded = {p: o if p in all_refs else None for p, o in recorded.items()}
     for outcome in recorded.values():
         if outcome is not None:
-            done(outcome)
+            done(outcome, recorded=True)
     refs = [p for p in all_refs if recorded[p] is None]
     others = [p for p in paths if p not in all_refs and recorded[p] is None]
     if not refs and not others:
@@ -176,6 +212,7 @@ def evaluate_many(
     # a reference evaluated now may change what the references scored before it compare with
     settle = all_refs if refs and len(all_refs) > 1 else []
     jobs = default_jobs(len(refs) + len(others)) if jobs is None else max(1, jobs)
+    bar.doing(None)
 
     if jobs == 1 or len(refs) + len(others) <= 1:
         errors = set()
@@ -183,15 +220,18 @@ def evaluate_many(
             outcome = evaluate_one(str(path), settings)
             errors |= {path} if outcome.error else set()
             done(outcome)
+        settle = [p for p in settle if p not in errors]
+        if settle:  # more work the bar counts: a reference comes back only if re-scored
+            bar.update(total=len(paths) + len(settle))
+            bar.doing("re-scoring the references")
         for path in settle:
-            if path not in errors:
-                again = evaluate_one(str(path), settings)
-                if again.scored or again.error:
-                    done(again)
+            again = evaluate_one(str(path), settings)
+            bar.advance()
+            if again.scored or again.error:
+                done(again)
         return outcomes
 
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from concurrent.futures.process import BrokenProcessPool
+    from concurrent.futures import ProcessPoolExecutor
 
     ctx = mp.get_context("spawn")  # no fork of a process that may hold torch's thread pools
     threads = threads or threads_per_job(jobs)
@@ -203,9 +243,35 @@ def evaluate_many(
             n, mp_context=ctx, initializer=limit_threads, initargs=(threads,)
         )
 
+    with ctx.Manager() as manager, receiving(manager.Queue() if active() else None) as bars:
+        # each evaluation's bars are sent here and drawn under this one
+        evaluate_one = functools.partial(evaluate_one, bars=bars)
+        _run_in_processes(
+            evaluate_one, refs, others, settle, settings, jobs, pool_of, manager, done, bar
+        )  # fmt: skip
+    return outcomes
+
+
+def _run_in_processes(
+    evaluate_one: Callable[..., JobOutcome],
+    refs: list[Path],
+    others: list[Path],
+    settle: list[Path],
+    settings: EvalSettings,
+    jobs: int,
+    pool_of: Callable[[int], Any],
+    manager: Any,
+    done: Callable[[JobOutcome], None],
+    bar: Bar,
+) -> None:
+    """The references, then the others, up to ``jobs`` at once in spawned processes; then a
+    process that died is retried alone, and the references are re-scored side by side."""
+    from concurrent.futures import as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
     broken: list[Path] = []
     failed: set[Path] = set()
-    with ctx.Manager() as manager, pool_of(jobs) as pool:
+    with pool_of(jobs) as pool:
         finished = {p: manager.Event() for p in refs}
         gates = list(finished.values())
         futures = {
@@ -237,13 +303,22 @@ def evaluate_many(
         done(outcome)
     settle = [p for p in settle if p not in failed]
     if settle:  # re-scoring only, side by side; in this process if a process dies
+        counted = bar.completed
+        bar.update(total=(bar.total or 0) + len(settle))
+        bar.doing("re-scoring the references")
         args = ([str(p) for p in settle], [settings] * len(settle))
+        rescored: list[JobOutcome] = []
         try:
             with pool_of(min(jobs, len(settle))) as pool:
-                rescored = list(pool.map(evaluate_one, *args))
+                for result in pool.map(evaluate_one, *args):
+                    rescored.append(result)
+                    bar.advance()
         except BrokenProcessPool:
-            rescored = [evaluate_one(str(p), settings) for p in settle]
+            bar.update(completed=counted)
+            rescored = []
+            for path in settle:
+                rescored.append(evaluate_one(str(path), settings))
+                bar.advance()
         for result in rescored:
             if result.scored or result.error:
                 done(result)
-    return outcomes

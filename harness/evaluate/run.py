@@ -55,6 +55,7 @@ from harness.evaluate.scoring_key import (
     units_present,
 )
 from harness.evaluate.units import Unit, read_unit, run_unit
+from harness.progress import bar as progress_bar
 from harness.results import Result
 from harness.results.document import build_result, failed_result, provenance, write_result
 from harness.timing import stage
@@ -275,10 +276,14 @@ def claim_entry(sub: Submission, name: str, dataset: str, *, replace: bool = Fal
 # Scoring a task and assembling the result
 
 
-def score_task(plan: Plan, task_plan: TaskPlan) -> tuple[dict[str, dict[str, Any]], float]:
+def score_task(
+    plan: Plan, task_plan: TaskPlan, progress: Progress | None = None
+) -> tuple[dict[str, dict[str, Any]], float]:
     """Cohort -> block of one task (every fold x seed pooled), and the units' training time."""
     blocks, seconds = {}, 0.0
     for c, fs in task_plan.sets.items():
+        if progress is not None:
+            progress.describe(f"scoring {task_plan.task}/{c}")
         cohort = plan.cohorts[c]
         pooled = pool_units(fs, task_plan.where[c], plan.folds, plan.seeds)
         seconds += pooled.train_seconds
@@ -411,7 +416,7 @@ def run_and_score(
             before_scoring()
         started_scoring = True
         with stage("scoring.other"):
-            by_cohort, seconds = score_task(plan, task_plan)
+            by_cohort, seconds = score_task(plan, task_plan, progress)
         train_seconds += seconds
         if by_cohort:
             blocks[task_plan.task] = by_cohort
@@ -420,6 +425,7 @@ def run_and_score(
     in_flight: list[tuple[TaskPlan, dict[Any, Any]]] = []
     try:
         for task in plan.tasks:
+            progress.describe(f"loading {task}")
             with stage("load"):
                 task_plan = plan_task(plan, task)
             skipped += task_plan.skipped
@@ -469,7 +475,9 @@ def evaluate_plan(
 
     def snapshot_references() -> None:
         if before_scoring is not None:
+            progress.describe("waiting for the references")
             before_scoring()
+        progress.describe("reading the references")
         references.update(reference_inputs(plan))  # what the scores will be compared with
 
     blocks, skipped, train_seconds = run_and_score(
@@ -477,6 +485,7 @@ def evaluate_plan(
     )
     if progress.callback:
         progress.callback("scored", progress.total, progress.total)
+    progress.describe("writing the result")
     prov = result_provenance(plan, executor, time.perf_counter() - started, train_seconds)
     result = build_result(
         plan.entry.name, plan.sub.version, plan.entry.dataset,
@@ -533,17 +542,23 @@ def evaluate(
     try:
         plan = plan_evaluation(sub, settings, entry)
         runner.sessions = sessions_to_train(plan)  # no sandbox prestarted after the last
-        counter = Progress(plan.n_units, progress)
-        reused = reusable_result(plan)
-        if reused is not None and before_scoring is not None:
-            before_scoring()  # the references may still be running: judge once they are done
+        with progress_bar(entry.name, plan.n_units, unit="unit") as bar:
+            counter = Progress(plan.n_units, progress, bar=bar)
             reused = reusable_result(plan)
-        if reused is not None:  # every unit finished and nothing scoring reads has changed
-            n = units_present(plan)
-            counter = Progress(n, None, done=n, reused=n)
-            result = reused
-        else:
-            result = evaluate_plan(plan, runner, executor, counter, started, before_scoring)
+            if reused is not None and before_scoring is not None:
+                counter.describe("waiting for the references")
+                before_scoring()  # the references may still be running: judge once they are done
+                reused = reusable_result(plan)
+            if reused is not None:  # every unit finished and nothing scoring reads has changed
+                n = units_present(plan)
+                counter = Progress(n, None, done=n, reused=n)
+                bar.update(total=n)
+                bar.doing("recorded result reused")
+                bar.skip(n)
+                result = reused
+            else:
+                result = evaluate_plan(plan, runner, executor, counter, started, before_scoring)
+                counter.describe(f"{counter.ran} trained, {counter.reused} reused, scored")
     except LeakError:
         raise  # refused before anything ran: there is no failure of the entry to record
     except HarnessError as exc:

@@ -25,6 +25,8 @@ import pandas as pd
 from harness.evaluate.protocol import DEFAULT_PROTOCOL
 from harness.evaluate.requests import VariantChains, changed_stays, predict_all, scatter_rows
 from harness.io import atomic_write_bytes, hash_files
+from harness.progress import Bar
+from harness.progress import bar as progress_bar
 from harness.timing import add as add_stage_seconds
 from harness.timing import add_spans, stage
 
@@ -163,11 +165,19 @@ def _train(
     )  # fmt: skip
 
 
+def _n_variants(names: Sequence[str]) -> int:
+    """Variants of the test rows the scenarios ``names`` make (one per non-zero rate)."""
+    from harness.evaluate.scenarios import SCENARIOS
+
+    return sum(1 for name in names for rate in SCENARIOS.get(name).rates if rate != 0.0)
+
+
 def _scenario_chains(
     fs: FeatureSet, unit: Unit, names: Sequence[str], split: Split, clean: Tensors,
-    inputs: Sequence[str] | None,
+    inputs: Sequence[str] | None, progress: Bar | None = None,
 ) -> VariantChains:  # fmt: skip
-    """Every scenario at every non-zero rate, as chains of variants of the clean test rows."""
+    """Every scenario at every non-zero rate, as chains of variants of the clean test rows
+    (each counted on ``progress``)."""
     from harness.evaluate.scenarios import SCENARIOS, test_population
     from harness.executors.wire import without_labels
     from harness.models.data import make_tensors
@@ -185,9 +195,13 @@ def _scenario_chains(
             rows = np.flatnonzero(changed_stays(population, degraded, local, inputs))
             if rows.size == 0:  # nothing the model reads changed (e.g. no image to drop)
                 chains.add(clean, rows, label=(name, rate))
-                continue
-            part = make_tensors(degraded, rows, split.stats, inputs=inputs)
-            chains.add(scatter_rows(clean, rows, without_labels(part)), rows, label=(name, rate))
+            else:
+                part = make_tensors(degraded, rows, split.stats, inputs=inputs)
+                chains.add(
+                    scatter_rows(clean, rows, without_labels(part)), rows, label=(name, rate)
+                )
+            if progress is not None:
+                progress.advance()
     return chains
 
 
@@ -279,17 +293,25 @@ def compute_unit(
     _, val_idx, test_idx = fs.split(unit.fold)
     with stage("predict"):
         clean_test = without_labels(split.test)
-        chains = _scenario_chains(fs, unit, scenario_names, split, clean_test, inputs)
-        crosses = []
-        for other_name, other_fs in others.items():
-            _, _, other_test = other_fs.split(unit.fold)
-            t = make_tensors(other_fs, other_test, split.stats, inputs=inputs)
-            crosses.append((other_name, other_fs.stay_id[other_test], without_labels(t)))
+        n_inputs = _n_variants(scenario_names) + len(others)
+        with progress_bar("scenario and cross-cohort inputs", n_inputs, unit="set") as built:
+            chains = _scenario_chains(fs, unit, scenario_names, split, clean_test, inputs, built)
+            crosses = []
+            for other_name, other_fs in others.items():
+                _, _, other_test = other_fs.split(unit.fold)
+                t = make_tensors(other_fs, other_test, split.stats, inputs=inputs)
+                crosses.append((other_name, other_fs.stay_id[other_test], without_labels(t)))
+                built.advance()
         parts = [without_labels(split.val), clean_test, *chains.requests()]
         parts += [t for _, _, t in crosses]
-        answers = predict_all(
-            lambda t: runner.predict(pseudonymise(t, key)), [without_labels(p) for p in parts]
-        )
+        with progress_bar("predictions", sum(len(p) for p in parts), unit="row") as asked:
+
+            def ask(t: Tensors) -> np.ndarray:
+                p = runner.predict(pseudonymise(t, key))
+                asked.advance(len(t))
+                return p
+
+            answers = predict_all(ask, [without_labels(p) for p in parts])
         p_val, p_test = answers[0], answers[1]
         n_variants = len(chains.variants)
         scenario_p = chains.answers(p_test, answers[2 : 2 + n_variants])

@@ -20,7 +20,7 @@ from harness.evaluate.score.accuracy import (
     multilabel_names,
     per_label,
     resample_values,
-    score_metrics,
+    score_metric,
 )
 from harness.evaluate.score.deltas import paired_deltas
 from harness.evaluate.score.fairness import fairness_block
@@ -36,6 +36,7 @@ from harness.metrics.bootstrap import (
 from harness.metrics.comparisons import DEFAULT_ALPHA
 from harness.metrics.fairness import DEFAULT_MIN_GROUP_SIZE
 from harness.metrics.registry import main_metric_for, metrics_for
+from harness.progress import bar as progress_bar
 from harness.timing import stage
 
 
@@ -75,6 +76,22 @@ def _head(
         "n_units": len(runs) * (1 if fold is None else int(np.unique(fold).size)),
         "bootstrap": {**r.describe(), "p_value_method": P_VALUE_METHOD},
     }
+
+
+def scoring_parts(
+    kind: str,
+    metrics: Sequence[str],
+    reference_probs: Mapping[str, Any] | None,
+    scenario_probs: Mapping[str, Any] | None,
+    fairness: bool,
+) -> int:
+    """What the scoring bar counts: each metric's bootstrap, the per-label table, the paired
+    deltas against each reference, the fusion gain, each scenario's curve and the fairness
+    table (those the block has)."""
+    n = len(metrics) + (kind == "multilabel")
+    if reference_probs:
+        n += len(reference_probs) + (kind == "multilabel")
+    return n + len(scenario_probs or {}) + int(fairness)
 
 
 def score_predictions(
@@ -131,44 +148,65 @@ def score_predictions(
     r = _resamples_for(subject_ids, y.shape[0], resamples, n_resamples, seed)
     fold_arr = None if fold is None else np.asarray(fold)
     main = main_metric_for(kind, main_metric)
-    with stage("scoring.bootstrap"):
-        scored = score_metrics(metrics_for(kind), y, runs, fold_arr, r)
-    block = _head(kind, main, y.shape[0], runs, fold_arr, r)
-    block["metrics"] = {name: s.summary for name, s in scored.items()}
-    block["main_resamples"] = resample_values(scored[main].boot)
-    labels = None
-    with stage("scoring.bootstrap"):
-        if kind == "multilabel":
-            labels = multilabel_names(label_names, y)
-            block["per_label"] = per_label(labels, y, runs, fold_arr, r)
-        if reference_probs:
-            block["paired_deltas"] = paired_deltas(reference_probs, scored, y, shape, fold_arr, r)
+    metrics = metrics_for(kind)
+    parts = scoring_parts(kind, metrics, reference_probs, scenario_probs, groups is not None)
+    with progress_bar("scoring", parts, unit="part") as bar:
+        n = f"{r.n_resamples} resamples"
+        scored = {}
+        with stage("scoring.bootstrap"):
+            for name in metrics:
+                bar.doing(f"{name} ({n})")
+                scored[name] = score_metric(name, y, runs, fold_arr, r)
+                bar.advance()
+        block = _head(kind, main, y.shape[0], runs, fold_arr, r)
+        block["metrics"] = {name: s.summary for name, s in scored.items()}
+        block["main_resamples"] = resample_values(scored[main].boot)
+        labels = None
+        with stage("scoring.bootstrap"):
             if kind == "multilabel":
-                block.update(
-                    fusion_blocks(
-                        labels or [],
-                        y,
-                        runs,
-                        reference_probs,
-                        shape,
-                        r,
-                        fusion_reference=fusion_reference,
-                        unimodal_references=unimodal_references,
-                        alpha=alpha,
-                    )  # fmt: skip
-                )
-    if scenario_probs:
-        with stage("scoring.robustness"):
-            block["robustness"], reliance = robustness_block(
-                scenario_probs, main, y_prob, scored[main], y, shape, r,
-                reference_scenarios=reference_scenarios,
-            )  # fmt: skip
-            if reliance is not None:
-                block["reliance"] = reliance
-    if groups is not None:
-        with stage("scoring.fairness"):
-            block["fairness"] = fairness_block(
-                kind, y, runs, groups, threshold=threshold, labels=labels,
-                min_group_size=min_group_size,
-            )  # fmt: skip
-    return block
+                labels = multilabel_names(label_names, y)
+                bar.doing(f"per label ({n})")
+                block["per_label"] = per_label(labels, y, runs, fold_arr, r)
+                bar.advance()
+            if reference_probs:
+                deltas = {}
+                for ref, ref_runs in reference_probs.items():
+                    bar.doing(f"paired deltas vs {ref} ({n})")
+                    deltas.update(paired_deltas({ref: ref_runs}, scored, y, shape, fold_arr, r))
+                    bar.advance()
+                block["paired_deltas"] = deltas
+                if kind == "multilabel":
+                    bar.doing(f"fusion gain ({n})")
+                    block.update(
+                        fusion_blocks(
+                            labels or [],
+                            y,
+                            runs,
+                            reference_probs,
+                            shape,
+                            r,
+                            fusion_reference=fusion_reference,
+                            unimodal_references=unimodal_references,
+                            alpha=alpha,
+                        )  # fmt: skip
+                    )
+                    bar.advance()
+        if scenario_probs:
+            with stage("scoring.robustness"):
+                bar.doing(f"robustness ({n})")
+                block["robustness"], reliance = robustness_block(
+                    scenario_probs, main, y_prob, scored[main], y, shape, r,
+                    reference_scenarios=reference_scenarios,
+                    on_scenario=lambda _: bar.advance(),
+                )  # fmt: skip
+                if reliance is not None:
+                    block["reliance"] = reliance
+        if groups is not None:
+            with stage("scoring.fairness"):
+                bar.doing("fairness")
+                block["fairness"] = fairness_block(
+                    kind, y, runs, groups, threshold=threshold, labels=labels,
+                    min_group_size=min_group_size,
+                )  # fmt: skip
+                bar.advance()
+        return block

@@ -12,7 +12,7 @@ resamples of the clean scores.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -287,12 +287,14 @@ def robustness_block(
     r: Resamples,
     reference_scenarios: Mapping[str, Mapping[str, Mapping[float, Sequence[np.ndarray]]]]
     | None = None,
+    on_scenario: Callable[[str], None] | None = None,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any] | None]:
     """Scenario -> curve of the headline metric ``main`` over the scenario's rates, and the
     modality-reliance table (None unless both modality-removing scenarios were run).
 
     ``reference_scenarios``: reference name -> scenario -> rate -> per-seed predictions; the
     curves of the :data:`VERSUS_FAMILIES` scenarios are compared with them rate by rate.
+    ``on_scenario(name)``: called once each scenario's curve is done (progress).
     """
     from harness.evaluate.scenarios import SCENARIOS, WITHOUT_CXR, WITHOUT_EHR
 
@@ -306,6 +308,8 @@ def robustness_block(
         if family in VERSUS_FAMILIES and reference_scenarios:
             refs = {n: s[scenario] for n, s in reference_scenarios.items() if scenario in s}
         curves[scenario], points[scenario] = scenario_curve(scenario, by_rate, score, refs)
+        if on_scenario is not None:
+            on_scenario(scenario)
     reliance = None
     if 1.0 in points.get(WITHOUT_CXR, {}) and 1.0 in points.get(WITHOUT_EHR, {}):
         reliance = reliance_block(full, points[WITHOUT_CXR][1.0], points[WITHOUT_EHR][1.0], main)
