@@ -29,6 +29,8 @@ from harness.audit.checks import FAILED, PASSED, SKIPPED, TRAIN, WARNING, Check
 from harness.audit.duplicates import NEAR_THRESHOLD, content_hashes, duplicate_images
 from harness.errors import HarnessError
 from harness.io import atomic_write_json, atomic_write_text, exclusive_lock
+from harness.progress import Bar
+from harness.progress import bar as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -303,10 +305,12 @@ def _embeddings(encoder_key: str, dicom: list[str]) -> tuple[np.ndarray | None, 
 # ---------------------------------------------------------------------------------- the audit
 
 
-def _timed(name: str, fn: Callable[[], Check], seconds: dict[str, float]) -> Check:
+def _timed(name: str, fn: Callable[[], Check], seconds: dict[str, float], bar: Bar) -> Check:
+    bar.doing(name)
     t0 = time.perf_counter()
     out = fn()
     seconds[name] = round(time.perf_counter() - t0, 3)
+    bar.advance()
     return out
 
 
@@ -314,6 +318,16 @@ def audit_cohort(
     cohort: Any, encoder: str = "default", *, thresholds: Thresholds | None = None
 ) -> tuple[list[Check], dict[str, Any]]:
     """Run every check on a loaded cohort; returns the checks and facts about the inputs."""
+    with progress_bar(f"audit {cohort.name}", len(CHECK_NAMES), unit="check") as bar:
+        found, facts = _audit_cohort(cohort, encoder, thresholds, bar)
+        bar.doing(None)
+    return found, facts
+
+
+def _audit_cohort(
+    cohort: Any, encoder: str, thresholds: Thresholds | None, bar: Bar
+) -> tuple[list[Check], dict[str, Any]]:
+    """:func:`audit_cohort`, each check counted on ``bar``."""
     from harness.encode.registry import encoder_key_for
     from harness.encode.run import cohort_images
 
@@ -330,6 +344,7 @@ def audit_cohort(
             "subject_overlap",
             lambda: checks.subject_overlap(stays["subject_id"].to_numpy(), partitions, given=given),
             seconds,
+            bar,
         )
     )
 
@@ -352,7 +367,7 @@ def audit_cohort(
             no_embedding=emb_note,
         )
 
-    out.append(_timed("duplicate_images", dup, seconds))
+    out.append(_timed("duplicate_images", dup, seconds, bar))
     hourly = cohort.hourly()
     ehr, from_cache = _ehr_features(cohort, stays, hourly)
     times, times_note = source_image_times(cohort)
@@ -370,6 +385,7 @@ def audit_cohort(
                 source_image_times=times,
             ),
             seconds,
+            bar,
         )
     )
     if times_note:
@@ -414,6 +430,7 @@ def audit_cohort(
                 **emb_args,
             ),
             seconds,
+            bar,
         )
     )
     out[-1].details["rows"] = "training partition of fold 1"
@@ -423,6 +440,7 @@ def audit_cohort(
             "distribution_shift",
             lambda: checks.distribution_shift(fold, labels, keyvars, q=thresholds.shift_q),
             seconds,
+            bar,
         )
     )
     facts = {

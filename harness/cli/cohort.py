@@ -86,7 +86,9 @@ def build(
         overwrite=overwrite,
         mapping=meds_mapping,
     )
-    with console.status("building cohorts"):
+    from harness.progress import display
+
+    with display():
         paths = chosen.build(request)
     summaries = [summarize(load_cohort(path=p)) for p in paths.values()]
     console.print(funnel_table(summaries[-1]))

@@ -25,9 +25,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Generate a MIMIC-shaped synthetic dataset with planted ground truth."""
         from harness.data.synthetic import generate
+        from harness.progress import display
 
         target = out if out is not None else config.default_dataset_dir()
-        summary = generate(
-            target, n_patients=n_patients, seed=seed, image_size=image_size, overwrite=overwrite
-        )
+        with display():
+            summary = generate(
+                target, n_patients=n_patients, seed=seed, image_size=image_size, overwrite=overwrite
+            )
         print_summary(summary)

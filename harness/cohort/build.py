@@ -18,6 +18,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,8 @@ from harness.cohort.spec import (
 )
 from harness.errors import InputError
 from harness.io import atomic_directory, atomic_write_json, atomic_write_text, exclusive_lock
+from harness.progress import Bar
+from harness.progress import bar as progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -234,7 +237,10 @@ def build_from_views(
     hashes = spec_hashes()
     cache_tmp = config.cache_root() / "tmp"
     cache_tmp.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache_tmp, prefix="cohort-build-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(dir=cache_tmp, prefix="cohort-build-") as tmp,
+        progress_bar("cohort build", len(BUILD_STEPS) + len(COHORTS)) as steps,
+    ):
         work = Path(tmp)
         con = duckdb.connect(str(work / "build.duckdb"))
         try:
@@ -243,10 +249,12 @@ def build_from_views(
             con.execute("SET preserve_insertion_order = false")
             if threads:
                 con.execute(f"SET threads = {int(threads)}")
+            steps.doing(BUILD_STEPS[0])
             create_views(con)
             _check_inputs(con, paths)
+            steps.advance()
             stays, labels, hourly_path, dropped, missing, funnel = _run_sql(
-                con, work, spec, variables, tasks
+                con, work, spec, variables, tasks, steps
             )
         except duckdb.Error as exc:
             raise on_error(exc) from None
@@ -281,7 +289,9 @@ def build_from_views(
             "harness_version": __version__,
             "build": {"memory_limit": memory_limit, "threads": threads},
         }
-        out = write_cohorts(work, stays, funnel, hourly_path, common, labels, overwrite, t0)
+        out = write_cohorts(
+            work, stays, funnel, hourly_path, common, labels, overwrite, t0, steps=steps
+        )
     return out
 
 
@@ -351,17 +361,38 @@ def _check_funnel(funnel: list[dict[str, Any]], paths: dict[str, Path]) -> None:
         )
 
 
+#: The steps of a build the progress bar counts (then one per cohort written).
+BUILD_STEPS = (
+    "reading the sources",
+    "stays and exclusions",
+    "CXR links",
+    "labels",
+    "hourly chart and lab values",
+    "hourly output events",
+    "writing the hourly series",
+)
+
+
 def _run_sql(
     con: Any,
     work: Path,
     spec: CohortSpec,
     variables: list[Any],
     tasks: list[Any],
+    steps: Bar,
 ) -> tuple[
     pd.DataFrame, LabelTable, Path, dict[str, int], dict[str, list[int]], list[dict[str, Any]]
 ]:
     """Stays, labels, hourly series (a parquet file), dropped-value counts, item ids missing
-    from the source, and the exclusion funnel."""
+    from the source, and the exclusion funnel; ``steps`` counts :data:`BUILD_STEPS` after the
+    first."""
+
+    def step(k: int) -> None:  # step k starts (the one before it is done)
+        if k > 1:
+            steps.advance()
+        steps.doing(BUILD_STEPS[k])
+
+    step(1)
     pred_us = int(round(spec.prediction_hours * 3600e6))
     look_us = int(round(spec.cxr_lookback_hours * 3600e6))
     con.execute(
@@ -398,6 +429,7 @@ def _run_sql(
     )
 
     # CXR link: latest image with an allowed view whose study time is in the window.
+    step(2)
     views = ", ".join(f"'{v}'" for v in spec.cxr_view_positions)
     con.execute(
         f"""
@@ -437,6 +469,7 @@ def _run_sql(
         ORDER BY c.stay_id
         """
     ).df()
+    step(3)
     events = _mimic_events(con, tasks)
     labels = label_stays(tasks, events)
     by_stay = labels.frame.set_axis(events.stays["stay_id"].to_numpy(), axis=0)
@@ -446,6 +479,7 @@ def _run_sql(
     stays = finish_stays(stays, spec)
 
     # Hourly series over the base cohort.
+    step(4)
     con.register("item_map_df", hourly_sql.item_map(variables))
     con.execute("CREATE TABLE item_map AS SELECT * FROM item_map_df")
     parts = [hourly_sql.numeric_sql("chartevents"), hourly_sql.numeric_sql("labevents")]
@@ -455,6 +489,7 @@ def _run_sql(
             f"SELECT stay_id, hour, variable, value, n_dropped FROM ({p})" for p in parts
         )
     )
+    step(5)
     con.execute(f"CREATE TABLE hourly_out AS {hourly_sql.output_sql()}")
     onehots = [hourly_sql.onehot_sql(v) for v in variables if v.aggregate == "onehot_last"]
     dropped_rows = con.execute(
@@ -469,6 +504,7 @@ def _run_sql(
     dropped: dict[str, int] = {v.name: 0 for v in variables if v.aggregate != "onehot_last"}
     dropped.update({str(k): int(n) for k, n in dropped_rows})
     hourly_path = work / "hourly.parquet"
+    step(6)
     union = [
         "SELECT stay_id, hour, variable, value FROM hourly_raw WHERE value IS NOT NULL",
         "SELECT stay_id, hour, variable, value FROM hourly_out WHERE n_kept > 0 AND value >= 0",
@@ -485,6 +521,7 @@ def _run_sql(
         """
     )
     missing = _missing_itemids(con, variables)
+    steps.advance()
     return stays, labels, hourly_path, dropped, missing, funnel
 
 
@@ -608,17 +645,27 @@ def write_cohorts(
     overwrite: bool,
     t0: float,
     extra_files: Callable[[Path, pd.DataFrame], None] | None = None,
+    steps: Bar | None = None,
 ) -> dict[str, Path]:
     """Write every cohort (:func:`cohort_subsets`) of one build; ``extra_files(folder, stays)``
-    adds source-specific files to each. Returns {cohort: folder}."""
-    out = {}
-    for cohort, sub, funnel_c in cohort_subsets(stays, funnel):
-        out[cohort] = write_cohort(
-            con_path=work, cohort=cohort, stays=sub, hourly_path=hourly_path, common=common,
-            funnel=funnel_c, labels=labels.columns, overwrite=overwrite, t0=t0,
-        )  # fmt: skip
-        if extra_files is not None:
-            extra_files(out[cohort], sub)
+    adds source-specific files to each. Returns {cohort: folder}. ``steps``: the build's bar,
+    which counts each cohort written (by default a bar of their own)."""
+    with (
+        nullcontext(steps)
+        if steps is not None
+        else progress_bar("cohort build", len(COHORTS), unit="cohort")
+    ) as bar:
+        out = {}
+        for cohort, sub, funnel_c in cohort_subsets(stays, funnel):
+            bar.doing(f"writing {cohort}")
+            out[cohort] = write_cohort(
+                con_path=work, cohort=cohort, stays=sub, hourly_path=hourly_path, common=common,
+                funnel=funnel_c, labels=labels.columns, overwrite=overwrite, t0=t0,
+            )  # fmt: skip
+            if extra_files is not None:
+                extra_files(out[cohort], sub)
+            bar.advance()
+        bar.doing(f"{', '.join(out)} written")
     return out
 
 

@@ -12,8 +12,12 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from harness.progress import Bar
 
 #: Largest resolution rendered directly; bigger images are upsampled from it.
 WORK_SIZE = 512
@@ -249,10 +253,12 @@ def write_images(
     seed: int,
     *,
     workers: int | None = None,
+    progress: Bar | None = None,
 ) -> None:
     """Render and write every image; ``findings`` is n x len(FINDINGS).
 
     Image i uses the generator seeded by (seed, i), so the bytes do not depend on ``workers``.
+    ``progress`` counts the images written.
     """
     n = len(paths)
     seeds = [(seed, 202, i) for i in range(n)]
@@ -267,10 +273,13 @@ def write_images(
     if workers <= 1:
         for b in batches:
             _render_batch(b)
+            if progress is not None:
+                progress.advance(len(b[0]))
         return
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        for _ in pool.map(_render_batch, batches):
-            pass
+        for b, _ in zip(batches, pool.map(_render_batch, batches), strict=True):
+            if progress is not None:
+                progress.advance(len(b[0]))

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from harness.data.synth_world import FAIRNESS_AMPLITUDE, FAIRNESS_CHART_RATE, HOUR
+
+if TYPE_CHECKING:  # pragma: no cover
+    from harness.progress import Bar
 
 CHART_COLUMNS = [
     "subject_id", "hadm_id", "stay_id", "caregiver_id", "charttime", "storetime",
@@ -352,9 +356,10 @@ def _times(t: np.ndarray) -> np.ndarray:
 
 
 def ehr_chunks(
-    stays: pd.DataFrame, seed: int, chunk_stays: int = 1500
+    stays: pd.DataFrame, seed: int, chunk_stays: int = 1500, progress: Bar | None = None
 ) -> Iterator[tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]]:
-    """Yield (chartevents, labevents, outputevents) per block of whole patients, sorted."""
+    """Yield (chartevents, labevents, outputevents) per block of whole patients, sorted; each
+    block's stays are counted on ``progress`` once the consumer is done with it."""
     stays = stays.sort_values(["subject_id", "intime"]).reset_index(drop=True)
     subj = stays["subject_id"].to_numpy()
     starts = [0]
@@ -370,6 +375,8 @@ def ehr_chunks(
         lab.insert(0, "labevent_id", np.arange(lab_offset + 1, lab_offset + len(lab) + 1))
         lab_offset += len(lab)
         yield chart, lab, out
+        if progress is not None:
+            progress.advance(b - a)
 
 
 def _block(st: pd.DataFrame, rng: np.random.Generator):

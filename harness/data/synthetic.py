@@ -15,7 +15,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ import pandas as pd
 from harness import config
 from harness.errors import InputError, UsageError
 from harness.io import atomic_directory, atomic_write_json
+from harness.progress import Bar, bar
 
 log = logging.getLogger(__name__)
 
@@ -123,10 +124,13 @@ def generate(
     _check_args(out, n_patients, image_size, overwrite)
     t0 = time.perf_counter()
     rng = np.random.default_rng([seed, 1])
-    world = build_world(rng, n_patients)
-    log.info("world: %d patients, %d stays", len(world.patients), len(world.stays))
-    with atomic_directory(out, overwrite=overwrite) as tmp:
-        rows = _write_tables(tmp, world, seed, image_size)
+    with (
+        bar(f"synth {n_patients} patients", len(TABLES), unit="table") as tables,
+        atomic_directory(out, overwrite=overwrite) as tmp,
+    ):
+        world = build_world(rng, n_patients)
+        log.info("world: %d patients, %d stays", len(world.patients), len(world.stays))
+        rows = _write_tables(tmp, world, seed, image_size, tables)
         n_images = rows.pop("_n_images")
         counts: dict[str, Any] = {
             "rows": dict(sorted(rows.items())),
@@ -239,16 +243,21 @@ def _t(seconds: np.ndarray) -> np.ndarray:
     return out
 
 
-def _write_tables(root: Path, world, seed: int, image_size: int) -> dict:
+def _write_tables(root: Path, world, seed: int, image_size: int, tables: Bar) -> dict:
+    """Every table (each counted on ``tables``) and the images; their row counts."""
     from harness.data import synth_ehr
 
     rows: dict[str, int] = {}
     pat, adm, st = world.patients, world.admissions, world.stays
 
+    def write(rel: str, frames: Iterable[pd.DataFrame], columns: list[str]) -> None:
+        rows[rel] = write_csv_gz(root / rel, frames, columns)
+        tables.advance()
+
     dod = pd.Series(_t(pat["dod"].to_numpy())).dt.strftime("%Y-%m-%d").fillna("")
     patients = pat.assign(dod=dod.to_numpy()).sort_values("subject_id")
     rel = f"{HOSP}/patients.csv.gz"
-    rows[rel] = write_csv_gz(root / rel, [patients], table_columns(rel))
+    write(rel, [patients], table_columns(rel))
 
     admissions = adm.assign(
         admittime=_t(adm["admittime"]),
@@ -258,51 +267,40 @@ def _write_tables(root: Path, world, seed: int, image_size: int) -> dict:
         edouttime=_t(adm["edouttime"]),
     ).sort_values(["subject_id", "hadm_id"])
     rel = f"{HOSP}/admissions.csv.gz"
-    rows[rel] = write_csv_gz(root / rel, [admissions], table_columns(rel))
+    write(rel, [admissions], table_columns(rel))
 
     rel = f"{HOSP}/diagnoses_icd.csv.gz"
-    rows[rel] = write_csv_gz(root / rel, [_diagnoses(adm, seed)], table_columns(rel))
+    write(rel, [_diagnoses(adm, seed)], table_columns(rel))
 
     icustays = st.assign(intime=_t(st["intime"]), outtime=_t(st["outtime"])).sort_values(
         ["subject_id", "intime"]
     )
     icustays["los"] = icustays["los"].round(4)
     rel = f"{ICU}/icustays.csv.gz"
-    rows[rel] = write_csv_gz(root / rel, [icustays], table_columns(rel))
+    write(rel, [icustays], table_columns(rel))
 
     rel = f"{HOSP}/d_labitems.csv.gz"
-    rows[rel] = write_csv_gz(root / rel, [synth_ehr.d_labitems()], table_columns(rel))
+    write(rel, [synth_ehr.d_labitems()], table_columns(rel))
     d_items = synth_ehr.d_items()
     rel = f"{ICU}/d_items.csv.gz"
-    rows[rel] = write_csv_gz(root / rel, [d_items], list(d_items.columns))
+    write(rel, [d_items], list(d_items.columns))
 
     # The three event tables are produced together, block by block, and streamed to disk.
-    chunks = synth_ehr.ehr_chunks(st, seed)
-    paths = {
-        "chart": root / ICU / "chartevents.csv.gz",
-        "lab": root / HOSP / "labevents.csv.gz",
-        "out": root / ICU / "outputevents.csv.gz",
-    }
     buffered: dict[str, list[pd.DataFrame]] = {"lab": [], "out": []}
+    with bar(f"events of {len(st)} stays", len(st), unit="stay", keep=True) as stays:
 
-    def charts():
-        for chart, lab, out in chunks:
-            buffered["lab"].append(lab)
-            buffered["out"].append(out)
-            yield chart
+        def charts():
+            for chart, lab, out in synth_ehr.ehr_chunks(st, seed, progress=stays):
+                buffered["lab"].append(lab)
+                buffered["out"].append(out)
+                yield chart
 
-    rows[f"{ICU}/chartevents.csv.gz"] = write_csv_gz(
-        paths["chart"], charts(), synth_ehr.CHART_COLUMNS
-    )
-    rows[f"{HOSP}/labevents.csv.gz"] = write_csv_gz(
-        paths["lab"], buffered["lab"], synth_ehr.LAB_COLUMNS
-    )
-    rows[f"{ICU}/outputevents.csv.gz"] = write_csv_gz(
-        paths["out"], buffered["out"], synth_ehr.OUTPUT_COLUMNS
-    )
+        write(f"{ICU}/chartevents.csv.gz", charts(), synth_ehr.CHART_COLUMNS)
+    write(f"{HOSP}/labevents.csv.gz", buffered["lab"], synth_ehr.LAB_COLUMNS)
+    write(f"{ICU}/outputevents.csv.gz", buffered["out"], synth_ehr.OUTPUT_COLUMNS)
     buffered.clear()
 
-    rows.update(_write_cxr(root, world, seed, image_size))
+    rows["_n_images"] = _write_cxr(root, world, seed, image_size, write)
     return rows
 
 
@@ -456,7 +454,15 @@ def _chexpert(m: np.ndarray, rng: np.random.Generator) -> pd.DataFrame:
     return pd.DataFrame({k: lab[k] for k in CHEXPERT})
 
 
-def _write_cxr(root: Path, world, seed: int, image_size: int) -> dict:
+def _write_cxr(
+    root: Path,
+    world,
+    seed: int,
+    image_size: int,
+    write: Callable[[str, Iterable[pd.DataFrame], list[str]], None],
+) -> int:
+    """The CXR tables (through ``write``, which records their row counts) and the images; the
+    number of images."""
     from harness.data.synth_cxr import write_images
     from harness.data.synth_world import DAY, HOUR, sigmoid, unique_ids
 
@@ -560,21 +566,23 @@ def _write_cxr(root: Path, world, seed: int, image_size: int) -> dict:
     split_of = dict(zip(u, split_draw, strict=True))
     split = meta[["dicom_id", "study_id", "subject_id"]].assign(split=[split_of[v] for v in subj])
 
-    rows = {}
     rel = f"{CXR}/mimic-cxr-2.0.0-metadata.csv.gz"
-    rows[rel] = write_csv_gz(root / rel, [meta], METADATA_COLUMNS)
+    write(rel, [meta], METADATA_COLUMNS)
     rel = f"{CXR}/mimic-cxr-2.0.0-split.csv.gz"
-    rows[rel] = write_csv_gz(root / rel, [split], table_columns(rel))
+    write(rel, [split], table_columns(rel))
     rel = f"{CXR}/mimic-cxr-2.0.0-chexpert.csv.gz"
-    rows[rel] = write_csv_gz(root / rel, [chex], ["subject_id", "study_id", *CHEXPERT])
+    write(rel, [chex], ["subject_id", "study_id", *CHEXPERT])
 
     paths = [
         root / CXR / "files" / f"p{str(sj)[:2]}" / f"p{sj}" / f"s{sd}" / f"{di}.jpg"
         for sj, sd, di in zip(subj, meta["study_id"], meta["dicom_id"], strict=True)
     ]
-    write_images(paths, np.stack(list(meta["_f"])), list(meta["_view"]), image_size, seed)
-    rows["_n_images"] = len(paths)
-    return rows
+    with bar("images", len(paths), unit="image", keep=True) as images:
+        write_images(
+            paths, np.stack(list(meta["_f"])), list(meta["_view"]), image_size, seed,
+            progress=images,
+        )  # fmt: skip
+    return len(paths)
 
 
 # ----------------------------------------------------------------------------- ground truth

@@ -4,12 +4,13 @@ cohort's hourly EHR frame into the EHR store, resuming and reusing whatever is a
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,7 @@ import pandas as pd
 
 from harness.config import resolve_device
 from harness.errors import InputError
+from harness.progress import bar, display
 from harness.store import (
     CXR_CHUNK_ROWS,
     EHR_REPAIR_FIX,
@@ -399,50 +401,15 @@ def _committed_ids(store: CXRStoreWriter) -> set[str]:
     return {str(d) for d in ids[done] if d}
 
 
-class _progress:
-    """A rich progress bar with images/s on stderr when enabled; a no-op otherwise."""
-
-    def __init__(self, enabled: bool, total: int, label: str):
-        self.enabled, self.total, self.label = enabled, total, label
-        self._bar: Any = None
-
-    def __enter__(self) -> Any:
-        if not self.enabled:
-            return lambda n: None
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TaskProgressColumn,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        self._bar = Progress(
-            TextColumn("[bold]encode[/] {task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TaskProgressColumn(),
-            TextColumn("{task.fields[rate]} img/s"),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            transient=False,
-        )
-        self._bar.__enter__()
-        task = self._bar.add_task(self.label, total=self.total, rate="-")
-        t0 = time.perf_counter()
-
-        def advance(n: int) -> None:
-            done = self._bar.tasks[0].completed + n
-            rate = done / max(time.perf_counter() - t0, 1e-9)
-            self._bar.update(task, advance=n, rate=f"{rate:,.0f}")
-
-        return advance
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(*exc)
+@contextlib.contextmanager
+def _progress(enabled: bool, total: int, label: str) -> Iterator[Callable[[int], None]]:
+    """``advance(n)`` of the images bar (:mod:`harness.progress`): drawn in the display of the
+    caller (the demo), or with ``enabled`` in one of its own (on stderr, on a terminal)."""
+    with (
+        display() if enabled else contextlib.nullcontext(),
+        bar(f"encode {label}", total, unit="image") as images,
+    ):
+        yield images.advance
 
 
 def cohort_images(cohort: Cohort) -> dict[str, Path | None]:
@@ -494,23 +461,32 @@ def encode_ehr(cohort: Cohort, *, repair: bool = False) -> tuple[str, bool]:
             "rewriting the EHR features %s (%s)", key, "damaged" if problems else "no checksums"
         )
         replace = True
-    feats = build_ehr_tensors(
-        cohort.hourly(),
-        cohort.stays["stay_id"].to_numpy(np.int64),
-        cohort.variables,
-        source=str(cohort.path),
-    )
-    write_ehr(
-        cohort,
-        feats,
-        {
-            "cohort": cohort.name,
-            "dataset": cohort.dataset,
-            "cohort_fingerprint": str(cohort.fingerprint),
-            "n_stays": int(len(feats.stay_id)),
-        },
-        replace=replace,
-    )
+    with bar(f"encode EHR {cohort.name}", 3) as steps:
+        steps.doing("reading the hourly series")
+        hourly = cohort.hourly()
+        steps.advance()
+        steps.doing("tensors and summaries")
+        feats = build_ehr_tensors(
+            hourly,
+            cohort.stays["stay_id"].to_numpy(np.int64),
+            cohort.variables,
+            source=str(cohort.path),
+        )
+        steps.advance()
+        steps.doing("writing")
+        write_ehr(
+            cohort,
+            feats,
+            {
+                "cohort": cohort.name,
+                "dataset": cohort.dataset,
+                "cohort_fingerprint": str(cohort.fingerprint),
+                "n_stays": int(len(feats.stay_id)),
+            },
+            replace=replace,
+        )
+        steps.advance()
+        steps.doing(None)
     return key, False
 
 
