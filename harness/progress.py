@@ -109,11 +109,9 @@ class Bar:
         """Whether anything receives this bar (else every method is a no-op but the counts)."""
         return self.sink is not None
 
-    def advance(self, n: float = 1, *, description: str | None = None) -> None:
-        """``n`` more done (with ``description``: what is being done now)."""
+    def advance(self, n: float = 1) -> None:
+        """``n`` more done."""
         self.completed += n
-        if description is not None:
-            self.description = description
         self._send("update")
 
     def skip(self, n: float = 1) -> None:
@@ -201,23 +199,25 @@ def reporting(sink: Sink | None) -> Iterator[None]:
 
 
 class QueueSink:
-    """Sends events to a queue read by another process (:func:`receiving`); updates of one bar
-    at most every :data:`QUEUE_INTERVAL` seconds (every event carries the bar's whole state, so
-    a dropped update loses nothing the next one does not bring)."""
+    """Sends events to a queue read by another process (:func:`receiving`). An update that only
+    moves a bar's count is sent at most every :data:`QUEUE_INTERVAL` seconds per bar; one that
+    says what is being done now, or completes the bar, always is. Every event carries the bar's
+    whole state, so a dropped update loses nothing the next one does not bring."""
 
     def __init__(self, queue: Any, interval: float = QUEUE_INTERVAL):
         self.queue, self.interval = queue, interval
-        self.sent: dict[str, float] = {}
+        self.sent: dict[str, tuple[float, str]] = {}
 
     def __call__(self, event: Event) -> None:
         now = time.monotonic()
         if event.kind == "update":
+            last, said = self.sent.get(event.id, (-1e9, ""))
             done = event.total is not None and event.completed >= event.total
-            if not done and now - self.sent.get(event.id, -1e9) < self.interval:
+            if not done and said == event.description and now - last < self.interval:
                 return
-        self.sent[event.id] = now
+        self.sent[event.id] = (now, event.description)
         if event.kind == "close":
-            self.sent.pop(event.id, None)
+            del self.sent[event.id]
         self.queue.put(event)
 
 
@@ -430,8 +430,8 @@ def _stdout_is_terminal() -> bool:
 @contextmanager
 def display(console: Console | None = None) -> Iterator[bool]:
     """Draw the bars opened in the block on ``console`` (default: :func:`progress_console`) when
-    it is a terminal (:func:`enabled`); yields whether bars are drawn. Inside another display,
-    the bars go to that one."""
+    it is a terminal (:func:`enabled`); yields whether the bars are received. Where a sink is
+    already installed (another display, a test's recorder), the bars go to that one."""
     if _SINK.get() is not None:
         yield True
         return

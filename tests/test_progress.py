@@ -160,7 +160,9 @@ def test_another_threads_bars_are_relayed_nested_and_throttled():
                     progress.reporting(progress.QueueSink(q, interval=60.0)),
                     progress.bar("units", 50, unit="unit") as b,
                 ):
-                    for _ in range(50):
+                    for i in range(50):
+                        if i == 25:
+                            b.doing("half way")
                         b.advance()
 
             t = threading.Thread(target=child)
@@ -169,8 +171,10 @@ def test_another_threads_bars_are_relayed_nested_and_throttled():
     (units,) = rec.closed("units")
     assert (units.depth, units.parent, units.keep) == (1, outer.id, False)
     assert units.completed == 50
-    # throttled: only the update that completes the bar got through, none in between
-    assert [e.completed for e in rec.updates(units.id)] == [50]
+    # throttled: of the updates that only count, only the one that completes the bar got
+    # through; the one saying what is done now always does
+    sent = [(e.completed, e.description) for e in rec.updates(units.id)]
+    assert sent == [(25, "units: half way"), (50, "units: half way")]
     with progress.receiving(queue.Queue()) as q:  # nothing draws here: nothing is asked
         assert q is None
 
