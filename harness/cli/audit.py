@@ -35,6 +35,7 @@ def register(app: typer.Typer) -> None:
         from harness.audit import Thresholds, run_audit
         from harness.audit.checks import FAILED, PASSED, WARNING
         from harness.cli.evaluate import _split
+        from harness.progress import display
         from harness.tables import fit
 
         thresholds = (
@@ -44,7 +45,7 @@ def register(app: typer.Typer) -> None:
         colour = {PASSED: "green", FAILED: "bold red", WARNING: "yellow"}
         failed = False
         for name in _split(cohort) or ("base", "matched"):
-            with console.status(f"auditing {name}"):
+            with display():  # each check counted, on stderr, on a terminal
                 result = run_audit(name, dataset, encoder, force=force, thresholds=thresholds)
             table = Table(title=f"{name}: {result.verdict}", title_justify="left")
             for col in ("check", "status", "finding"):

@@ -58,6 +58,7 @@ def register(app: typer.Typer) -> None:
         from harness.encode.run import RayEncode
         from harness.encode.run import encode as run_encode
         from harness.errors import UsageError
+        from harness.progress import display
 
         if executor not in ("local", "ray"):
             raise UsageError(f"unknown executor {executor!r}; valid executors: local, ray")
@@ -67,18 +68,18 @@ def register(app: typer.Typer) -> None:
         for name in names:
             if name is not None and len(names) > 1:
                 console.rule(f"cohort {name}")
-            report = run_encode(
-                name or "base",
-                dataset,
-                encoder,
-                cohort_path=cohort_path,
-                batch_size=batch_size,
-                num_workers=num_workers,
-                device=device,
-                progress=True,
-                repair=repair,
-                ray=ray,
-            )
+            with display():  # images, then the EHR tensors: on stderr, on a terminal
+                report = run_encode(
+                    name or "base",
+                    dataset,
+                    encoder,
+                    cohort_path=cohort_path,
+                    batch_size=batch_size,
+                    num_workers=num_workers,
+                    device=device,
+                    repair=repair,
+                    ray=ray,
+                )
             _print_report(report)
 
 
