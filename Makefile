@@ -17,6 +17,10 @@ $(STAMP): pyproject.toml Makefile
 	command -v bwrap >/dev/null || apt-get install -y bubblewrap >/dev/null \
 	  || (apt-get update >/dev/null && apt-get install -y bubblewrap >/dev/null) \
 	  || { echo "install bubblewrap (apt-get install bubblewrap) for sandboxed evaluation" >&2; exit 1; }
+	@# The leaderboard-site test opens the page in headless Chromium (Debian `chromium`, `chromium-driver`).
+	command -v chromedriver >/dev/null || apt-get install -y chromium chromium-driver >/dev/null \
+	  || (apt-get update >/dev/null && apt-get install -y chromium chromium-driver >/dev/null) \
+	  || { echo "install chromium and chromium-driver for the leaderboard-site test" >&2; exit 1; }
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test,tune,ray]'

@@ -565,7 +565,8 @@ def aggregate(
     ``accept_unsigned`` publishes results that carry no signature (a maintainer's override for
     results written before signing); ``key`` overrides the cache's signing key.
     """
-    from harness.leaderboard.render import render_html, render_markdown
+    from harness.leaderboard.render import render_markdown
+    from harness.leaderboard.site import render_html
 
     out_dir = Path(out_dir)
     if key is None:

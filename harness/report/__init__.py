@@ -2,7 +2,7 @@
 
 The report reads the published leaderboard document (vetted aggregates only: no stay ids, no
 per-resample values), splits it by protocol (entries evaluated under different protocols are
-never compared), and generates each answer from the numbers (:mod:`harness.report.answers`).
+never compared), and generates each answer from the numbers (:mod:`harness.leaderboard.answers`).
 It is written as ``report.md`` and ``report.html`` beside the leaderboard, atomically.
 """
 
@@ -16,7 +16,7 @@ from harness.errors import UsageError
 
 if TYPE_CHECKING:
     from harness.leaderboard.aggregate import Leaderboard
-    from harness.report.answers import Report
+    from harness.leaderboard.answers import Report
 
 
 @dataclass(frozen=True)
@@ -73,9 +73,9 @@ def write_report(
     from harness import config
     from harness.io import atomic_write_text
     from harness.leaderboard.aggregate import aggregate
+    from harness.leaderboard.answers import build_report
     from harness.leaderboard.publish import assert_publishable
     from harness.leaderboard.render import _protocol_groups
-    from harness.report.answers import build_report
     from harness.report.render import render_html, render_markdown
 
     if board is None:
