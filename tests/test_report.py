@@ -125,3 +125,118 @@ def test_report_says_what_it_lacks(reported, tmp_path, monkeypatch, capsys):
     assert "no answers; the report needs" in capsys.readouterr().out
     assert main(["report", "--dataset", "nope"]) == 2
     assert "no evaluated entry of dataset 'nope'" in " ".join(capsys.readouterr().err.split())
+
+
+# --------------------------------------------------------------------------------------------
+# The leaderboard site (leaderboard.html), written by the same run
+
+
+def _site(cache: Path) -> str:
+    return (cache / "leaderboard" / "leaderboard.html").read_text()
+
+
+def _ids(html: str) -> list[str]:
+    return re.findall(r"""\bid=['"]([^'"]+)['"]""", html)
+
+
+@pytest.mark.slow
+def test_site_structure_and_numbers(reported):
+    cache = reported
+    html = _site(cache)
+    ids = _ids(html)
+    assert len(ids) == len(set(ids)), "duplicate ids (charts' clip paths collide)"
+    targets = re.findall(r"href='#([^']+)'", html)
+    assert targets and set(targets) <= set(ids)
+    # the answers come before the boards, the report's first answer among them
+    assert html.index("id='answers'") < html.index("id='boards'")
+    assert "1. When does fusion" in html[: html.index("id='boards'")]
+    # every chart is an accessible image with a title, a caption and its numbers as a table
+    svgs = re.findall(r"<svg\b[^>]*>", html)
+    assert svgs and all('role="img"' in s and "aria-labelledby" in s for s in svgs)
+    assert html.count("<figure") == len(svgs) == html.count("<details>")
+    assert html.count("<figcaption>") == len(svgs)
+    # offline: nothing is fetched
+    offline = html.replace('xmlns="http://www.w3.org/2000/svg"', "").replace(
+        'xmlns:xlink="http://www.w3.org/1999/xlink"', ""
+    )
+    assert "http://" not in offline and "https://" not in offline and " src=" not in html
+    # a robustness chart's table holds result.json's values and CIs
+    curve = _result(cache, "late_fusion")["tasks"]["phenotype"]["base"]["robustness"]
+    curve = curve["cxr_missing_mcar"]
+    board = next(i for i in ids if i.endswith("phenotype-base"))
+    figure = html[html.index(f"id='{board}-robustness-cxr-missing-mcar'") :]
+    numbers = figure[figure.index("<details>") : figure.index("</figure>")]
+    start = numbers.index("<td>late_fusion</td>")
+    row = numbers[start : numbers.index("</tr>", start)]
+    for j in (0, len(curve["values"]) - 1):
+        v, lo, hi = curve["values"][j], curve["values_ci_low"][j], curve["values_ci_high"][j]
+        assert f"{v:.3f} [{lo:.3f}, {hi:.3f}]" in row
+    # the per-label gain chart carries each fusion entry's deltas with their q-values
+    gain = _result(cache, "mmtm")["tasks"]["phenotype"]["base"]["fusion_gain_unimodal"]
+    label, d = next((k, v) for k, v in gain["labels"].items() if v.get("delta") is not None)
+    figure = html[html.index(f"id='{board}-gain'") :]
+    figure = figure[: figure.index("</figure>")]
+    assert f"<td>mmtm</td><td>{label}</td><td>{d['delta']:+.3f} [" in figure
+    assert f"q={d['q_value']:.3f}" in figure
+    # rendering is deterministic
+    from harness.leaderboard.site import render_html
+
+    doc = json.loads((cache / "leaderboard" / "leaderboard.json").read_text())
+    assert render_html(doc) == render_html(doc)
+
+
+def _column(table, i: int) -> list[str]:
+    from selenium.webdriver.common.by import By
+
+    return [
+        row.find_elements(By.CSS_SELECTOR, "td, th")[i].text
+        for row in table.find_elements(By.CSS_SELECTOR, "tbody tr")
+    ]
+
+
+@pytest.mark.slow
+def test_site_in_chromium(reported, tmp_path):
+    """The page in a real browser: no console error, the navigation scrolls to its board, the
+    ranking sorts by value and by name, and a screenshot is produced."""
+    import numpy as np
+    from browser import chromium, console_errors
+    from PIL import Image
+    from selenium.webdriver.common.by import By
+
+    cache = reported
+    page = cache / "leaderboard" / "leaderboard.html"
+    values = {
+        n: _result(cache, n)["tasks"]["phenotype"]["matched"]["metrics"]["auroc_macro"]["value"]
+        for n in ZOO
+    }
+    with chromium(1400, 1000) as driver:
+        driver.get(page.as_uri())
+        assert console_errors(driver) == []
+        link = driver.find_element(By.CSS_SELECTOR, "nav a[href$='phenotype-matched']")
+        target = link.get_attribute("href").rsplit("#", 1)[1]
+        link.click()
+        where, top = driver.execute_script(
+            "return [location.hash, document.getElementById(arguments[0])"
+            ".getBoundingClientRect().top]",
+            target,
+        )
+        assert where == f"#{target}" and abs(top) < 2
+        table = driver.find_element(By.CSS_SELECTOR, f"#{target} table.sortable")
+        rank_order = [float(v) for v in _column(table, 4)]
+        assert rank_order == sorted((float(f"{v:.3f}") for v in values.values()), reverse=True)
+        buttons = table.find_elements(By.CSS_SELECTOR, "thead th button")
+        buttons[4].click()
+        assert [float(v) for v in _column(table, 4)] == sorted(rank_order)
+        assert table.find_elements(By.CSS_SELECTOR, "thead th")[4].get_attribute("aria-sort") == (
+            "ascending"
+        )
+        buttons[4].click()
+        assert [float(v) for v in _column(table, 4)] == sorted(rank_order, reverse=True)
+        buttons[1].click()
+        assert _column(table, 1) == sorted(ZOO)
+        assert console_errors(driver) == []
+        shot = tmp_path / "site.png"
+        driver.save_screenshot(str(shot))
+    image = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    # the viewport (the window less its frame), and not a blank page
+    assert image.shape[1] == 1400 and image.shape[0] > 500 and image.std() > 10
