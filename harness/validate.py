@@ -55,6 +55,9 @@ class ValidationReport:
     def failures(self) -> list[Check]:
         return [c for c in self.checks if not c.ok]
 
+    #: Called with each check's name when it is done (the sandboxed worker's progress lines).
+    on_check: Callable[[str], None] | None = None
+
     def run(self, name: str, fn: Callable[[], str | None]) -> bool:
         """Run one check; a `HarnessError` (or any exception) becomes a failed check."""
         t0 = time.perf_counter()
@@ -66,6 +69,8 @@ class ValidationReport:
         except Exception as exc:  # a bug in submission code outside the guarded calls
             message, ok = f"{type(exc).__name__}: {exc}", False
         self.checks.append(Check(name, ok, message, time.perf_counter() - t0))
+        if self.on_check is not None:
+            self.on_check(name)
         return ok
 
 
@@ -85,9 +90,31 @@ def _kinds_for(sub: Submission) -> list[str]:
 
 
 def validate_submission(
-    path: str | Path, *, n: int = 100, max_epochs: int = 2, seed: int = 0
+    path: str | Path,
+    *,
+    n: int = 100,
+    max_epochs: int = 2,
+    seed: int = 0,
+    on_check: Callable[[str], None] | None = None,
 ) -> ValidationReport:
-    """Validate the submission folder ``path``; see the module docstring for the checks."""
+    """Validate the submission folder ``path``; see the module docstring for the checks.
+    ``on_check`` is called with each check's name when it is done."""
+    from harness import progress
+
+    with progress.bar("validate", total=None, unit="check") as bar:
+
+        def done(name: str) -> None:
+            bar.advance()
+            bar.doing(f"{name} checked")
+            if on_check is not None:
+                on_check(name)
+
+        return _validate(path, n, max_epochs, seed, done)
+
+
+def _validate(
+    path: str | Path, n: int, max_epochs: int, seed: int, on_check: Callable[[str], None]
+) -> ValidationReport:
     import torch
 
     from harness.models.data import FeatureSet, prepare_split
@@ -100,7 +127,7 @@ def validate_submission(
         train_model,
     )
 
-    report = ValidationReport(Path(path))
+    report = ValidationReport(Path(path), on_check=on_check)
     holder: dict[str, Any] = {}
 
     def schema() -> str:
@@ -211,12 +238,11 @@ def validate_isolated(
             resource.setrlimit(resource.RLIMIT_FSIZE, (OUTPUT_CAP_BYTES, OUTPUT_CAP_BYTES))
 
         with out_path.open("wb") as out, err_path.open("wb") as err:
-            try:
-                proc = subprocess.run(
-                    sandbox_command(staged, Path(tmp), argv), stdout=out, stderr=err,
-                    timeout=timeout, start_new_session=True, preexec_fn=cap_output,
-                )  # fmt: skip
-            except subprocess.TimeoutExpired:
+            proc = subprocess.Popen(
+                sandbox_command(staged, Path(tmp), argv), stdout=out, stderr=err,
+                start_new_session=True, preexec_fn=cap_output,
+            )  # fmt: skip
+            if not _wait_counting_checks(proc, out_path, t0 + timeout):
                 report.checks.append(Check("sandbox", False, f"validation ran past {timeout:g} s"))
                 return report
         stdout = _tail(out_path)
@@ -236,6 +262,41 @@ def validate_isolated(
     return report
 
 
+def _wait_counting_checks(proc: Any, out_path: Path, deadline: float) -> bool:
+    """Wait for the sandboxed validation, advancing a bar for each check it reports done (its
+    progress lines); False, with its process group killed, when it runs past ``deadline``."""
+    import os
+    import signal
+    import subprocess
+
+    from harness import progress
+
+    with progress.bar("validate (sandboxed)", total=None, unit="check") as bar:
+        seen = 0
+        while True:
+            try:
+                proc.wait(timeout=0.25)
+                finished = True
+            except subprocess.TimeoutExpired:
+                finished = False
+            done = _tail(out_path).count(PROGRESS_LINE)
+            if done > seen:
+                bar.advance(done - seen)
+                seen = done
+            if finished:
+                return True
+            if time.perf_counter() > deadline:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait()
+                return False
+
+
+#: What the sandboxed worker writes when a check is done (a progress line; only counted).
+PROGRESS_LINE = b'{"done": '
+
 #: Bytes of output a sandboxed validation may write (its report is one short line).
 OUTPUT_CAP_BYTES = 16 * 2**20
 
@@ -254,7 +315,12 @@ def _main(argv: list[str]) -> int:
     out = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # the submission's own prints go to stderr
     path, n, epochs, seed = argv[0], int(argv[1]), int(argv[2]), int(argv[3])
-    report = validate_submission(path, n=n, max_epochs=epochs, seed=seed)
+
+    def done(name: str) -> None:
+        out.write(PROGRESS_LINE.decode() + json.dumps(name) + "}\n")
+        out.flush()
+
+    report = validate_submission(path, n=n, max_epochs=epochs, seed=seed, on_check=done)
     checks = [{"name": c.name, "ok": c.ok, "message": c.message, "seconds": c.seconds}
               for c in report.checks]  # fmt: skip
     out.write(json.dumps({"name": report.name, "checks": checks}) + "\n")

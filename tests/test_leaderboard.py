@@ -320,3 +320,26 @@ def test_ranking_rows_show_what_each_entry_reads(tmp_path, results):
     assert "| strong | 1.0 | ehr_summary, cxr, demographics |" in markdown
     assert "| weak | 1.0 | ? |" in markdown
     assert "<td>ehr_summary, cxr, demographics</td>" in board.paths["html"].read_text()
+
+
+def test_aggregate_counts_its_steps_on_a_bar(tmp_path, results):
+    """The leaderboard's stages (reading, ranking, Markdown, the site's charts) move one bar;
+    a second call with unchanged results reuses the files and opens none."""
+    from harness import progress
+
+    res_dir = tmp_path / "r"
+    for name in ("strong", "weak"):
+        write_result(results[name], res_dir / name / "result.json")
+    events: list[progress.Event] = []
+    with progress.reporting(events.append):
+        aggregate(res_dir, tmp_path / "o")
+    closed = [e for e in events if e.kind == "close"]
+    assert [(e.description.split(":")[0], e.completed, e.total) for e in closed] == [
+        ("leaderboard", 4, 4)
+    ]
+    doing = [e.description for e in events if e.kind == "update"]
+    assert any("charts" in d for d in doing) and any("vetting" in d for d in doing)
+    events.clear()
+    with progress.reporting(events.append):
+        aggregate(res_dir, tmp_path / "o")
+    assert events == []

@@ -561,3 +561,19 @@ def test_a_hostile_progress_note_ends_the_unit_cleanly(note, when, reason, tmp_p
     (epochs,) = rec.closed("epochs")
     assert all(isinstance(e.completed, int | float) and e.completed <= 2 for e in rec.events)
     assert epochs.completed <= 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sandboxed", [False, True])
+def test_validate_counts_every_check_as_it_passes(sandboxed):
+    """In process, the checks move the bar; sandboxed, the worker's progress lines do."""
+    from harness.validate import validate_isolated, validate_submission
+
+    rec = Recorder()
+    run = validate_isolated if sandboxed else validate_submission
+    with progress.reporting(rec):
+        report = run(REPO / "submissions" / "late_fusion", n=60, max_epochs=1)
+    assert report.ok, report.failures
+    title = "validate (sandboxed)" if sandboxed else "validate"
+    (bar,) = rec.closed(title)
+    assert bar.completed == len(report.checks) > 3

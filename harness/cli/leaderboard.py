@@ -32,10 +32,12 @@ def register(app: typer.Typer) -> None:
         from harness import config
         from harness.display import print_leaderboard
         from harness.leaderboard.aggregate import aggregate
+        from harness.progress import display
 
-        board = aggregate(
-            results or config.results_dir(),
-            out or config.leaderboard_dir(),
-            accept_unsigned=accept_unsigned,
-        )
+        with display():  # reading, ranking, rendering: on stderr, on a terminal
+            board = aggregate(
+                results or config.results_dir(),
+                out or config.leaderboard_dir(),
+                accept_unsigned=accept_unsigned,
+            )
         print_leaderboard(board, summary=summary)

@@ -26,9 +26,11 @@ def register(app: typer.Typer) -> None:
         """
         from rich.console import Console
 
+        from harness.progress import display
         from harness.report import write_report
 
-        written = write_report(dataset, out)
+        with display():  # the leaderboard it reads: on stderr, on a terminal
+            written = write_report(dataset, out)
         console = Console()
         for report in written.reports:
             if report.missing:

@@ -23,12 +23,14 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         from harness.errors import SubmissionError
+        from harness.progress import display
         from harness.tables import fit
         from harness.validate import validate_isolated, validate_submission
 
         console = Console()
         run = validate_submission if trusted else validate_isolated
-        report = run(path, n=n, max_epochs=epochs, seed=seed)
+        with display():  # the checks as they pass: on stderr, on a terminal
+            report = run(path, n=n, max_epochs=epochs, seed=seed)
         table = Table(title=f"validate {report.name or path}", show_lines=False)
         table.add_column("check")
         table.add_column("result")

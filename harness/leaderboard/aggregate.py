@@ -575,18 +575,29 @@ def aggregate(
     current = current_leaderboard(out_dir, inputs)
     if current is not None:
         return current
-    results, failed, rejected = load_results(
-        results_dir, accept_unsigned=accept_unsigned, key=key, min_group_size=min_group_size
-    )
-    document = build_leaderboard(
-        results, failed, rejected, min_group_size=min_group_size, vetted=True
-    )
-    paths = _paths(out_dir)
-    texts = {
-        "json": json.dumps(document, indent=2, allow_nan=False) + "\n",
-        "md": render_markdown(document),
-        "html": render_html(document),
-    }
+    from harness import progress
+
+    with progress.bar("leaderboard", total=4, unit="step") as b:
+        b.doing("reading and vetting the results")
+        results, failed, rejected = load_results(
+            results_dir, accept_unsigned=accept_unsigned, key=key, min_group_size=min_group_size
+        )
+        b.advance()
+        b.doing("ranking")
+        document = build_leaderboard(
+            results, failed, rejected, min_group_size=min_group_size, vetted=True
+        )
+        b.advance()
+        paths = _paths(out_dir)
+        b.doing("Markdown")
+        texts = {
+            "json": json.dumps(document, indent=2, allow_nan=False) + "\n",
+            "md": render_markdown(document),
+        }
+        b.advance()
+        b.doing("the HTML site's charts")
+        texts["html"] = render_html(document)
+        b.advance()
     for kind, text in texts.items():
         assert_publishable(text, paths[kind].name)
     for kind, text in texts.items():
