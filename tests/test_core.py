@@ -63,3 +63,20 @@ def test_cli_version(capsys):
 
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"harness {__version__}"
+
+
+def test_an_unknown_cohort_name_suggests_the_built_ones(tmp_path, monkeypatch):
+    from harness import config
+    from harness.cohort.load import resolve_cohort_dir
+    from harness.errors import InputError
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
+    root = config.cohorts_dir() / config.DEFAULT_DATASET
+    root.mkdir(parents=True)
+    for name in ("base", "matched"):
+        (root / f"{name}.latest").write_text(f"{name}-0\n")
+    with pytest.raises(InputError, match=r"did you mean 'matched'\?\); built: base, matched"):
+        resolve_cohort_dir("matchd")
+    with pytest.raises(InputError) as info:
+        resolve_cohort_dir("zzz")
+    assert "did you mean" not in str(info.value) and "built: base, matched" in str(info.value)

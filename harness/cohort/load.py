@@ -72,8 +72,16 @@ def resolve_cohort_dir(
     dataset = dataset or config.DEFAULT_DATASET
     pointer = config.cohorts_dir() / dataset / f"{cohort}.latest"
     if not pointer.is_file():
+        import difflib
+
+        built = sorted(q.name.removesuffix(".latest") for q in pointer.parent.glob("*.latest"))
+        close = difflib.get_close_matches(cohort, built, n=1, cutoff=0.5)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        have = f"; built: {', '.join(built)}" if built else ""
         raise InputError(
-            f"cohort {cohort!r} of dataset {dataset!r} is not built", path=pointer, fix=_BUILD_FIX
+            f"cohort {cohort!r} of dataset {dataset!r} is not built{hint}{have}",
+            path=pointer,
+            fix=_BUILD_FIX,
         )
     target = pointer.parent / pointer.read_text().strip()
     if not (target / "manifest.json").is_file():
