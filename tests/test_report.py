@@ -103,7 +103,7 @@ def test_report_states_what_the_results_hold(reported):
     if tied:
         assert f"{len(tied)} of {len(ranking['rows']) - 1} other entries are not" in md
     # the HTML carries the same statements and a chart with a text alternative
-    assert "<figure><svg" in html and "<figcaption>" in html
+    assert re.search(r"<figure id='[^']+'><svg", html) and "<figcaption>" in html
     assert re.search(r"<b>phenotype · base</b> \(auroc_macro\): against", html)
 
 

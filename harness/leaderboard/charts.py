@@ -79,8 +79,9 @@ def _svg(fig: Figure, slug: str, title: str) -> str:
     import matplotlib
 
     buf = io.StringIO()
-    settings = {"svg.fonttype": "none", "svg.hashsalt": slug, "font.sans-serif": ["DejaVu Sans"]}
-    with matplotlib.rc_context(settings):
+    with matplotlib.rc_context(
+        {"svg.fonttype": "none", "svg.hashsalt": slug, "font.sans-serif": ["DejaVu Sans"]}
+    ):
         fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
     text = _METADATA.sub("", buf.getvalue())
     # coordinates to 0.1 pt (a 1/720 inch, below what a screen shows): a third of the bytes
